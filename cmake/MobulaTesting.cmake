@@ -1,0 +1,61 @@
+# Test registration helpers. Every test carries labels so a slice can be run:
+#   ctest -L unit | mpi | slurm | fault | gpu
+#
+# mobula_add_unit_test(<name> SOURCES ... [LIBS ...] [LABELS ...] [TIMEOUT s])
+#   one process; label `unit` is added.
+# mobula_add_mpi_test(<name> SOURCES ... [LIBS ...] [NP 1 2 4] [LABELS ...] [TIMEOUT s])
+#   one ctest entry per rank count, named <name>.np<N>, run through mpiexec; label `mpi` added.
+#   Running as root and more ranks than cores are handled here, once.
+
+find_package(GTest REQUIRED)
+
+set(MOBULA_MPIEXEC "${MPIEXEC_EXECUTABLE}" CACHE FILEPATH "mpiexec used by tests and `mobula run`")
+
+# Flags every local mpiexec call needs: oversubscription (2 cores, up to 4+ ranks), no binding
+# (ranks would otherwise share a core when oversubscribed), and the shared-memory single-copy
+# mechanism off (CMA needs ptrace permissions containers often deny).
+set(MOBULA_MPIEXEC_LOCAL_FLAGS --oversubscribe --bind-to none
+    --mca btl_vader_single_copy_mechanism none)
+set(MOBULA_TEST_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+    OMPI_MCA_rmaps_base_oversubscribe=1)
+
+add_library(mobula_test_main STATIC ${PROJECT_SOURCE_DIR}/tests/support/test_main.cc)
+target_link_libraries(mobula_test_main PUBLIC GTest::gtest GTest::gmock mobula_core)
+mobula_target_flags(mobula_test_main)
+
+function(_mobula_test_target name)
+  cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
+  add_executable(${name} ${T_SOURCES})
+  target_link_libraries(${name} PRIVATE mobula_test_main ${T_LIBS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  mobula_target_flags(${name})
+endfunction()
+
+function(mobula_add_unit_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  _mobula_test_target(${name} SOURCES ${T_SOURCES} LIBS ${T_LIBS})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 120)
+  endif()
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "unit;${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+                       ENVIRONMENT "${MOBULA_TEST_ENV}")
+endfunction()
+
+function(mobula_add_mpi_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS;NP" ${ARGN})
+  _mobula_test_target(${name} SOURCES ${T_SOURCES} LIBS ${T_LIBS})
+  if(NOT T_NP)
+    set(T_NP 1 2 4)
+  endif()
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 180)
+  endif()
+  foreach(np IN LISTS T_NP)
+    add_test(NAME ${name}.np${np}
+             COMMAND ${MOBULA_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} ${np} ${MOBULA_MPIEXEC_LOCAL_FLAGS}
+                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS})
+    set_tests_properties(${name}.np${np} PROPERTIES LABELS "mpi;${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+                         PROCESSORS ${np} ENVIRONMENT "${MOBULA_TEST_ENV}")
+  endforeach()
+endfunction()

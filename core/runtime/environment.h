@@ -1,0 +1,42 @@
+// Process environment of a rank: MPI (MPI_THREAD_MULTIPLE requested), Kokkos, host identity.
+//
+// Contract
+//  * Environment::init() is collective over MPI_COMM_WORLD and must be called once per process,
+//    before any other MPI or Kokkos use; the returned object finalizes both when destroyed.
+//  * host() is the Slurm node name (SLURMD_NODENAME) when running under slurmd, else gethostname():
+//    on emulated multi-node test clusters several nodes share one hostname.
+//  * het_group() is the Slurm heterogeneous-job component of this task, -1 outside het steps.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/runtime/status.h"
+
+namespace mobula {
+
+class Environment {
+ public:
+  static Result<std::unique_ptr<Environment>> init(int* argc, char*** argv);
+  ~Environment();
+  Environment(const Environment&) = delete;
+  Environment& operator=(const Environment&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int thread_level() const { return thread_level_; }
+  const std::string& host() const { return host_; }
+  int het_group() const { return het_group_; }
+
+ private:
+  Environment() = default;
+  int rank_ = 0, size_ = 1, thread_level_ = 0, het_group_ = -1;
+  std::string host_;
+};
+
+// Node name as described above; usable without MPI.
+std::string host_name();
+// Slurm heterogeneous-job component of this process (-1 if none); usable without MPI.
+int slurm_het_group();
+
+}  // namespace mobula

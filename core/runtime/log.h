@@ -1,0 +1,16 @@
+// Logging: spdlog to stdout, every line tagged "[role r/R host]" once the layout is known
+// ("[rank r/N host]" before). Thread-safe (spdlog's _mt sink).
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <string>
+
+namespace mobula {
+
+// Installs the default logger with the given tag, e.g. "trainer 0/2 n1".
+void set_log_tag(const std::string& tag);
+// Level from MOBULA_LOG_LEVEL (trace|debug|info|warn|error), default info.
+void init_logging(const std::string& tag);
+
+}  // namespace mobula

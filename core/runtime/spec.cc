@@ -1,0 +1,330 @@
+#include "core/runtime/spec.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+namespace mobula {
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t subst = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+namespace {
+
+const KeyDef* find_key(std::string_view path) {
+  for (const auto& k : spec_schema())
+    if (k.path == path) return &k;
+  return nullptr;
+}
+
+// True when `path` names a table that holds schema keys ("roles", "roles.trainer", "model", ...).
+bool is_known_table(std::string_view path) {
+  for (const auto& s : spec_sections())
+    if (s == path) return true;
+  const std::string prefix = std::string(path) + ".";
+  for (const auto& k : spec_schema())
+    if (k.path.starts_with(prefix)) return true;
+  return false;
+}
+
+std::string suggestion(std::string_view path) {
+  std::vector<std::string> candidates;
+  for (const auto& k : spec_schema()) {
+    candidates.push_back(k.path);
+    // also every enclosing table of a key
+    for (size_t p = k.path.find('.'); p != std::string::npos; p = k.path.find('.', p + 1))
+      candidates.push_back(k.path.substr(0, p));
+  }
+  for (const auto& s : spec_sections()) candidates.push_back(s);
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(path, c);
+    if (d < best_d) best_d = d, best = c;
+  }
+  const size_t limit = std::max<size_t>(2, path.size() / 4);
+  if (best_d > 0 && best_d <= limit) return "; did you mean '" + best + "'?";
+  // Same last component under a different table (e.g. "trainer.ranks" at top level).
+  const auto last = path.substr(path.rfind('.') == std::string_view::npos ? 0 : path.rfind('.') + 1);
+  for (const auto& k : spec_schema())
+    if (k.path.ends_with("." + std::string(last))) return "; did you mean '" + k.path + "'?";
+  return "; see docs/spec.md for the keys";
+}
+
+std::string section_note(std::string_view path) {
+  const auto dot = path.find('.');
+  const std::string top(path.substr(0, dot));
+  for (const auto& s : spec_sections()) {
+    if (s != top) continue;
+    for (const auto& k : spec_schema())
+      if (k.path.starts_with(top + ".")) return "";
+    return " (section [" + top + "] has no keys in this version of mobula)";
+  }
+  return "";
+}
+
+std::string describe(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "string \"" + std::string(*n.value<std::string_view>()) + "\"";
+    case toml::node_type::integer: return "integer " + std::to_string(*n.value<int64_t>());
+    case toml::node_type::floating_point: return "float " + std::to_string(*n.value<double>());
+    case toml::node_type::boolean: return *n.value<bool>() ? "boolean true" : "boolean false";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date/time";
+  }
+}
+
+// Converts a TOML node to the key's type; empty optional + message on mismatch.
+Status convert(const KeyDef& def, const toml::node& n, SpecValue* out) {
+  auto mismatch = [&] {
+    return Status::invalid_spec("expected " + type_name(def.type) + ", got " + describe(n));
+  };
+  switch (def.type) {
+    case ValueType::kInt: {
+      auto v = n.value_exact<int64_t>();
+      if (!v) return mismatch();
+      if (*v < def.min || *v > def.max)
+        return Status::invalid_spec("value " + std::to_string(*v) + " out of range [" +
+                                    std::to_string(def.min) + ", " + std::to_string(def.max) + "]");
+      *out = *v;
+      return Status::ok();
+    }
+    case ValueType::kFloat: {
+      if (!n.is_number()) return mismatch();
+      *out = *n.value<double>();
+      return Status::ok();
+    }
+    case ValueType::kBool: {
+      auto v = n.value_exact<bool>();
+      if (!v) return mismatch();
+      *out = *v;
+      return Status::ok();
+    }
+    case ValueType::kString: {
+      auto v = n.value_exact<std::string>();
+      if (!v) return mismatch();
+      if (!def.choices.empty() && std::find(def.choices.begin(), def.choices.end(), *v) == def.choices.end()) {
+        std::string list;
+        for (const auto& c : def.choices) list += (list.empty() ? "" : ", ") + ("\"" + c + "\"");
+        return Status::invalid_spec("\"" + *v + "\" is not one of " + list);
+      }
+      *out = *v;
+      return Status::ok();
+    }
+    case ValueType::kStringList: {
+      const auto* arr = n.as_array();
+      if (!arr) return mismatch();
+      std::vector<std::string> v;
+      for (const auto& e : *arr) {
+        auto s = e.value_exact<std::string>();
+        if (!s) return Status::invalid_spec("expected an array of strings, found " + describe(e));
+        v.push_back(*s);
+      }
+      *out = std::move(v);
+      return Status::ok();
+    }
+  }
+  return mismatch();
+}
+
+struct Loader {
+  std::string file;
+  std::map<std::string, std::pair<SpecValue, std::string>> set;  // path -> (value, origin)
+  std::map<std::string, std::string, std::less<>> where;        // path or table -> FILE:LINE
+
+  std::string loc(const toml::source_region& r) const {
+    return file + ":" + std::to_string(r.begin.line ? r.begin.line : 1);
+  }
+
+  Status walk(const toml::table& t, const std::string& prefix) {
+    for (auto&& [k, node] : t) {
+      const std::string path = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+      const std::string at = loc(k.source().begin.line ? k.source() : node.source());
+      if (const auto* sub = node.as_table()) {
+        if (!is_known_table(path))
+          return Status::invalid_spec(at + ": " + path + ": unknown table" + section_note(path) +
+                                      suggestion(path));
+        where.emplace(path, at);
+        if (Status s = walk(*sub, path); !s) return s;
+        continue;
+      }
+      const KeyDef* def = find_key(path);
+      if (!def) {
+        std::string msg = at + ": " + path + ": unknown key" + section_note(path) + suggestion(path);
+        return Status::invalid_spec(msg);
+      }
+      SpecValue v;
+      if (Status s = convert(*def, node, &v); !s) return Status::invalid_spec(at + ": " + path + ": " + s.message());
+      set[path] = {std::move(v), at};
+      where[path] = at;
+    }
+    return Status::ok();
+  }
+
+  Status apply_override(const std::string& ov, size_t index) {
+    const std::string at = "--set:" + std::to_string(index);
+    const auto eq = ov.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return Status::invalid_spec(at + ": " + ov + ": expected KEY=VALUE, e.g. --set job.steps=10");
+    const std::string path = ov.substr(0, eq);
+    const std::string text = ov.substr(eq + 1);
+    const KeyDef* def = find_key(path);
+    if (!def) return Status::invalid_spec(at + ": " + path + ": unknown key" + suggestion(path));
+    SpecValue v;
+    if (def->type == ValueType::kString && !(text.size() >= 2 && text.front() == '"')) {
+      toml::table t;
+      t.insert("v", text);
+      if (Status s = convert(*def, *t.get("v"), &v); !s)
+        return Status::invalid_spec(at + ": " + path + ": " + s.message());
+    } else {
+      toml::table parsed;
+      try {
+        const std::string doc = "v = " + text;
+        parsed = toml::parse(std::string_view(doc), std::string_view("--set"));
+      } catch (const toml::parse_error&) {
+        return Status::invalid_spec(at + ": " + path + ": cannot parse '" + text + "' as " +
+                                    type_name(def->type) + " (TOML syntax)");
+      }
+      if (Status s = convert(*def, *parsed.get("v"), &v); !s)
+        return Status::invalid_spec(at + ": " + path + ": " + s.message());
+    }
+    set[path] = {std::move(v), at};
+    where[path] = at;
+    return Status::ok();
+  }
+
+  std::string where_of(std::string_view key) const {
+    std::string k(key);
+    while (true) {
+      if (auto it = where.find(k); it != where.end()) return it->second;
+      const auto dot = k.rfind('.');
+      if (dot == std::string::npos) return file + ":1";
+      k.resize(dot);
+    }
+  }
+};
+
+template <class T>
+const T& get(const std::map<std::string, std::pair<SpecValue, std::string>>& m, const std::string& k) {
+  return std::get<T>(m.at(k).first);
+}
+
+}  // namespace
+
+int JobSpec::total_ranks() const {
+  int n = 0;
+  for (const auto& r : roles) n += r.ranks;
+  return n;
+}
+
+const RoleSpec* JobSpec::role(std::string_view n) const {
+  for (const auto& r : roles)
+    if (r.name == n) return &r;
+  return nullptr;
+}
+
+std::string JobSpec::where(std::string_view key) const {
+  std::string k(key);
+  while (true) {
+    if (auto it = where_.find(k); it != where_.end()) return it->second;
+    const auto dot = k.rfind('.');
+    if (dot == std::string::npos) return file + ":1";
+    k.resize(dot);
+  }
+}
+
+Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in)
+    return Status::invalid_spec(file + ":0: (file): cannot open the spec file; check the path");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return load_spec_from_string(ss.str(), file, overrides);
+}
+
+Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
+                                      const std::vector<std::string>& overrides) {
+  Loader L;
+  L.file = file;
+  toml::table parsed;
+  try {
+    parsed = toml::parse(text, std::string_view(file));
+  } catch (const toml::parse_error& e) {
+    return Status::invalid_spec(L.loc(e.source()) + ": (syntax): " + std::string(e.description()) +
+                                "; fix the TOML syntax");
+  }
+  if (Status s = L.walk(parsed, ""); !s) return s;
+  for (size_t i = 0; i < overrides.size(); ++i)
+    if (Status s = L.apply_override(overrides[i], i + 1); !s) return s;
+
+  // Defaults and required keys.
+  JobSpec spec;
+  spec.file = file;
+  for (const auto& def : spec_schema()) {
+    auto it = L.set.find(def.path);
+    if (it == L.set.end()) {
+      if (def.required) {
+        const auto dot = def.path.rfind('.');
+        return Status::invalid_spec(L.where_of(def.path) + ": " + def.path + ": required key missing; add " +
+                                    def.path.substr(dot + 1) + " = ... under [" + def.path.substr(0, dot) + "]");
+      }
+      spec.keys_.push_back({&def, def.default_value, "default"});
+      L.set[def.path] = {def.default_value, "default"};
+    } else {
+      spec.keys_.push_back({&def, it->second.first, it->second.second});
+    }
+  }
+
+  spec.name = get<std::string>(L.set, "job.name");
+  if (spec.name.empty() || spec.name.find_first_of("/ \t\n") != std::string::npos)
+    return Status::invalid_spec(L.where_of("job.name") +
+                                ": job.name: must be non-empty without '/' or whitespace");
+  spec.workdir = get<std::string>(L.set, "job.workdir");
+  for (size_t p; (p = spec.workdir.find("{name}")) != std::string::npos;) spec.workdir.replace(p, 6, spec.name);
+  spec.seed = get<int64_t>(L.set, "job.seed");
+  spec.steps = get<int64_t>(L.set, "job.steps");
+  spec.workload = get<std::string>(L.set, "job.workload");
+  for (const auto& r : known_roles()) {
+    RoleSpec role{r, static_cast<int>(get<int64_t>(L.set, "roles." + r + ".ranks")),
+                  static_cast<int>(get<int64_t>(L.set, "roles." + r + ".het_group"))};
+    if (role.ranks > 0) spec.roles.push_back(role);
+  }
+  if (!spec.role("trainer"))
+    return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
+                                ": roles.trainer.ranks: a job needs at least 1 trainer rank; set "
+                                "[roles.trainer] ranks = 1 or more");
+  spec.transport.weights = get<std::string>(L.set, "transport.weights");
+  spec.transport.rollouts = get<std::string>(L.set, "transport.rollouts");
+  spec.transport.gradients = get<std::string>(L.set, "transport.gradients");
+
+  spec.where_ = std::move(L.where);
+  XXH64_state_t* st = XXH64_createState();
+  XXH64_reset(st, 0);
+  for (const auto& k : spec.keys_) {
+    const std::string line = k.def->path + "=" + value_to_string(k.value) + "\n";
+    XXH64_update(st, line.data(), line.size());
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(XXH64_digest(st)));
+  XXH64_freeState(st);
+  spec.hash_ = hex;
+  return spec;
+}
+
+}  // namespace mobula

@@ -1,0 +1,103 @@
+// Job spec: one TOML file describes a job; parsed with toml++ and validated into typed structs.
+//
+// Contract
+//  * load_spec() is local (no MPI) and deterministic: every rank that loads the same file with the
+//    same overrides gets the same JobSpec (and the same hash()).
+//  * Errors are returned, never thrown, as Status::invalid_spec with exactly one line:
+//        FILE:LINE: KEY: message[; what to do]
+//    Unknown keys get a "did you mean" suggestion. Overrides (--set k=v) report "--set:N" as
+//    FILE:LINE, N being the 1-based position of the override.
+//  * Every key has a schema entry (spec_schema()) with its type, default and documentation;
+//    docs/spec.md documents every one of them (a unit test keeps the two in step).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "core/runtime/status.h"
+
+namespace mobula {
+
+enum class ValueType { kInt, kFloat, kBool, kString, kStringList };
+using SpecValue = std::variant<int64_t, double, bool, std::string, std::vector<std::string>>;
+
+struct KeyDef {
+  std::string path;           // dotted, e.g. "roles.trainer.ranks"
+  ValueType type;
+  SpecValue default_value;    // ignored when required
+  bool required = false;
+  int64_t min = INT64_MIN;    // for kInt
+  int64_t max = INT64_MAX;    // for kInt
+  std::vector<std::string> choices;  // for kString: allowed values (empty = any)
+  std::string doc;
+};
+
+// Role kinds known to this version, in canonical order. World ranks are assigned to roles in this
+// order (trainer ranks first) unless Slurm heterogeneous-job groups decide.
+const std::vector<std::string>& known_roles();
+// Top-level sections of a spec (including those later versions fill).
+const std::vector<std::string>& spec_sections();
+// Every key a spec may contain.
+const std::vector<KeyDef>& spec_schema();
+std::string value_to_string(const SpecValue& v);
+std::string type_name(ValueType t);
+
+struct RoleSpec {
+  std::string name;
+  int ranks = 0;
+  int het_group = -1;  // Slurm heterogeneous-job component that hosts this role; -1: any
+};
+
+struct TransportSpec {
+  std::string weights = "auto";    // trainers -> rollout ranks
+  std::string rollouts = "auto";   // rollout ranks -> trainers
+  std::string gradients = "auto";  // among trainers
+};
+
+struct ResolvedKey {
+  const KeyDef* def;
+  SpecValue value;
+  std::string origin;  // "default", "FILE:LINE" or "--set:N"
+};
+
+class JobSpec {
+ public:
+  std::string file;      // path as given
+  std::string name;
+  std::string workdir;   // with {name} substituted
+  std::string workload;
+  int64_t seed = 0;
+  int64_t steps = 1;
+  std::vector<RoleSpec> roles;  // canonical order; roles with ranks > 0 only
+  TransportSpec transport;
+
+  int total_ranks() const;
+  const RoleSpec* role(std::string_view name) const;
+  // "FILE:LINE" where a key (or the closest enclosing table) was set; for error messages.
+  std::string where(std::string_view key) const;
+  // Stable hash of every resolved value (xxh64, hex); goes into logs and checkpoints.
+  std::string hash() const { return hash_; }
+  const std::vector<ResolvedKey>& keys() const { return keys_; }
+
+ private:
+  friend Result<JobSpec> load_spec_from_string(std::string_view, std::string,
+                                               const std::vector<std::string>&);
+  std::vector<ResolvedKey> keys_;
+  std::map<std::string, std::string, std::less<>> where_;
+  std::string hash_;
+};
+
+// Parse, apply overrides ("key=value", value in TOML syntax; plain text for string keys),
+// validate. `file` is used in messages.
+Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides = {});
+Result<JobSpec> load_spec_from_string(std::string_view toml_text, std::string file,
+                                      const std::vector<std::string>& overrides = {});
+
+// Levenshtein edit distance; exposed for tests.
+size_t edit_distance(std::string_view a, std::string_view b);
+
+}  // namespace mobula

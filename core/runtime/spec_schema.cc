@@ -1,0 +1,100 @@
+// The schema of a job spec: every key, its type, default and documentation.
+// Adding a key here is all it takes to accept it; docs/spec.md must document it (tested).
+#include "core/runtime/spec.h"
+
+namespace mobula {
+
+const std::vector<std::string>& known_roles() {
+  static const std::vector<std::string> roles = {"trainer", "rollout", "embed"};
+  return roles;
+}
+
+const std::vector<std::string>& spec_sections() {
+  static const std::vector<std::string> s = {"job",       "roles", "model", "rl",
+                                             "checkpoint", "transport", "slurm", "fault",
+                                             "metrics"};
+  return s;
+}
+
+namespace {
+
+KeyDef int_key(std::string path, int64_t def, int64_t min, int64_t max, std::string doc) {
+  KeyDef k{std::move(path), ValueType::kInt, def, false, min, max, {}, std::move(doc)};
+  return k;
+}
+
+KeyDef str_key(std::string path, std::string def, std::vector<std::string> choices, std::string doc) {
+  KeyDef k{std::move(path), ValueType::kString, std::move(def), false, INT64_MIN, INT64_MAX,
+           std::move(choices), std::move(doc)};
+  return k;
+}
+
+std::vector<KeyDef> build_schema() {
+  std::vector<KeyDef> s;
+  KeyDef name = str_key("job.name", "", {}, "Job name; used in the work dir, logs and Slurm job name.");
+  name.required = true;
+  s.push_back(name);
+  s.push_back(str_key("job.workdir", "runs/{name}", {},
+                      "Directory for logs, events and checkpoints; `{name}` is replaced by job.name. "
+                      "Relative paths are relative to the directory the job is started from."));
+  s.push_back(int_key("job.seed", 0, 0, INT64_MAX, "Global seed; every rank derives its streams from it."));
+  s.push_back(int_key("job.steps", 1, 0, 1'000'000'000, "Number of steps the workload runs."));
+  s.push_back(str_key("job.workload", "layout-check", {"layout-check"},
+                      "What the ranks run. `layout-check`: every role and link communicator is "
+                      "exercised with collectives each step and verified against the layout."));
+  for (const auto& r : known_roles()) {
+    s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
+                        "Number of " + r + " ranks. Ranks are assigned in the order trainer, rollout, "
+                        "embed (world ranks 0.. go to trainers)."));
+    s.push_back(int_key("roles." + r + ".het_group", -1, -1, 63,
+                        "Slurm heterogeneous-job component (srun --het-group) whose tasks become " + r +
+                        " ranks; -1 = any. Only used when the job runs as a heterogeneous step."));
+  }
+  const std::vector<std::string> transports = {"auto", "mpi", "ucx", "nccl"};
+  s.push_back(str_key("transport.weights", "auto", transports,
+                      "Transport for weight sync from trainers to rollout ranks."));
+  s.push_back(str_key("transport.rollouts", "auto", transports,
+                      "Transport for rollouts from rollout ranks to trainers."));
+  s.push_back(str_key("transport.gradients", "auto", transports,
+                      "Transport for gradient reduction among trainers."));
+  return s;
+}
+
+}  // namespace
+
+const std::vector<KeyDef>& spec_schema() {
+  static const std::vector<KeyDef> schema = build_schema();
+  return schema;
+}
+
+std::string type_name(ValueType t) {
+  switch (t) {
+    case ValueType::kInt: return "an integer";
+    case ValueType::kFloat: return "a number";
+    case ValueType::kBool: return "a boolean";
+    case ValueType::kString: return "a string";
+    case ValueType::kStringList: return "an array of strings";
+  }
+  return "?";
+}
+
+std::string value_to_string(const SpecValue& v) {
+  struct V {
+    std::string operator()(int64_t x) const { return std::to_string(x); }
+    std::string operator()(double x) const {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.17g", x);
+      return buf;
+    }
+    std::string operator()(bool x) const { return x ? "true" : "false"; }
+    std::string operator()(const std::string& x) const { return "\"" + x + "\""; }
+    std::string operator()(const std::vector<std::string>& x) const {
+      std::string out = "[";
+      for (size_t i = 0; i < x.size(); ++i) out += (i ? ", \"" : "\"") + x[i] + "\"";
+      return out + "]";
+    }
+  };
+  return std::visit(V{}, v);
+}
+
+}  // namespace mobula

@@ -1,0 +1,61 @@
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "core/config.h"
+#include "launch/commands.h"
+
+namespace mobula::launch {
+
+namespace {
+void add_spec_args(CLI::App* c, SpecArgs* a) {
+  c->add_option("spec", a->spec, "Job spec (TOML)")->required()->check(CLI::ExistingFile);
+  c->add_option("--set", a->sets, "Override a spec value, KEY=VALUE (repeatable), e.g. --set job.steps=10")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+}
+}  // namespace
+
+int mobula_main(int argc, char** argv) {
+  CLI::App app{"mobula " MOBULA_VERSION
+               " - RL post-training, direct transport and restartable jobs on Slurm/MPI clusters",
+               "mobula"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Help for every subcommand");
+
+  SpecArgs check_a, run_a, worker_a;
+  int check_np = 0, run_np = 0;
+  bool check_all = false;
+  std::vector<std::string> run_mpiexec;
+
+  auto* check = app.add_subcommand("check", "Validate a spec and print the resolved layout (rank -> role -> host)");
+  add_spec_args(check, &check_a);
+  check->add_option("--np", check_np, "World size to check against (default: the spec's rank total)");
+  check->add_flag("--all", check_all, "Also print every resolved key with where it came from");
+
+  auto* run = app.add_subcommand("run", "Run a job on local ranks through mpiexec and wait for it");
+  add_spec_args(run, &run_a);
+  run->add_option("--np", run_np, "Number of ranks (default: the spec's rank total; must match it)");
+  run->add_option("--mpiexec-arg", run_mpiexec, "Extra argument for mpiexec (repeatable)");
+
+  auto* worker = app.add_subcommand("worker", "What every rank runs under mpirun/srun (not started by hand)");
+  add_spec_args(worker, &worker_a);
+
+  app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "mobula: %s; see mobula --help\n", e.what());
+    return 2;
+  }
+  if (check->parsed()) return cmd_check(check_a, check_np, check_all);
+  if (run->parsed()) return cmd_run(run_a, run_np, run_mpiexec);
+  if (worker->parsed()) return cmd_worker(worker_a, argc, argv);
+  return cmd_version();
+}
+
+}  // namespace mobula::launch

@@ -1,0 +1,23 @@
+// The `mobula` subcommands. Each returns the process exit code:
+// 0 success, 2 bad input (spec, arguments), 1 failure, else the job's own exit code (run).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mobula::launch {
+
+struct SpecArgs {
+  std::string spec;
+  std::vector<std::string> sets;  // --set k=v, in order
+};
+
+int cmd_check(const SpecArgs& a, int np, bool all_keys);
+int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
+int cmd_worker(const SpecArgs& a, int argc, char** argv);
+int cmd_version();
+
+// Entry point of the `mobula` executable.
+int mobula_main(int argc, char** argv);
+
+}  // namespace mobula::launch

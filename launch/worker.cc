@@ -1,0 +1,122 @@
+// `mobula worker SPEC`: the program every rank runs under mpirun or srun.
+//
+//  1. MPI + Kokkos up (Environment), log tag "[rank r/N host]".
+//  2. Every rank parses the spec (deterministic, so no broadcast is needed) and computes the layout
+//     from the world size and, under a Slurm heterogeneous step, every rank's het group.
+//  3. Role and link communicators are split off MPI_COMM_WORLD; log tag becomes "[role r/R host]".
+//  4. The workload runs; its Status is identical on all ranks.
+// Spec and layout errors are identical on every rank: rank 0 prints the one-line message, all
+// ranks exit 2 without MPI_Abort. Runtime failures that might leave peers inside a collective end
+// with MPI_Abort so the job never hangs.
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/runtime/environment.h"
+#include "core/runtime/layout.h"
+#include "core/runtime/log.h"
+#include "core/runtime/mpi.h"
+#include "core/runtime/role_comms.h"
+#include "core/runtime/spec.h"
+#include "core/transport/choice.h"
+#include "launch/commands.h"
+#include "rl/roles/workload.h"
+
+namespace mobula::launch {
+
+namespace {
+
+constexpr int kHostLen = 64;
+
+Result<std::vector<int>> gather_het_groups(const Environment& env) {
+  std::vector<int> groups(static_cast<size_t>(env.size()), -1);
+  int mine = env.het_group();
+  MOBULA_MPI(MPI_Allgather(&mine, 1, MPI_INT, groups.data(), 1, MPI_INT, MPI_COMM_WORLD));
+  return groups;
+}
+
+Result<std::vector<std::string>> gather_hosts(const Environment& env) {
+  char mine[kHostLen] = {0};
+  std::strncpy(mine, env.host().c_str(), kHostLen - 1);
+  std::vector<char> all(static_cast<size_t>(env.size()) * kHostLen, 0);
+  MOBULA_MPI(MPI_Allgather(mine, kHostLen, MPI_CHAR, all.data(), kHostLen, MPI_CHAR, MPI_COMM_WORLD));
+  std::vector<std::string> hosts;
+  for (int r = 0; r < env.size(); ++r) hosts.emplace_back(&all[static_cast<size_t>(r) * kHostLen]);
+  return hosts;
+}
+
+Status make_workdir(const JobSpec& spec, int rank) {
+  int ok = 1;
+  std::string err;
+  if (rank == 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(spec.workdir, ec);
+    if (ec) ok = 0, err = ec.message();
+  }
+  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  if (!ok)
+    return Status::invalid_spec(spec.where("job.workdir") + ": job.workdir: cannot create '" + spec.workdir +
+                                "'" + (err.empty() ? "" : ": " + err) + "; choose a writable directory");
+  return Status::ok();
+}
+
+// Runs everything after MPI is up. Returns the status every rank agrees on, or a local failure.
+Status run_rank(const SpecArgs& a, const Environment& env) {
+  auto spec = load_spec(a.spec, a.sets);
+  if (!spec) return spec.status();
+  MOBULA_RETURN_IF_ERROR(validate_transports(*spec));
+  auto groups = gather_het_groups(env);
+  if (!groups) return groups.status();
+  auto layout = Layout::make(*spec, env.size(), *groups);
+  if (!layout) return layout.status();
+  auto hosts = gather_hosts(env);
+  if (!hosts) return hosts.status();
+  MOBULA_RETURN_IF_ERROR(make_workdir(*spec, env.rank()));
+
+  const Placement& me = layout->at(env.rank());
+  set_log_tag(me.role + " " + std::to_string(me.role_rank) + "/" + std::to_string(me.role_size) + " " + env.host());
+  if (env.rank() == 0) {
+    spdlog::info("job {} (spec {} hash {}), {} ranks, workload {}", spec->name, spec->file, spec->hash(), env.size(),
+                 spec->workload);
+    std::string table = layout->table(*hosts);
+    table.pop_back();
+    spdlog::info("layout:\n{}", table);
+    for (const auto& [key, v] : {std::pair<std::string, std::string>{"transport.weights", spec->transport.weights},
+                                 {"transport.rollouts", spec->transport.rollouts},
+                                 {"transport.gradients", spec->transport.gradients}}) {
+      auto r = resolve_transport(*spec, key, v, MemoryPlace::kHost);
+      if (r) spdlog::info("{} = {} -> {}", key, v, *r);
+    }
+  }
+  auto comms = RoleComms::create(MPI_COMM_WORLD, *layout);
+  if (!comms) return comms.status();
+  rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank()};
+  return rl::run_workload(ctx);
+}
+
+}  // namespace
+
+int cmd_worker(const SpecArgs& a, int argc, char** argv) {
+  auto env = Environment::init(&argc, &argv);
+  if (!env) {
+    std::fprintf(stderr, "mobula worker: %s\n", env.status().message().c_str());
+    return 1;
+  }
+  init_logging("rank " + std::to_string((*env)->rank()) + "/" + std::to_string((*env)->size()) + " " +
+               (*env)->host());
+  const Status st = run_rank(a, **env);
+  if (st.is_ok()) return 0;
+  if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {
+    // Deterministic on every rank: one line from rank 0, clean exit everywhere.
+    if ((*env)->rank() == 0) std::fprintf(stderr, "%s\n", st.message().c_str());
+    return st.exit_code();
+  }
+  spdlog::error("{}", st.message());
+  spdlog::shutdown();
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  return 1;
+}
+
+}  // namespace mobula::launch

@@ -1,0 +1,88 @@
+#include "rl/roles/workload.h"
+
+#include <cstdint>
+#include <string>
+
+#include "core/runtime/log.h"
+#include "core/runtime/mpi.h"
+
+namespace mobula::rl {
+namespace {
+
+// Agree on success across the world: every rank returns an error if any rank failed.
+Status agree(MPI_Comm world, const Status& local) {
+  int bad = local.is_ok() ? 0 : 1, any = 0;
+  MOBULA_MPI(MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, world));
+  if (!local.is_ok()) return local;
+  if (any) return Status::external("workload failed on another rank (see its log)");
+  return Status::ok();
+}
+
+Status check_comm(MPI_Comm comm, const std::vector<int>& members, const Layout& layout, int64_t step,
+                  int64_t seed, const std::string& label) {
+  int size = 0;
+  MOBULA_MPI(MPI_Comm_size(comm, &size));
+  if (size != static_cast<int>(members.size()))
+    return Status::external(label + ": communicator has " + std::to_string(size) + " ranks, layout says " +
+                            std::to_string(members.size()));
+  int me = 0;
+  MOBULA_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &me));
+  // Sum of (world rank + 1) and of (role index + 1) over members.
+  int64_t mine[2] = {me + 1, layout.role_index(layout.at(me).role) + 1}, got[2] = {0, 0}, want[2] = {0, 0};
+  for (int r : members) {
+    want[0] += r + 1;
+    want[1] += layout.role_index(layout.at(r).role) + 1;
+  }
+  MOBULA_MPI(MPI_Allreduce(mine, got, 2, MPI_INT64_T, MPI_SUM, comm));
+  if (got[0] != want[0] || got[1] != want[1])
+    return Status::external(label + ": all-reduce gave (" + std::to_string(got[0]) + ", " + std::to_string(got[1]) +
+                            "), layout predicts (" + std::to_string(want[0]) + ", " + std::to_string(want[1]) + ")");
+  int64_t msg[2] = {0, 0};
+  int crank = 0;
+  MOBULA_MPI(MPI_Comm_rank(comm, &crank));
+  if (crank == 0) msg[0] = step, msg[1] = seed;
+  MOBULA_MPI(MPI_Bcast(msg, 2, MPI_INT64_T, 0, comm));
+  if (msg[0] != step || msg[1] != seed)
+    return Status::external(label + ": broadcast carried step " + std::to_string(msg[0]) + ", expected " +
+                            std::to_string(step));
+  return Status::ok();
+}
+
+}  // namespace
+
+Status run_layout_check(const WorkloadContext& ctx) {
+  const Placement& me = ctx.layout.at(ctx.rank);
+  std::string links;
+  for (const auto& l : ctx.comms.links()) {
+    if (l.comm == MPI_COMM_NULL) continue;
+    int n = 0;
+    MOBULA_MPI(MPI_Comm_size(l.comm, &n));
+    links += " " + l.a + "+" + l.b + "(" + std::to_string(n) + ")";
+  }
+  spdlog::info("role {} {}/{} on world rank {}/{}; links:{}", me.role, me.role_rank, me.role_size, ctx.rank,
+               ctx.layout.world_size(), links.empty() ? " none" : links);
+  for (int64_t step = 0; step < ctx.spec.steps; ++step) {
+    Status st = check_comm(ctx.comms.role(), ctx.layout.ranks_of(me.role), ctx.layout, step, ctx.spec.seed,
+                           "role " + me.role);
+    for (const auto& l : ctx.comms.links()) {
+      if (!st || l.comm == MPI_COMM_NULL) continue;
+      std::vector<int> members = ctx.layout.ranks_of(l.a);
+      for (int r : ctx.layout.ranks_of(l.b)) members.push_back(r);
+      std::sort(members.begin(), members.end());
+      st = check_comm(l.comm, members, ctx.layout, step, ctx.spec.seed, "link " + l.a + "+" + l.b);
+    }
+    MOBULA_RETURN_IF_ERROR(agree(ctx.world, st));
+  }
+  if (ctx.rank == 0)
+    spdlog::info("layout check passed: {} ranks, {} roles, {} links, {} steps", ctx.layout.world_size(),
+                 ctx.layout.roles().size(), ctx.layout.links().size(), ctx.spec.steps);
+  return Status::ok();
+}
+
+Status run_workload(const WorkloadContext& ctx) {
+  if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
+  return Status::invalid_spec(ctx.spec.where("job.workload") + ": job.workload: \"" + ctx.spec.workload +
+                              "\" is not implemented by this build");
+}
+
+}  // namespace mobula::rl

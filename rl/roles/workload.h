@@ -1,0 +1,32 @@
+// The role main loops. The worker calls run_workload() on every rank after the layout and the role
+// communicators exist; the spec's job.workload picks what runs.
+//
+// Contract: collective over every communicator in `comms` (all ranks call it with the same spec and
+// layout); returns a Status that is identical on all ranks (errors are agreed with an all-reduce,
+// so no rank is left waiting in a collective the others abandoned).
+#pragma once
+
+#include <mpi.h>
+
+#include "core/runtime/layout.h"
+#include "core/runtime/role_comms.h"
+#include "core/runtime/spec.h"
+
+namespace mobula::rl {
+
+struct WorkloadContext {
+  const JobSpec& spec;
+  const Layout& layout;
+  const RoleComms& comms;
+  MPI_Comm world;
+  int rank;
+};
+
+Status run_workload(const WorkloadContext& ctx);
+
+// `layout-check`: each step, every role communicator and every link communicator runs an
+// all-reduce whose result is predicted from the layout (sum of world ranks, sum of role ids), and a
+// broadcast from the first role of each link carrying (step, seed); any mismatch is an error.
+Status run_layout_check(const WorkloadContext& ctx);
+
+}  // namespace mobula::rl

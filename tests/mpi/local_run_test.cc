@@ -1,0 +1,56 @@
+// `mobula run` end to end on local ranks: mpiexec is started by the launcher, every rank prints its
+// role, the workload's collectives pass, and failures travel back as exit codes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "core/runtime/process.h"
+
+namespace mobula {
+namespace {
+
+const std::string kExe = MOBULA_EXE;
+const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
+
+size_t count(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
+  return n;
+}
+
+TEST(LocalRun, FourRanksPrintTheirRolesAndPass) {
+  auto r = run_capture({kExe, "run", kSrc + "/examples/minimal.toml", "--set", "job.workdir=" +
+                                                                            std::filesystem::temp_directory_path().string() +
+                                                                            "/mobula_run_test"},
+                       240);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  for (const char* who : {"[trainer 0/2 ", "[trainer 1/2 ", "[rollout 0/2 ", "[rollout 1/2 "}) {
+    EXPECT_EQ(count(r->out, std::string(who)) >= 1, true) << who << " missing:\n" << r->out;
+  }
+  EXPECT_EQ(count(r->out, "] info: role trainer "), 2u) << r->out;
+  EXPECT_EQ(count(r->out, "] info: role rollout "), 2u) << r->out;
+  EXPECT_EQ(count(r->out, "links: trainer+rollout(4)"), 4u) << r->out;
+  EXPECT_EQ(count(r->out, "layout check passed: 4 ranks, 2 roles, 1 links, 3 steps"), 1u) << r->out;
+}
+
+TEST(LocalRun, ThreeRolesWithOverrides) {
+  auto r = run_capture({kExe, "run", kSrc + "/examples/three-roles.toml", "--set", "job.steps=2", "--set",
+                        "roles.rollout.ranks=2", "--set",
+                        "job.workdir=" + std::filesystem::temp_directory_path().string() + "/mobula_run_test3"},
+                       240);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  EXPECT_NE(r->out.find("layout check passed: 5 ranks, 3 roles, 3 links, 2 steps"), std::string::npos) << r->out;
+  EXPECT_EQ(count(r->out, "] info: role embed 0/1 on world rank 4/5"), 1u) << r->out;
+}
+
+TEST(LocalRun, UnwritableWorkdirFailsOnAllRanksWithOneLine) {
+  auto r = run_capture({kExe, "run", kSrc + "/examples/minimal.toml", "--set", "job.workdir=/proc/mobula"}, 240);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  EXPECT_EQ(r->exit_code, 2) << r->out << r->err;
+  EXPECT_EQ(count(r->err, "job.workdir: cannot create '/proc/mobula'"), 1u) << r->err;
+}
+
+}  // namespace
+}  // namespace mobula
