@@ -4,6 +4,8 @@
 
 #include <Kokkos_Core.hpp>
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "core/runtime/mpi.h"
 
@@ -28,16 +30,42 @@ std::string host_name() {
   return buf;
 }
 
+namespace {
+long env_long(const std::string& name, long def) {
+  const char* v = std::getenv(name.c_str());
+  if (!v || !*v) return def;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return (end && *end == '\0') ? x : def;
+}
+}  // namespace
+
 int slurm_het_group() {
-  // Inside a heterogeneous step (srun --het-group=0,1 ...) slurmstepd exports the component index
-  // of each task as SLURM_HET_JOB_COMPONENT... but only in some versions; SLURM_PACK_* is the
-  // pre-20.02 spelling. Accept both.
-  for (const char* var : {"SLURM_HET_JOB_COMPONENT", "SLURM_HET_GROUP", "SLURM_PACK_JOB_COMPONENT"}) {
-    if (const char* v = std::getenv(var); v && *v) {
-      char* end = nullptr;
-      const long g = std::strtol(v, &end, 10);
-      if (end && *end == '\0' && g >= 0 && g < 64) return static_cast<int>(g);
-    }
+  // Explicit override (e.g. from a wrapper script) wins.
+  if (const long g = env_long("MOBULA_HET_GROUP", -1); g >= 0 && g < 64) return static_cast<int>(g);
+  // Slurm 22.05 exports no per-task component index in a heterogeneous step. It does export the
+  // task count of every component (SLURM_NTASKS_HET_GROUP_<g>; SLURM_*_PACK_GROUP_<g> before
+  // 20.02) and srun --het-group=0,1,... numbers tasks component by component, so the component
+  // follows from SLURM_PROCID. Only valid when the step spans every component (task counts add up
+  // to SLURM_STEP_NUM_TASKS); otherwise -1 (unknown) and roles are assigned in canonical order.
+  const long size = env_long("SLURM_HET_SIZE", env_long("SLURM_PACK_SIZE", -1));
+  const long procid = env_long("SLURM_PROCID", -1);
+  const long step_tasks = env_long("SLURM_STEP_NUM_TASKS", -1);
+  if (size <= 0 || size > 64 || procid < 0 || step_tasks <= 0) return -1;
+  std::vector<long> counts;
+  long total = 0;
+  for (long g = 0; g < size; ++g) {
+    const std::string n = std::to_string(g);
+    const long c = env_long("SLURM_NTASKS_HET_GROUP_" + n, env_long("SLURM_NTASKS_PACK_GROUP_" + n, -1));
+    if (c < 0) return -1;
+    counts.push_back(c);
+    total += c;
+  }
+  if (total != step_tasks) return -1;
+  long first = 0;
+  for (long g = 0; g < size; ++g) {
+    if (procid < first + counts[static_cast<size_t>(g)]) return static_cast<int>(g);
+    first += counts[static_cast<size_t>(g)];
   }
   return -1;
 }

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "core/runtime/environment.h"
 #include "slurm/slurm_env.h"
+
+#include <cstdlib>
 
 namespace mobula {
 namespace {
@@ -51,6 +54,36 @@ TEST(SlurmEnv, TasksPerNode) {
   EXPECT_FALSE(slurm::parse_tasks_per_node("2(x").is_ok());
   EXPECT_FALSE(slurm::parse_tasks_per_node("").is_ok());
   EXPECT_FALSE(slurm::parse_tasks_per_node("a").is_ok());
+}
+
+}  // namespace
+}  // namespace mobula
+
+namespace mobula {
+namespace {
+
+// Het group from the environment of a task in `srun --het-group=0,1` (2 + 3 tasks).
+TEST(SlurmEnv, HetGroupFromProcid) {
+  for (const char* v : {"MOBULA_HET_GROUP", "SLURM_PACK_SIZE"}) unsetenv(v);
+  setenv("SLURM_HET_SIZE", "2", 1);
+  setenv("SLURM_NTASKS_HET_GROUP_0", "2", 1);
+  setenv("SLURM_NTASKS_HET_GROUP_1", "3", 1);
+  setenv("SLURM_STEP_NUM_TASKS", "5", 1);
+  const int want[5] = {0, 0, 1, 1, 1};
+  for (int p = 0; p < 5; ++p) {
+    setenv("SLURM_PROCID", std::to_string(p).c_str(), 1);
+    EXPECT_EQ(slurm_het_group(), want[p]) << "procid " << p;
+  }
+  // A step on component 0 only (plain srun inside a het allocation): unknown.
+  setenv("SLURM_STEP_NUM_TASKS", "2", 1);
+  setenv("SLURM_PROCID", "1", 1);
+  EXPECT_EQ(slurm_het_group(), -1);
+  setenv("MOBULA_HET_GROUP", "1", 1);
+  EXPECT_EQ(slurm_het_group(), 1);
+  for (const char* v : {"MOBULA_HET_GROUP", "SLURM_HET_SIZE", "SLURM_NTASKS_HET_GROUP_0", "SLURM_NTASKS_HET_GROUP_1",
+                        "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"})
+    unsetenv(v);
+  EXPECT_EQ(slurm_het_group(), -1);
 }
 
 }  // namespace
