@@ -51,6 +51,9 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=pmix
 SchedulerType=sched/backfill
+# Heterogeneous jobs are started by the backfill scheduler only; its default 30 s cycle would
+# make every het test wait up to 30 s.
+SchedulerParameters=bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/runtime/process.h"
+#include "slurm/jobs.h"
 
 namespace mobula {
 namespace {
@@ -42,20 +43,21 @@ class Sbatch : public ::testing::Test {
     fs::create_directories(dir_);
   }
 
-  // Writes `script`, runs `sbatch --wait`, returns (exit code, job output).
+  // Writes `script`, submits it, waits for the end; returns (batch script exit code, job output).
   std::pair<int, std::string> run_job(const std::string& script) {
     const auto path = dir_ / "job.sh";
     std::ofstream(path) << script;
-    auto r = run_capture({"sbatch", "--wait", "--parsable", "-o", (dir_ / "out.txt").string(), "-D", dir_.string(),
-                          path.string()},
-                         300);
-    EXPECT_TRUE(r.is_ok()) << r.status().message();
-    if (!r) return {-1, ""};
-    EXPECT_EQ(r->err.find("error"), std::string::npos) << r->err;
+    auto id = slurm::sbatch({"-o", (dir_ / "out.txt").string(), "-D", dir_.string(), path.string()});
+    EXPECT_TRUE(id.is_ok()) << id.status().message();
+    if (!id) return {-1, ""};
+    auto end = slurm::wait_job(*id, 240);
+    EXPECT_TRUE(end.is_ok()) << end.status().message();
     std::ifstream in(dir_ / "out.txt");
     std::stringstream ss;
     ss << in.rdbuf();
-    return {r->exit_code, ss.str()};
+    if (!end) return {-1, ss.str()};
+    EXPECT_EQ(end->state, end->exit_code == 0 ? "COMPLETED" : "FAILED") << ss.str();
+    return {end->exit_code, ss.str()};
   }
 
   fs::path dir_;

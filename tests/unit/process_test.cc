@@ -88,3 +88,27 @@ TEST(SlurmEnv, HetGroupFromProcid) {
 
 }  // namespace
 }  // namespace mobula
+
+#include "slurm/jobs.h"
+
+namespace mobula {
+namespace {
+
+TEST(SlurmJobs, ParsesScontrolLine) {
+  auto j = slurm::parse_job_line(
+      "JobId=12 JobName=x UserId=root(0) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) Requeue=1 "
+      "Restarts=2 BatchFlag=1 ExitCode=3:9 RunTime=00:00:01");
+  ASSERT_TRUE(j.is_ok()) << j.status().message();
+  EXPECT_EQ(j->id, "12");
+  EXPECT_EQ(j->state, "FAILED");
+  EXPECT_EQ(j->reason, "NonZeroExitCode");
+  EXPECT_EQ(j->exit_code, 3);
+  EXPECT_EQ(j->signal, 9);
+  EXPECT_EQ(j->restarts, 2);
+  EXPECT_TRUE(j->terminal());
+  EXPECT_FALSE(slurm::parse_job_line("garbage").is_ok());
+  EXPECT_FALSE(slurm::parse_job_line("JobId=1 JobState=RUNNING ExitCode=x:0").is_ok());
+}
+
+}  // namespace
+}  // namespace mobula
