@@ -50,9 +50,14 @@ test_all() {
   build
   local cluster="$ROOT/slurm/local-cluster.sh"
   export MOBULA_SLURM_DIR="${MOBULA_SLURM_DIR:-$BUILD/slurm-cluster}"
+  # Stop the cluster whatever happens from here on (failure, Ctrl-C).
+  trap '"$ROOT/slurm/local-cluster.sh" stop "$MOBULA_SLURM_DIR" || true' EXIT
   "$cluster" start "$MOBULA_SLURM_DIR"
+  # The slurm-labelled tests fail (instead of skipping) when the cluster is not reachable.
+  export SLURM_CONF="$MOBULA_SLURM_DIR/slurm.conf" MOBULA_REQUIRE_SLURM=1
   local rc=0
-  (cd "$BUILD" && SLURM_CONF="$MOBULA_SLURM_DIR/slurm.conf" ctest --output-on-failure -j "${MOBULA_TEST_JOBS:-2}" "$@") || rc=$?
+  (cd "$BUILD" && ctest --output-on-failure -j "${MOBULA_TEST_JOBS:-2}" "$@") || rc=$?
+  trap - EXIT
   "$cluster" stop "$MOBULA_SLURM_DIR" || rc=$((rc ? rc : 1))
   return "$rc"
 }

@@ -23,16 +23,18 @@ Status h5_error(const char* call, const std::string& what, const char* file, int
 struct SilenceHdf5 {
   SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 };
-void silence() { static SilenceHdf5 once; }
+void silence() {
+  static SilenceHdf5 once;
+}
 
 }  // namespace
 
-#define MOBULA_H5(call, what)                                                        \
-  do {                                                                               \
-    if ((call) < 0) return h5_error(#call, (what), __FILE__, __LINE__);              \
+#define MOBULA_H5(call, what)                                           \
+  do {                                                                  \
+    if ((call) < 0) return h5_error(#call, (what), __FILE__, __LINE__); \
   } while (0)
-#define MOBULA_H5_ID(var, call, what)                                                \
-  Handle var{(call)};                                                                \
+#define MOBULA_H5_ID(var, call, what) \
+  Handle var{(call)};                 \
   if (!var.valid()) return h5_error(#call, (what), __FILE__, __LINE__)
 
 std::string hdf5_version() {
@@ -60,14 +62,30 @@ Status Handle::close() {
   id_ = H5I_INVALID_HID;
   herr_t rc = 0;
   switch (H5Iget_type(id)) {
-    case H5I_FILE: rc = H5Fclose(id); break;
-    case H5I_GROUP: rc = H5Gclose(id); break;
-    case H5I_DATASET: rc = H5Dclose(id); break;
-    case H5I_DATASPACE: rc = H5Sclose(id); break;
-    case H5I_ATTR: rc = H5Aclose(id); break;
-    case H5I_DATATYPE: rc = H5Tclose(id); break;
-    case H5I_GENPROP_LST: rc = H5Pclose(id); break;
-    default: rc = H5Idec_ref(id); break;
+    case H5I_FILE:
+      rc = H5Fclose(id);
+      break;
+    case H5I_GROUP:
+      rc = H5Gclose(id);
+      break;
+    case H5I_DATASET:
+      rc = H5Dclose(id);
+      break;
+    case H5I_DATASPACE:
+      rc = H5Sclose(id);
+      break;
+    case H5I_ATTR:
+      rc = H5Aclose(id);
+      break;
+    case H5I_DATATYPE:
+      rc = H5Tclose(id);
+      break;
+    case H5I_GENPROP_LST:
+      rc = H5Pclose(id);
+      break;
+    default:
+      rc = H5Idec_ref(id);
+      break;
   }
   if (rc < 0) return h5_error("H5*close", "handle " + std::to_string(id), __FILE__, __LINE__);
   return Status::ok();
@@ -119,7 +137,9 @@ Status H5File::write_slices(const std::string& name, std::span<const float> loca
   const std::string what = path_ + ":/" + name;
   hsize_t dims[1] = {total};
   MOBULA_H5_ID(fspace, H5Screate_simple(1, dims, nullptr), what);
-  MOBULA_H5_ID(dset, H5Dcreate2(file_.get(), name.c_str(), H5T_IEEE_F32LE, fspace.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  MOBULA_H5_ID(
+      dset, H5Dcreate2(file_.get(), name.c_str(), H5T_IEEE_F32LE, fspace.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      what);
   hsize_t off[1] = {offset}, cnt[1] = {local.size()};
   MOBULA_H5(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr), what);
   MOBULA_H5_ID(mspace, H5Screate_simple(1, cnt, nullptr), what);

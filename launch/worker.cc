@@ -57,8 +57,8 @@ Status make_workdir(const JobSpec& spec, int rank) {
   }
   MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
   if (!ok)
-    return Status::invalid_spec(spec.where("job.workdir") + ": job.workdir: cannot create '" + spec.workdir +
-                                "'" + (err.empty() ? "" : ": " + err) + "; choose a writable directory");
+    return Status::invalid_spec(spec.where("job.workdir") + ": job.workdir: cannot create '" + spec.workdir + "'" +
+                                (err.empty() ? "" : ": " + err) + "; choose a writable directory");
   return Status::ok();
 }
 
@@ -104,8 +104,7 @@ int cmd_worker(const SpecArgs& a, int argc, char** argv) {
     std::fprintf(stderr, "mobula worker: %s\n", env.status().message().c_str());
     return 1;
   }
-  init_logging("rank " + std::to_string((*env)->rank()) + "/" + std::to_string((*env)->size()) + " " +
-               (*env)->host());
+  init_logging("rank " + std::to_string((*env)->rank()) + "/" + std::to_string((*env)->size()) + " " + (*env)->host());
   const Status st = run_rank(a, **env);
   if (st.is_ok()) return 0;
   if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {

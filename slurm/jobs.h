@@ -12,10 +12,10 @@ namespace mobula::slurm {
 
 struct JobInfo {
   std::string id;
-  std::string state;      // PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
+  std::string state;  // PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
   std::string reason;
-  int exit_code = 0;      // batch script exit code ("ExitCode=A:B" -> A)
-  int signal = 0;         // -> B
+  int exit_code = 0;  // batch script exit code ("ExitCode=A:B" -> A)
+  int signal = 0;     // -> B
   int restarts = 0;
   bool terminal() const;
 };

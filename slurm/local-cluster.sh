@@ -75,7 +75,12 @@ CONF
 
 start_munge() {
   if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
-  [[ -f /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing; install the munge package (or run mungekey)"
+  if [[ ! -f /etc/munge/munge.key ]]; then
+    command -v mungekey >/dev/null || die "/etc/munge/munge.key missing and no mungekey; install the munge package"
+    mungekey --create --keyfile=/etc/munge/munge.key || die "mungekey could not create /etc/munge/munge.key"
+    chown munge:munge /etc/munge/munge.key 2>/dev/null || true
+    chmod 0400 /etc/munge/munge.key
+  fi
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   local as=()
@@ -103,7 +108,10 @@ wait_idle() {
 }
 
 start() {
-  for p in slurmctld slurmd munge sinfo; do command -v "$p" >/dev/null || die "$p not found; run ./dev.sh deps"; done
+  for p in slurmctld slurmd munge sinfo scontrol; do command -v "$p" >/dev/null || die "$p not found; run ./dev.sh deps"; done
+  if ! alive "$DIR/slurmctld.pid" && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    die "port $PORT is taken (another Slurm cluster?); set MOBULA_SLURM_PORT to a free base port"
+  fi
   write_conf
   start_munge
   if ! alive "$DIR/slurmctld.pid"; then

@@ -55,7 +55,8 @@ Result<std::vector<int>> parse_tasks_per_node(const std::string& s) {
     int count = 0, times = 1;
     char x1 = 0, x2 = 0, x3 = 0;
     std::istringstream it(item);
-    if (!(it >> count) || count < 0) return Status::invalid_argument("bad tasks-per-node item '" + item + "' in '" + s + "'");
+    if (!(it >> count) || count < 0)
+      return Status::invalid_argument("bad tasks-per-node item '" + item + "' in '" + s + "'");
     if (it >> x1) {
       if (x1 != '(' || !(it >> x2) || x2 != 'x' || !(it >> times) || !(it >> x3) || x3 != ')' || times < 1)
         return Status::invalid_argument("bad tasks-per-node item '" + item + "' in '" + s + "'");

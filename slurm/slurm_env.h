@@ -10,8 +10,8 @@
 namespace mobula::slurm {
 
 struct SlurmEnv {
-  bool in_job = false;       // SLURM_JOB_ID set
-  bool in_step = false;      // SLURM_STEP_ID set (launched by srun)
+  bool in_job = false;   // SLURM_JOB_ID set
+  bool in_step = false;  // SLURM_STEP_ID set (launched by srun)
   std::string job_id;
   std::string node_name;     // SLURMD_NODENAME
   std::string job_nodelist;  // SLURM_JOB_NODELIST (hostlist expression)

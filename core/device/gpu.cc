@@ -20,25 +20,29 @@ Status cuda_status(cudaError_t e, const char* call, const char* file, int line) 
                           cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
 }
 }  // namespace
-#define MOBULA_CUDA(call)                                                                 \
-  do {                                                                                    \
-    const cudaError_t mobula_cuda_e_ = (call);                                            \
+#define MOBULA_CUDA(call)                                                                             \
+  do {                                                                                                \
+    const cudaError_t mobula_cuda_e_ = (call);                                                        \
     if (mobula_cuda_e_ != cudaSuccess) return cuda_status(mobula_cuda_e_, #call, __FILE__, __LINE__); \
   } while (0)
 #endif
 
 #if MOBULA_HAVE_NCCL
-#define MOBULA_NCCL(call)                                                                          \
-  do {                                                                                             \
-    const ncclResult_t mobula_nccl_r_ = (call);                                                    \
-    if (mobula_nccl_r_ != ncclSuccess)                                                             \
-      return Status::external(std::string(#call) + " failed at " + __FILE__ + ":" +                \
-                              std::to_string(__LINE__) + ": " + ncclGetErrorString(mobula_nccl_r_)); \
+#define MOBULA_NCCL(call)                                                                                             \
+  do {                                                                                                                \
+    const ncclResult_t mobula_nccl_r_ = (call);                                                                       \
+    if (mobula_nccl_r_ != ncclSuccess)                                                                                \
+      return Status::external(std::string(#call) + " failed at " + __FILE__ + ":" + std::to_string(__LINE__) + ": " + \
+                              ncclGetErrorString(mobula_nccl_r_));                                                    \
   } while (0)
 #endif
 
-bool cuda_built() { return MOBULA_HAVE_CUDA + 0 != 0; }
-bool nccl_built() { return MOBULA_HAVE_NCCL + 0 != 0; }
+bool cuda_built() {
+  return MOBULA_HAVE_CUDA + 0 != 0;
+}
+bool nccl_built() {
+  return MOBULA_HAVE_NCCL + 0 != 0;
+}
 
 int gpu_count() {
 #if MOBULA_HAVE_CUDA
@@ -59,7 +63,8 @@ std::string gpu_unavailable_reason() {
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    return std::string("no usable GPU: cudaGetDeviceCount: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    return std::string("no usable GPU: cudaGetDeviceCount: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+           ")";
   }
   return n > 0 ? "" : "no GPU: cudaGetDeviceCount returned 0";
 #else
@@ -88,8 +93,8 @@ std::vector<std::pair<std::string, std::string>> gpu_build_info() {
 #if MOBULA_HAVE_NCCL
   int nv = 0;
   if (ncclGetVersion(&nv) == ncclSuccess)
-    out.emplace_back("nccl", std::to_string(nv / 10000) + "." + std::to_string(nv / 100 % 100) + "." +
-                                 std::to_string(nv % 100));
+    out.emplace_back(
+        "nccl", std::to_string(nv / 10000) + "." + std::to_string(nv / 100 % 100) + "." + std::to_string(nv % 100));
   else
     out.emplace_back("nccl", "linked, ncclGetVersion failed");
 #else
@@ -153,7 +158,8 @@ Status nccl_allreduce_check(int ndev, size_t count) {
       MOBULA_CUDA(cudaStreamSynchronize(streams[static_cast<size_t>(i)]));
       MOBULA_CUDA(cudaMemcpy(out.data(), buf[static_cast<size_t>(i)], count * sizeof(float), cudaMemcpyDeviceToHost));
       for (size_t k = 0; k < count; ++k) {
-        const float want = static_cast<float>(ndev * (ndev + 1) / 2) + static_cast<float>(ndev) * static_cast<float>(k % 7);
+        const float want =
+            static_cast<float>(ndev * (ndev + 1) / 2) + static_cast<float>(ndev) * static_cast<float>(k % 7);
         wrong += out[k] != want;
       }
     }

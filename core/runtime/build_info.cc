@@ -24,7 +24,8 @@ std::vector<std::pair<std::string, std::string>> core_build_info() {
     if (auto nl = mpi.find_first_of(",\n"); nl != std::string::npos) mpi.resize(nl);
   }
   int ver = 0, sub = 0;
-  if (MPI_Get_version(&ver, &sub) == MPI_SUCCESS) mpi += " (MPI " + std::to_string(ver) + "." + std::to_string(sub) + ")";
+  if (MPI_Get_version(&ver, &sub) == MPI_SUCCESS)
+    mpi += " (MPI " + std::to_string(ver) + "." + std::to_string(sub) + ")";
   out.emplace_back("mpi", mpi);
   out.emplace_back("mpiexec", MOBULA_MPIEXEC);
   std::string kokkos = MOBULA_KOKKOS_VERSION_STRING;

@@ -14,17 +14,16 @@ Result<Layout> Layout::make(const JobSpec& spec, int world_size, std::span<const
   if (want != world_size) {
     std::string parts;
     for (const auto& r : spec.roles) parts += (parts.empty() ? "" : " + ") + std::to_string(r.ranks) + " " + r.name;
-    return Status::invalid_spec(spec.where("roles") + ": roles: role ranks add up to " + std::to_string(want) +
-                                " (" + parts + ") but the job has " + std::to_string(world_size) +
-                                " ranks; start it with " + std::to_string(want) +
-                                " ranks or change roles.*.ranks");
+    return Status::invalid_spec(spec.where("roles") + ": roles: role ranks add up to " + std::to_string(want) + " (" +
+                                parts + ") but the job has " + std::to_string(world_size) + " ranks; start it with " +
+                                std::to_string(want) + " ranks or change roles.*.ranks");
   }
-  const bool use_het =
-      !het.empty() && std::any_of(het.begin(), het.end(), [](int g) { return g >= 0; }) &&
-      std::any_of(spec.roles.begin(), spec.roles.end(), [](const RoleSpec& r) { return r.het_group >= 0; });
+  const bool use_het = !het.empty() && std::any_of(het.begin(), het.end(), [](int g) {
+    return g >= 0;
+  }) && std::any_of(spec.roles.begin(), spec.roles.end(), [](const RoleSpec& r) { return r.het_group >= 0; });
   if (!het.empty() && static_cast<int>(het.size()) != world_size)
-    return Status::invalid_argument("layout: het group vector has " + std::to_string(het.size()) +
-                                    " entries for " + std::to_string(world_size) + " ranks");
+    return Status::invalid_argument("layout: het group vector has " + std::to_string(het.size()) + " entries for " +
+                                    std::to_string(world_size) + " ranks");
 
   Layout L;
   L.ranks_.resize(static_cast<size_t>(world_size));
@@ -65,8 +64,8 @@ Result<Layout> Layout::make(const JobSpec& spec, int world_size, std::span<const
     }
     for (const auto& p : L.ranks_)
       if (p.role.empty())
-        return Status::invalid_spec(spec.where("roles") + ": roles: rank " + std::to_string(p.rank) +
-                                    " (het group " + std::to_string(p.het_group) +
+        return Status::invalid_spec(spec.where("roles") + ": roles: rank " + std::to_string(p.rank) + " (het group " +
+                                    std::to_string(p.het_group) +
                                     ") has no role; pin a role to that group with roles.<role>.het_group");
   } else {
     for (const auto& role : spec.roles) assign(role, [](int) { return true; });

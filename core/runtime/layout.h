@@ -22,17 +22,16 @@
 namespace mobula {
 
 struct Placement {
-  int rank = 0;          // world rank
-  std::string role;      // "trainer", ...
-  int role_rank = 0;     // rank inside the role communicator
+  int rank = 0;       // world rank
+  std::string role;   // "trainer", ...
+  int role_rank = 0;  // rank inside the role communicator
   int role_size = 0;
   int het_group = -1;
 };
 
 class Layout {
  public:
-  static Result<Layout> make(const JobSpec& spec, int world_size,
-                             std::span<const int> het_group_of_rank = {});
+  static Result<Layout> make(const JobSpec& spec, int world_size, std::span<const int> het_group_of_rank = {});
 
   int world_size() const { return static_cast<int>(ranks_.size()); }
   const std::vector<Placement>& ranks() const { return ranks_; }

@@ -80,7 +80,8 @@ Result<ProcessResult> run_capture(const std::vector<std::string>& argv, double t
   bool timed_out = false;
   char buf[4096];
   while (open_fds > 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
       timed_out = true;
       break;
@@ -124,7 +125,8 @@ Result<int> run_inherit(const std::vector<std::string>& argv, const std::vector<
   for (const auto& x : extra_env) env.push_back(x);
   auto args = cargv(argv);
   auto envp = cargv(env);
-  struct sigaction sa {}, old_int{}, old_term{}, old_usr1{};
+  struct sigaction sa {
+  }, old_int{}, old_term{}, old_usr1{};
   sa.sa_handler = forward;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &old_int);

@@ -12,9 +12,9 @@
 namespace mobula {
 
 struct ProcessResult {
-  int exit_code = 0;     // exit status, or 128 + signal number when killed by a signal
-  std::string out;       // captured stdout (run_capture only)
-  std::string err;       // captured stderr (run_capture only)
+  int exit_code = 0;  // exit status, or 128 + signal number when killed by a signal
+  std::string out;    // captured stdout (run_capture only)
+  std::string err;    // captured stderr (run_capture only)
 };
 
 // Runs argv[0] (looked up in PATH) and captures stdout/stderr. Fails (Status) when the program

@@ -9,8 +9,8 @@ Result<RoleComms> RoleComms::create(MPI_Comm world, const Layout& layout) {
   MOBULA_MPI(MPI_Comm_rank(world, &rank));
   MOBULA_MPI(MPI_Comm_size(world, &size));
   if (size != layout.world_size())
-    return Status::invalid_argument("RoleComms: communicator has " + std::to_string(size) +
-                                    " ranks, layout has " + std::to_string(layout.world_size()));
+    return Status::invalid_argument("RoleComms: communicator has " + std::to_string(size) + " ranks, layout has " +
+                                    std::to_string(layout.world_size()));
   RoleComms c;
   const Placement& me = layout.at(rank);
   MOBULA_MPI(MPI_Comm_split(world, layout.role_index(me.role), me.role_rank, &c.role_));
@@ -59,6 +59,8 @@ void RoleComms::release() {
   links_.clear();
 }
 
-RoleComms::~RoleComms() { release(); }
+RoleComms::~RoleComms() {
+  release();
+}
 
 }  // namespace mobula

@@ -2,11 +2,11 @@
 
 #include <xxhash.h>
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 namespace mobula {
 
@@ -80,28 +80,33 @@ std::string section_note(std::string_view path) {
 
 std::string describe(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::string: return "string \"" + std::string(*n.value<std::string_view>()) + "\"";
-    case toml::node_type::integer: return "integer " + std::to_string(*n.value<int64_t>());
-    case toml::node_type::floating_point: return "float " + std::to_string(*n.value<double>());
-    case toml::node_type::boolean: return *n.value<bool>() ? "boolean true" : "boolean false";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date/time";
+    case toml::node_type::string:
+      return "string \"" + std::string(*n.value<std::string_view>()) + "\"";
+    case toml::node_type::integer:
+      return "integer " + std::to_string(*n.value<int64_t>());
+    case toml::node_type::floating_point:
+      return "float " + std::to_string(*n.value<double>());
+    case toml::node_type::boolean:
+      return *n.value<bool>() ? "boolean true" : "boolean false";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    default:
+      return "a date/time";
   }
 }
 
 // Converts a TOML node to the key's type; empty optional + message on mismatch.
 Status convert(const KeyDef& def, const toml::node& n, SpecValue* out) {
-  auto mismatch = [&] {
-    return Status::invalid_spec("expected " + type_name(def.type) + ", got " + describe(n));
-  };
+  auto mismatch = [&] { return Status::invalid_spec("expected " + type_name(def.type) + ", got " + describe(n)); };
   switch (def.type) {
     case ValueType::kInt: {
       auto v = n.value_exact<int64_t>();
       if (!v) return mismatch();
       if (*v < def.min || *v > def.max)
-        return Status::invalid_spec("value " + std::to_string(*v) + " out of range [" +
-                                    std::to_string(def.min) + ", " + std::to_string(def.max) + "]");
+        return Status::invalid_spec("value " + std::to_string(*v) + " out of range [" + std::to_string(def.min) + ", " +
+                                    std::to_string(def.max) + "]");
       *out = *v;
       return Status::ok();
     }
@@ -146,7 +151,7 @@ Status convert(const KeyDef& def, const toml::node& n, SpecValue* out) {
 struct Loader {
   std::string file;
   std::map<std::string, std::pair<SpecValue, std::string>> set;  // path -> (value, origin)
-  std::map<std::string, std::string, std::less<>> where;        // path or table -> FILE:LINE
+  std::map<std::string, std::string, std::less<>> where;         // path or table -> FILE:LINE
 
   std::string loc(const toml::source_region& r) const {
     return file + ":" + std::to_string(r.begin.line ? r.begin.line : 1);
@@ -158,8 +163,7 @@ struct Loader {
       const std::string at = loc(k.source().begin.line ? k.source() : node.source());
       if (const auto* sub = node.as_table()) {
         if (!is_known_table(path))
-          return Status::invalid_spec(at + ": " + path + ": unknown table" + section_note(path) +
-                                      suggestion(path));
+          return Status::invalid_spec(at + ": " + path + ": unknown table" + section_note(path) + suggestion(path));
         where.emplace(path, at);
         if (Status s = walk(*sub, path); !s) return s;
         continue;
@@ -198,8 +202,8 @@ struct Loader {
         const std::string doc = "v = " + text;
         parsed = toml::parse(std::string_view(doc), std::string_view("--set"));
       } catch (const toml::parse_error&) {
-        return Status::invalid_spec(at + ": " + path + ": cannot parse '" + text + "' as " +
-                                    type_name(def->type) + " (TOML syntax)");
+        return Status::invalid_spec(at + ": " + path + ": cannot parse '" + text + "' as " + type_name(def->type) +
+                                    " (TOML syntax)");
       }
       if (Status s = convert(*def, *parsed.get("v"), &v); !s)
         return Status::invalid_spec(at + ": " + path + ": " + s.message());
@@ -251,8 +255,7 @@ std::string JobSpec::where(std::string_view key) const {
 
 Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides) {
   std::ifstream in(file, std::ios::binary);
-  if (!in)
-    return Status::invalid_spec(file + ":0: (file): cannot open the spec file; check the path");
+  if (!in) return Status::invalid_spec(file + ":0: (file): cannot open the spec file; check the path");
   std::stringstream ss;
   ss << in.rdbuf();
   return load_spec_from_string(ss.str(), file, overrides);
@@ -293,8 +296,7 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
 
   spec.name = get<std::string>(L.set, "job.name");
   if (spec.name.empty() || spec.name.find_first_of("/ \t\n") != std::string::npos)
-    return Status::invalid_spec(L.where_of("job.name") +
-                                ": job.name: must be non-empty without '/' or whitespace");
+    return Status::invalid_spec(L.where_of("job.name") + ": job.name: must be non-empty without '/' or whitespace");
   spec.workdir = get<std::string>(L.set, "job.workdir");
   for (size_t p; (p = spec.workdir.find("{name}")) != std::string::npos;) spec.workdir.replace(p, 6, spec.name);
   spec.seed = get<int64_t>(L.set, "job.seed");

@@ -26,12 +26,12 @@ enum class ValueType { kInt, kFloat, kBool, kString, kStringList };
 using SpecValue = std::variant<int64_t, double, bool, std::string, std::vector<std::string>>;
 
 struct KeyDef {
-  std::string path;           // dotted, e.g. "roles.trainer.ranks"
+  std::string path;  // dotted, e.g. "roles.trainer.ranks"
   ValueType type;
-  SpecValue default_value;    // ignored when required
+  SpecValue default_value;  // ignored when required
   bool required = false;
-  int64_t min = INT64_MIN;    // for kInt
-  int64_t max = INT64_MAX;    // for kInt
+  int64_t min = INT64_MIN;           // for kInt
+  int64_t max = INT64_MAX;           // for kInt
   std::vector<std::string> choices;  // for kString: allowed values (empty = any)
   std::string doc;
 };
@@ -66,9 +66,9 @@ struct ResolvedKey {
 
 class JobSpec {
  public:
-  std::string file;      // path as given
+  std::string file;  // path as given
   std::string name;
-  std::string workdir;   // with {name} substituted
+  std::string workdir;  // with {name} substituted
   std::string workload;
   int64_t seed = 0;
   int64_t steps = 1;
@@ -84,8 +84,7 @@ class JobSpec {
   const std::vector<ResolvedKey>& keys() const { return keys_; }
 
  private:
-  friend Result<JobSpec> load_spec_from_string(std::string_view, std::string,
-                                               const std::vector<std::string>&);
+  friend Result<JobSpec> load_spec_from_string(std::string_view, std::string, const std::vector<std::string>&);
   std::vector<ResolvedKey> keys_;
   std::map<std::string, std::string, std::less<>> where_;
   std::string hash_;

@@ -10,9 +10,8 @@ const std::vector<std::string>& known_roles() {
 }
 
 const std::vector<std::string>& spec_sections() {
-  static const std::vector<std::string> s = {"job",       "roles", "model", "rl",
-                                             "checkpoint", "transport", "slurm", "fault",
-                                             "metrics"};
+  static const std::vector<std::string> s = {"job",       "roles", "model", "rl",     "checkpoint",
+                                             "transport", "slurm", "fault", "metrics"};
   return s;
 }
 
@@ -24,8 +23,8 @@ KeyDef int_key(std::string path, int64_t def, int64_t min, int64_t max, std::str
 }
 
 KeyDef str_key(std::string path, std::string def, std::vector<std::string> choices, std::string doc) {
-  KeyDef k{std::move(path), ValueType::kString, std::move(def), false, INT64_MIN, INT64_MAX,
-           std::move(choices), std::move(doc)};
+  KeyDef k{std::move(path), ValueType::kString, std::move(def),     false,
+           INT64_MIN,       INT64_MAX,          std::move(choices), std::move(doc)};
   return k;
 }
 
@@ -44,19 +43,19 @@ std::vector<KeyDef> build_schema() {
                       "exercised with collectives each step and verified against the layout."));
   for (const auto& r : known_roles()) {
     s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
-                        "Number of " + r + " ranks. Ranks are assigned in the order trainer, rollout, "
-                        "embed (world ranks 0.. go to trainers)."));
+                        "Number of " + r +
+                            " ranks. Ranks are assigned in the order trainer, rollout, "
+                            "embed (world ranks 0.. go to trainers)."));
     s.push_back(int_key("roles." + r + ".het_group", -1, -1, 63,
                         "Slurm heterogeneous-job component (srun --het-group) whose tasks become " + r +
-                        " ranks; -1 = any. Only used when the job runs as a heterogeneous step."));
+                            " ranks; -1 = any. Only used when the job runs as a heterogeneous step."));
   }
   const std::vector<std::string> transports = {"auto", "mpi", "ucx", "nccl"};
-  s.push_back(str_key("transport.weights", "auto", transports,
-                      "Transport for weight sync from trainers to rollout ranks."));
-  s.push_back(str_key("transport.rollouts", "auto", transports,
-                      "Transport for rollouts from rollout ranks to trainers."));
-  s.push_back(str_key("transport.gradients", "auto", transports,
-                      "Transport for gradient reduction among trainers."));
+  s.push_back(
+      str_key("transport.weights", "auto", transports, "Transport for weight sync from trainers to rollout ranks."));
+  s.push_back(
+      str_key("transport.rollouts", "auto", transports, "Transport for rollouts from rollout ranks to trainers."));
+  s.push_back(str_key("transport.gradients", "auto", transports, "Transport for gradient reduction among trainers."));
   return s;
 }
 
@@ -69,11 +68,16 @@ const std::vector<KeyDef>& spec_schema() {
 
 std::string type_name(ValueType t) {
   switch (t) {
-    case ValueType::kInt: return "an integer";
-    case ValueType::kFloat: return "a number";
-    case ValueType::kBool: return "a boolean";
-    case ValueType::kString: return "a string";
-    case ValueType::kStringList: return "an array of strings";
+    case ValueType::kInt:
+      return "an integer";
+    case ValueType::kFloat:
+      return "a number";
+    case ValueType::kBool:
+      return "a boolean";
+    case ValueType::kString:
+      return "a string";
+    case ValueType::kStringList:
+      return "an array of strings";
   }
   return "?";
 }

@@ -33,10 +33,13 @@ class Status {
   // Process exit code for this status: 0 ok, 2 for bad user input (spec, arguments), 1 otherwise.
   int exit_code() const {
     switch (code_) {
-      case Code::kOk: return 0;
+      case Code::kOk:
+        return 0;
       case Code::kInvalidSpec:
-      case Code::kInvalidArgument: return 2;
-      default: return 1;
+      case Code::kInvalidArgument:
+        return 2;
+      default:
+        return 1;
     }
   }
 
@@ -49,7 +52,7 @@ class Status {
 template <class T>
 class Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (status_.is_ok()) {
       std::fprintf(stderr, "mobula: internal error: Result constructed from an OK status\n");
@@ -71,8 +74,7 @@ class Result {
  private:
   T& checked() {
     if (!value_) {
-      std::fprintf(stderr, "mobula: internal error: value() on an error Result: %s\n",
-                   status_.message().c_str());
+      std::fprintf(stderr, "mobula: internal error: value() on an error Result: %s\n", status_.message().c_str());
       std::abort();
     }
     return *value_;

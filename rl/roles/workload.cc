@@ -18,8 +18,8 @@ Status agree(MPI_Comm world, const Status& local) {
   return Status::ok();
 }
 
-Status check_comm(MPI_Comm comm, const std::vector<int>& members, const Layout& layout, int64_t step,
-                  int64_t seed, const std::string& label) {
+Status check_comm(MPI_Comm comm, const std::vector<int>& members, const Layout& layout, int64_t step, int64_t seed,
+                  const std::string& label) {
   int size = 0;
   MOBULA_MPI(MPI_Comm_size(comm, &size));
   if (size != static_cast<int>(members.size()))
@@ -62,8 +62,8 @@ Status run_layout_check(const WorkloadContext& ctx) {
   spdlog::info("role {} {}/{} on world rank {}/{}; links:{}", me.role, me.role_rank, me.role_size, ctx.rank,
                ctx.layout.world_size(), links.empty() ? " none" : links);
   for (int64_t step = 0; step < ctx.spec.steps; ++step) {
-    Status st = check_comm(ctx.comms.role(), ctx.layout.ranks_of(me.role), ctx.layout, step, ctx.spec.seed,
-                           "role " + me.role);
+    Status st =
+        check_comm(ctx.comms.role(), ctx.layout.ranks_of(me.role), ctx.layout, step, ctx.spec.seed, "role " + me.role);
     for (const auto& l : ctx.comms.links()) {
       if (!st || l.comm == MPI_COMM_NULL) continue;
       std::vector<int> members = ctx.layout.ranks_of(l.a);

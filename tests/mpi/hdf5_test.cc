@@ -65,7 +65,8 @@ TEST(Hdf5, ShardedWriteReadRoundTrip) {
   ASSERT_TRUE(f->close().is_ok());
 
   MPI_Barrier(MPI_COMM_WORLD);
-  if (rank == 0 && std::string(MOBULA_H5DUMP).size() > 0 && std::string(MOBULA_H5DUMP).find("NOTFOUND") == std::string::npos) {
+  if (rank == 0 && std::string(MOBULA_H5DUMP).size() > 0 &&
+      std::string(MOBULA_H5DUMP).find("NOTFOUND") == std::string::npos) {
     auto r = run_capture({MOBULA_H5DUMP, "-A", path});
     ASSERT_TRUE(r.is_ok()) << r.status().message();
     EXPECT_EQ(r->exit_code, 0) << r->err;

@@ -19,9 +19,8 @@ size_t count(const std::string& hay, const std::string& needle) {
 }
 
 TEST(LocalRun, FourRanksPrintTheirRolesAndPass) {
-  auto r = run_capture({kExe, "run", kSrc + "/examples/minimal.toml", "--set", "job.workdir=" +
-                                                                            std::filesystem::temp_directory_path().string() +
-                                                                            "/mobula_run_test"},
+  auto r = run_capture({kExe, "run", kSrc + "/examples/minimal.toml", "--set",
+                        "job.workdir=" + std::filesystem::temp_directory_path().string() + "/mobula_run_test"},
                        240);
   ASSERT_TRUE(r.is_ok()) << r.status().message();
   ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
@@ -35,10 +34,10 @@ TEST(LocalRun, FourRanksPrintTheirRolesAndPass) {
 }
 
 TEST(LocalRun, ThreeRolesWithOverrides) {
-  auto r = run_capture({kExe, "run", kSrc + "/examples/three-roles.toml", "--set", "job.steps=2", "--set",
-                        "roles.rollout.ranks=2", "--set",
-                        "job.workdir=" + std::filesystem::temp_directory_path().string() + "/mobula_run_test3"},
-                       240);
+  auto r = run_capture(
+      {kExe, "run", kSrc + "/examples/three-roles.toml", "--set", "job.steps=2", "--set", "roles.rollout.ranks=2",
+       "--set", "job.workdir=" + std::filesystem::temp_directory_path().string() + "/mobula_run_test3"},
+      240);
   ASSERT_TRUE(r.is_ok()) << r.status().message();
   ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
   EXPECT_NE(r->out.find("layout check passed: 5 ranks, 3 roles, 3 links, 2 steps"), std::string::npos) << r->out;

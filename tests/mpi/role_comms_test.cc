@@ -88,9 +88,9 @@ TEST(RoleComms, LayoutCheckDetectsAWrongLayout) {
   auto comms = RoleComms::create(MPI_COMM_WORLD, *layout);
   ASSERT_TRUE(comms.is_ok());
   // Same world size, different split: 1 trainer, n-1 rollout.
-  auto other_spec = load_spec_from_string("[job]\nname = \"x\"\n[roles.trainer]\nranks = 1\n[roles.rollout]\nranks = " +
-                                              std::to_string(n - 1) + "\n",
-                                          "x.toml");
+  auto other_spec = load_spec_from_string(
+      "[job]\nname = \"x\"\n[roles.trainer]\nranks = 1\n[roles.rollout]\nranks = " + std::to_string(n - 1) + "\n",
+      "x.toml");
   ASSERT_TRUE(other_spec.is_ok());
   auto other = Layout::make(*other_spec, n);
   ASSERT_TRUE(other.is_ok());

@@ -26,7 +26,8 @@ class Sbatch : public ::testing::Test {
  protected:
   void SetUp() override {
     const char* conf = std::getenv("SLURM_CONF");
-    const bool required = std::getenv("MOBULA_REQUIRE_SLURM") && std::string(std::getenv("MOBULA_REQUIRE_SLURM")) == "1";
+    const bool required =
+        std::getenv("MOBULA_REQUIRE_SLURM") && std::string(std::getenv("MOBULA_REQUIRE_SLURM")) == "1";
     std::string why;
     if (!conf || !fs::exists(conf)) {
       why = "SLURM_CONF does not name a slurm.conf; start slurm/local-cluster.sh";
@@ -38,8 +39,9 @@ class Sbatch : public ::testing::Test {
       if (required) FAIL() << why << " (MOBULA_REQUIRE_SLURM=1)";
       GTEST_SKIP() << why;
     }
-    dir_ = fs::path(MOBULA_TEST_BINARY_DIR) / "slurm-jobs" /
-           (std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" + std::to_string(getpid()));
+    dir_ =
+        fs::path(MOBULA_TEST_BINARY_DIR) / "slurm-jobs" /
+        (std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" + std::to_string(getpid()));
     fs::create_directories(dir_);
   }
 
@@ -101,9 +103,9 @@ TEST_F(Sbatch, HetJobGroupsDefineRoles) {
 TEST_F(Sbatch, FailingStepFailsTheJob) {
   // A spec error inside the allocation: every rank exits 2, srun and the batch script fail, and
   // the one-line message reaches the job's output exactly once.
-  const auto [rc, out] = run_job("#!/bin/bash\n#SBATCH -p gpu -N 1 -n 2 -t 5\n" + std::string(kMpiEnv) +
-                                 "srun --mpi=pmix " + kExe + " worker " + kSrc +
-                                 "/examples/minimal.toml --set job.workdir=" + dir_.string() + "/run\n");
+  const auto [rc, out] =
+      run_job("#!/bin/bash\n#SBATCH -p gpu -N 1 -n 2 -t 5\n" + std::string(kMpiEnv) + "srun --mpi=pmix " + kExe +
+              " worker " + kSrc + "/examples/minimal.toml --set job.workdir=" + dir_.string() + "/run\n");
   EXPECT_NE(rc, 0);
   size_t n = 0;
   for (size_t p = out.find("roles: role ranks add up to 4"); p != std::string::npos;

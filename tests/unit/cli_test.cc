@@ -55,7 +55,8 @@ TEST(Cli, CheckAllShowsOrigins) {
 
 TEST_F(CliBadSpec, TypoedKey) {
   const auto p = write("typo.toml", "[job]\nname = \"x\"\nsteps = 2\n\n[roles.trainer]\nrnaks = 2\n");
-  expect_one_line_error(mobula({"check", p}), p + ":6: roles.trainer.rnaks: unknown key; did you mean 'roles.trainer.ranks'?");
+  expect_one_line_error(mobula({"check", p}),
+                        p + ":6: roles.trainer.rnaks: unknown key; did you mean 'roles.trainer.ranks'?");
 }
 
 TEST_F(CliBadSpec, WrongType) {

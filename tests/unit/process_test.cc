@@ -45,7 +45,9 @@ TEST(Process, InheritPassesEnvironment) {
   EXPECT_EQ(*r2, 7);
 }
 
-TEST(Process, JoinQuotes) { EXPECT_EQ(join_command({"a", "b c", "it's"}), "a 'b c' 'it'\\''s'"); }
+TEST(Process, JoinQuotes) {
+  EXPECT_EQ(join_command({"a", "b c", "it's"}), "a 'b c' 'it'\\''s'");
+}
 
 TEST(SlurmEnv, TasksPerNode) {
   auto r = slurm::parse_tasks_per_node("2(x3),1");

@@ -70,12 +70,14 @@ TEST(Spec, WrongTypeNamesExpectedAndActual) {
 }
 
 TEST(Spec, FloatIsNotAnInteger) {
-  EXPECT_NE(err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1.5\n").find("job.toml:4: roles.trainer.ranks: expected an integer"),
+  EXPECT_NE(err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1.5\n")
+                .find("job.toml:4: roles.trainer.ranks: expected an integer"),
             std::string::npos);
 }
 
 TEST(Spec, RangeAndChoices) {
-  EXPECT_NE(err("[job]\nname = \"t\"\nsteps = -1\n[roles.trainer]\nranks = 1\n").find("out of range"), std::string::npos);
+  EXPECT_NE(err("[job]\nname = \"t\"\nsteps = -1\n[roles.trainer]\nranks = 1\n").find("out of range"),
+            std::string::npos);
   const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[transport]\nweights = \"tcp\"\n");
   EXPECT_EQ(m, "job.toml:6: transport.weights: \"tcp\" is not one of \"auto\", \"mpi\", \"ucx\", \"nccl\"");
 }
@@ -96,8 +98,9 @@ TEST(Spec, SyntaxErrorHasLine) {
 }
 
 TEST(Spec, OverridesApplyInOrderAndTrackOrigin) {
-  auto r = load_spec_from_string(kGood, "job.toml", {"job.steps=10", "job.name=other", "roles.embed.ranks=1",
-                                                     "job.steps=11", "transport.weights=\"mpi\""});
+  auto r = load_spec_from_string(
+      kGood, "job.toml",
+      {"job.steps=10", "job.name=other", "roles.embed.ranks=1", "job.steps=11", "transport.weights=\"mpi\""});
   ASSERT_TRUE(r.is_ok()) << r.status().message();
   EXPECT_EQ(r->steps, 11);
   EXPECT_EQ(r->name, "other");
@@ -138,7 +141,8 @@ TEST(Spec, EditDistance) {
 TEST(Spec, LoadSpecReportsMissingFile) {
   auto r = load_spec("/nonexistent/dir/job.toml");
   ASSERT_FALSE(r.is_ok());
-  EXPECT_TRUE(r.status().message().starts_with("/nonexistent/dir/job.toml:0: (file): cannot open")) << r.status().message();
+  EXPECT_TRUE(r.status().message().starts_with("/nonexistent/dir/job.toml:0: (file): cannot open"))
+      << r.status().message();
 }
 
 // docs/spec.md must document every key of the schema (as `key` in a table row).
