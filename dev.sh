@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD="${MOBULA_BUILD_DIR:-$ROOT/build}"
 
 PACKAGES=(
-  build-essential cmake ninja-build pkg-config git clang-format
+  build-essential cmake ninja-build pkg-config git clang-format procps util-linux hostname
   openmpi-bin libopenmpi-dev libpmix-dev
   libhdf5-openmpi-dev hdf5-tools
   libucx-dev

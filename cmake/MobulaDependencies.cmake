@@ -4,6 +4,10 @@
 # Optional backends set MOBULA_HAVE_<X> (0/1) from MOBULA_WITH_<X> (AUTO|ON|OFF).
 
 find_package(MPI REQUIRED COMPONENTS C)
+if(NOT MPIEXEC_EXECUTABLE)
+  message(FATAL_ERROR "mpiexec not found; install openmpi-bin (./dev.sh deps)")
+endif()
+set(MOBULA_MPIEXEC "${MPIEXEC_EXECUTABLE}" CACHE FILEPATH "mpiexec used by tests and `mobula run`")
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
 

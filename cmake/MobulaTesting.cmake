@@ -9,7 +9,6 @@
 
 find_package(GTest REQUIRED)
 
-set(MOBULA_MPIEXEC "${MPIEXEC_EXECUTABLE}" CACHE FILEPATH "mpiexec used by tests and `mobula run`")
 
 # Flags every local mpiexec call needs: oversubscription (2 cores, up to 4+ ranks), no binding
 # (ranks would otherwise share a core when oversubscribed), and the shared-memory single-copy

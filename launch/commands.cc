@@ -92,6 +92,7 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   if (auto layout = Layout::make(*spec, world); !layout) return fail(layout.status());
 
   std::string mpiexec = MOBULA_MPIEXEC;
+  if (mpiexec.empty()) mpiexec = "mpiexec";
   if (const char* m = std::getenv("MOBULA_MPIEXEC"); m && *m) mpiexec = m;
   std::vector<std::string> argv = {mpiexec, "-np", std::to_string(world), "--oversubscribe", "--bind-to", "none",
                                    // CMA single-copy needs ptrace rights that containers often deny.
