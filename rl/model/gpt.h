@@ -1,0 +1,95 @@
+// A GPT-style decoder-only transformer (pre-LayerNorm blocks, causal multi-head attention, GELU
+// MLP, learned positions, output head tied to the token embedding), fp32.
+//
+// Memory (llm.c layout): parameters, gradients (and the optimizer's moments, rl/optim) each live
+// in ONE flat buffer with the tensor table below as named views, so checkpointing, all-reduce and
+// weight sync move one buffer. Activations are allocated once for (max_batch, max_seq): any
+// (B <= max_batch, T <= max_seq) reuses them (shape bucketing pads T up to bucket_length()).
+//
+// Contract
+//  * Local to the calling rank; not thread-safe (one model per thread).
+//  * forward() then backward(): backward differentiates sum_{b,t} w[b,t] * logp[b,t] of the last
+//    forward and ACCUMULATES into grads (microbatching = several forward/backward pairs, then the
+//    optimizer step); zero_grad() clears. Cross-entropy, importance sampling and PPO-clip are all a
+//    choice of w (rl/algo).
+//  * Host spans in, host spans out; internally Views in Exec's memory space.
+#pragma once
+
+#include <Kokkos_Core.hpp>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "rl/model/config.h"
+
+namespace mobula::rl {
+
+struct TensorInfo {
+  std::string name;   // "wte", "h.0.qkvw", ...
+  size_t offset = 0;  // in floats, into the flat buffer
+  std::vector<int> shape;
+  bool decay = false;  // AdamW weight decay applies (matrices, not biases/LayerNorm)
+  size_t size() const {
+    size_t n = 1;
+    for (int d : shape) n *= static_cast<size_t>(d);
+    return n;
+  }
+};
+
+// The parameter table of a config (names, shapes, offsets); same order as the flat buffer.
+std::vector<TensorInfo> gpt_tensors(const GptConfig& cfg);
+
+// Smallest bucket >= t from {8, 16, 32, 64, 128, ...} capped at max_seq.
+int bucket_length(int t, int max_seq);
+
+template <class Exec = Kokkos::DefaultExecutionSpace>
+class Gpt {
+ public:
+  using Mem = typename Exec::memory_space;
+  using Buffer = Kokkos::View<float*, Mem>;
+
+  static Result<Gpt> create(const GptConfig& cfg, int max_batch);
+
+  const GptConfig& config() const { return cfg_; }
+  int max_batch() const { return max_batch_; }
+  size_t num_params() const { return num_params_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* tensor(const std::string& name) const;
+
+  Buffer params;  // (num_params)
+  Buffer grads;   // (num_params)
+
+  // GPT-2 initialisation from `seed` (deterministic, independent of the backend).
+  void init(uint64_t seed);
+  void zero_grad();
+
+  // tokens, targets: (B,T) row-major; targets[b,t] < 0 masks position t (no loss, logp 0).
+  // logp (B,T) and entropy (B,T, optional) are written on the host.
+  Status forward(std::span<const int> tokens, std::span<const int> targets, int B, int T, std::span<float> logp,
+                 std::span<float> entropy = {});
+  // Accumulates d(sum w*logp)/dparams of the last forward into grads. w: (B,T).
+  Status backward(std::span<const float> w);
+
+  // Last forward's logits (B,T,V), copied to the host (tests, golden checks).
+  std::vector<float> logits_host() const;
+
+ private:
+  Gpt() = default;
+  struct P;  // parameter pointers
+  P param_ptrs(float* base) const;
+
+  GptConfig cfg_;
+  int max_batch_ = 0;
+  size_t num_params_ = 0;
+  std::vector<TensorInfo> tensors_;
+  Buffer acts_;     // activations, sized for (max_batch, max_seq)
+  Buffer scratch_;  // attention scratch and activation gradients
+  Kokkos::View<int*, Mem> tokens_, targets_;
+  Kokkos::View<float*, Mem> wvec_;
+  int B_ = 0, T_ = 0;  // shape of the last forward; 0 = none
+};
+
+extern template class Gpt<Kokkos::DefaultExecutionSpace>;
+
+}  // namespace mobula::rl
