@@ -1,0 +1,160 @@
+// Model engine benchmark: training tokens/s (forward + backward + AdamW), sampling tokens/s with
+// the KV cache, MFU against the single-core SGEMM peak measured in the same run, and the ratio to
+// PyTorch running the identical config (perf/model/bench_torch.py) in the same run.
+//
+//   taskset -c 0 build/perf/model/bench_model [--layers 4 --d-model 256 --heads 4 --context 128
+//                                              --vocab 64 --batch 16 --iters 5 --no-torch]
+#include <KokkosBlas3_gemm.hpp>
+#include <Kokkos_Core.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/runtime/process.h"
+#include "perf/harness.h"
+#include "rl/model/gpt.h"
+#include "rl/model/sampler.h"
+#include "rl/optim/adamw.h"
+
+using namespace mobula;
+using namespace mobula::rl;
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Median GFLOP/s of a 512^3 SGEMM through KokkosBlas (the BLAS the model uses).
+double sgemm_peak() {
+  const int n = 512;
+  Kokkos::View<float**, Kokkos::LayoutRight> a("a", n, n), b("b", n, n), c("c", n, n);
+  Kokkos::deep_copy(a, 0.5f);
+  Kokkos::deep_copy(b, 0.25f);
+  std::vector<double> t;
+  for (int i = 0; i < 7; ++i) {
+    const double t0 = now();
+    KokkosBlas::gemm("N", "N", 1.0f, a, b, 0.0f, c);
+    Kokkos::fence();
+    if (i) t.push_back(now() - t0);
+  }
+  return 2.0 * n * n * n / perf::median(t) / 1e9;
+}
+
+double json_number(const std::string& s, const std::string& key) {
+  const auto p = s.find("\"" + key + "\"");
+  if (p == std::string::npos) return 0;
+  return std::atof(s.c_str() + s.find(':', p) + 1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Kokkos::ScopeGuard kokkos(argc, argv);
+  GptConfig cfg;
+  int batch = 16, iters = 5, prompt = 8, new_tokens = 56;
+  bool torch = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
+    if (a == "--layers") cfg.layers = next();
+    else if (a == "--d-model") cfg.d_model = next();
+    else if (a == "--heads") cfg.heads = next();
+    else if (a == "--context") cfg.max_seq = next();
+    else if (a == "--vocab") cfg.vocab = next();
+    else if (a == "--batch") batch = next();
+    else if (a == "--iters") iters = next();
+    else if (a == "--no-torch") torch = false;
+    else {
+      std::fprintf(stderr, "bench_model: unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  const int T = cfg.max_seq;
+  auto model = Gpt<>::create(cfg, batch);
+  if (!model) {
+    std::fprintf(stderr, "bench_model: %s\n", model.status().message().c_str());
+    return 2;
+  }
+  model->init(1);
+  AdamWConfig oc;
+  oc.lr = 1e-4f;
+  AdamW<> opt(oc, model->tensors(), model->num_params());
+  std::vector<int> tok(size_t(batch) * T), tg(size_t(batch) * T);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int(i * 7 % cfg.vocab), tg[i] = int(i * 13 % cfg.vocab);
+  std::vector<float> lp(tok.size()), w(tok.size(), -1.0f / float(tok.size()));
+  std::vector<double> ts;
+  for (int i = 0; i <= iters; ++i) {
+    const double t0 = now();
+    if (!model->forward(tok, tg, batch, T, lp).is_ok()) return 1;
+    model->zero_grad();
+    if (!model->backward(w).is_ok()) return 1;
+    opt.step(model->params, model->grads);
+    Kokkos::fence();
+    if (i) ts.push_back(now() - t0);
+  }
+  const double step_s = perf::median(ts);
+  const double train_tps = batch * T / step_s;
+  // FLOPs per training step: 6 * params * tokens + attention (QK^T and AV, fwd 4*B*NH*T*T*hs, x3).
+  const double n = double(model->num_params());
+  const double attn = 3.0 * 4.0 * batch * cfg.heads * double(T) * T * cfg.head_size() * cfg.layers;
+  const double flops = 6.0 * n * batch * T + attn;
+  const double peak = sgemm_peak();
+
+  std::printf("# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3)\n",
+              cfg.to_string().c_str(), batch, model->num_params(), peak);
+  std::printf("train    %8.0f tokens/s  step %.1f ms  %.1f GFLOP/s  MFU %.2f\n", train_tps, step_s * 1e3,
+              flops / step_s / 1e9, flops / step_s / 1e9 / peak);
+
+  std::vector<std::pair<int, double>> sample_tps;
+  for (int sb : {16, 64}) {
+    auto sampler = Sampler<>::create(cfg, sb, prompt + new_tokens);
+    if (!sampler) {
+      std::fprintf(stderr, "bench_model: %s\n", sampler.status().message().c_str());
+      return 1;
+    }
+    std::vector<std::vector<int>> prompts(static_cast<size_t>(sb));
+    for (int b = 0; b < sb; ++b)
+      for (int t = 0; t < prompt; ++t) prompts[size_t(b)].push_back((b * 3 + t) % cfg.vocab);
+    SamplingParams sp;
+    sp.max_new_tokens = new_tokens;
+    sp.temperature = 1.0f;
+    std::vector<double> st;
+    for (int r = 0; r < 4; ++r) {
+      std::vector<uint64_t> seeds(static_cast<size_t>(sb));
+      for (int b = 0; b < sb; ++b) seeds[size_t(b)] = uint64_t(r * 1000 + b);
+      const double t0 = now();
+      auto out = sampler->sample(model->params, prompts, seeds, sp);
+      Kokkos::fence();
+      if (!out) {
+        std::fprintf(stderr, "bench_model: %s\n", out.status().message().c_str());
+        return 1;
+      }
+      if (r) st.push_back(now() - t0);
+    }
+    sample_tps.emplace_back(sb, sb * new_tokens / perf::median(st));
+    std::printf("sample   %8.0f tokens/s  batch %d, prompt %d, %d new tokens, KV cache\n", sample_tps.back().second, sb,
+                prompt, new_tokens);
+  }
+
+  if (torch) {
+    auto r = run_capture({"/usr/bin/python3", MOBULA_BENCH_TORCH_SCRIPT, "--layers", std::to_string(cfg.layers),
+                          "--d-model", std::to_string(cfg.d_model), "--heads", std::to_string(cfg.heads), "--context",
+                          std::to_string(T), "--vocab", std::to_string(cfg.vocab), "--batch", std::to_string(batch),
+                          "--train-iters", std::to_string(iters), "--prompt", std::to_string(prompt), "--new-tokens",
+                          std::to_string(new_tokens)},
+                         1200);
+    if (!r || r->exit_code != 0) {
+      std::printf("pytorch  not available (%s): no ratios\n",
+                  r ? r->err.substr(0, r->err.find('\n')).c_str() : r.status().message().c_str());
+      return 0;
+    }
+    const double tt = json_number(r->out, "train_tokens_per_s");
+    std::printf("pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (same config, 1 thread)\n", tt,
+                json_number(r->out, "16"), json_number(r->out, "64"));
+    std::printf("ratio    train mobula/pytorch %.2f   sample b16 %.2f   sample b64 %.2f\n", train_tps / tt,
+                sample_tps[0].second / json_number(r->out, "16"), sample_tps[1].second / json_number(r->out, "64"));
+  }
+  return 0;
+}

@@ -1,0 +1,324 @@
+#include "rl/model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "rl/model/gpt.h"
+#include "rl/model/kernels.h"
+
+namespace mobula::rl {
+
+double stream_uniform(uint64_t seed, uint64_t index) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + (index + 1) * 0xD1B54A32D192ED03ull;
+  for (int i = 0; i < 2; ++i) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+  }
+  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+std::pair<int, float> pick_token(const float* z, int V, const SamplingParams& sp, double u) {
+  if (sp.temperature <= 0.0f) {
+    const int best = static_cast<int>(std::max_element(z, z + V) - z);
+    return {best, 0.0f};  // greedy: a deterministic choice, log-probability 0
+  }
+  std::vector<int> idx(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  // Descending by logit; ties by index so the order is deterministic.
+  std::sort(idx.begin(), idx.end(), [&](int a, int b) { return z[a] != z[b] ? z[a] > z[b] : a < b; });
+  int keep = V;
+  if (sp.top_k > 0 && sp.top_k < keep) keep = sp.top_k;
+  std::vector<double> p(static_cast<size_t>(keep));
+  const double mx = z[idx[0]] / sp.temperature;
+  double sum = 0;
+  for (int i = 0; i < keep; ++i) sum += p[static_cast<size_t>(i)] = std::exp(z[idx[static_cast<size_t>(i)]] / sp.temperature - mx);
+  if (sp.top_p < 1.0f) {
+    double cum = 0;
+    int k = 0;
+    while (k < keep) {
+      cum += p[static_cast<size_t>(k)] / sum;
+      ++k;
+      if (cum >= sp.top_p) break;
+    }
+    keep = k;
+    sum = 0;
+    for (int i = 0; i < keep; ++i) sum += p[static_cast<size_t>(i)];
+  }
+  double acc = 0;
+  const double target = u * sum;
+  int chosen = keep - 1;
+  for (int i = 0; i < keep; ++i) {
+    acc += p[static_cast<size_t>(i)];
+    if (target < acc) {
+      chosen = i;
+      break;
+    }
+  }
+  return {idx[static_cast<size_t>(chosen)], static_cast<float>(std::log(p[static_cast<size_t>(chosen)] / sum))};
+}
+
+namespace {
+
+// Per-step activation offsets for R rows.
+struct Work {
+  size_t x, ln, qkv, atty, res, fch, fchg, lnf, mean, rstd, scores, total;
+};
+Work work_layout(const GptConfig& c, int R, int max_len) {
+  Work w{};
+  size_t off = 0;
+  auto take = [&](size_t n) {
+    const size_t o = off;
+    off += n;
+    return o;
+  };
+  const size_t C = c.d_model;
+  w.x = take(R * C);
+  w.ln = take(R * C);
+  w.qkv = take(R * 3 * C);
+  w.atty = take(R * C);
+  w.res = take(R * C);
+  w.fch = take(R * size_t(c.hidden()));
+  w.fchg = take(R * size_t(c.hidden()));
+  w.lnf = take(R * C);
+  w.mean = take(R);
+  w.rstd = take(R);
+  w.scores = take(size_t(R) * c.heads * max_len);
+  w.total = off;
+  return w;
+}
+
+}  // namespace
+
+template <class Exec>
+Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, int max_len) {
+  if (Status s = cfg.validate(); !s) return s;
+  if (max_rows < 1 || max_len < 2 || max_len > cfg.max_seq)
+    return Status::invalid_argument("Sampler: need max_rows >= 1 and 2 <= max_len <= context " +
+                                    std::to_string(cfg.max_seq) + " (got " + std::to_string(max_rows) + ", " +
+                                    std::to_string(max_len) + ")");
+  Sampler s;
+  s.cfg_ = cfg;
+  s.max_rows_ = max_rows;
+  s.max_len_ = max_len;
+  const size_t cache = size_t(cfg.layers) * max_rows * max_len * cfg.d_model;
+  s.kcache_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "kv_k"), cache);
+  s.vcache_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "kv_v"), cache);
+  s.work_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "sampler_work"),
+                   work_layout(cfg, max_rows, max_len).total);
+  s.tok_ = Kokkos::View<int*, Mem>("sampler_tok", max_rows);
+  s.pos_ = Kokkos::View<int*, Mem>("sampler_pos", max_rows);
+  s.slot_ = Kokkos::View<int*, Mem>("sampler_slot", max_rows);
+  s.tok_h_ = Kokkos::create_mirror_view(s.tok_);
+  s.pos_h_ = Kokkos::create_mirror_view(s.pos_);
+  s.slot_h_ = Kokkos::create_mirror_view(s.slot_);
+  s.logits_ = Buffer("sampler_logits", size_t(max_rows) * cfg.vocab);
+  s.logits_h_ = Kokkos::create_mirror_view(s.logits_);
+  return s;
+}
+
+template <class Exec>
+void Sampler<Exec>::step(const Buffer& params, int R) {
+  namespace K = kernels;
+  using Range = K::Range<Exec>;
+  const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden(), V = cfg_.vocab;
+  const int Lmax = max_len_, Rmax = max_rows_;
+  Kokkos::deep_copy(tok_, tok_h_);
+  Kokkos::deep_copy(pos_, pos_h_);
+  Kokkos::deep_copy(slot_, slot_h_);
+  const auto tensors = gpt_tensors(cfg_);
+  auto at = [&](const std::string& n) {
+    for (const auto& t : tensors)
+      if (t.name == n) return params.data() + t.offset;
+    return static_cast<float*>(nullptr);
+  };
+  const Work w = work_layout(cfg_, R, max_len_);
+  float* W = work_.data();
+  float *x = W + w.x, *ln = W + w.ln, *qkv = W + w.qkv, *atty = W + w.atty, *res = W + w.res, *fch = W + w.fch,
+        *fchg = W + w.fchg, *scores = W + w.scores;
+  const int* tok = tok_.data();
+  const int* pos = pos_.data();
+  const int* slot = slot_.data();
+  const float* wte = at("wte");
+  const float* wpe = at("wpe");
+  Kokkos::parallel_for(
+      "decode_embed", Range(0, R), KOKKOS_LAMBDA(long r) {
+        const float* e = wte + long(tok[r]) * C;
+        const float* p = wpe + long(pos[r]) * C;
+        for (int c = 0; c < C; ++c) x[r * C + c] = e[c] + p[c];
+      });
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    float* kc = kcache_.data() + size_t(l) * Rmax * Lmax * C;  // (Rmax, NH, Lmax, hs)
+    float* vc = vcache_.data() + size_t(l) * Rmax * Lmax * C;
+    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, at(p + "ln1w"), at(p + "ln1b"), R, C);
+    K::matmul_forward<Exec>(qkv, ln, at(p + "qkvw"), at(p + "qkvb"), R, C, 3 * C);
+    Kokkos::parallel_for(
+        "decode_kv_store", Range(0, long(R) * C), KOKKOS_LAMBDA(long i) {
+          const long r = i / C, c = i % C, h = c / hs, d = c % hs;
+          const long dst = ((long(slot[r]) * NH + h) * Lmax + pos[r]) * hs + d;
+          kc[dst] = qkv[r * 3 * C + C + c];
+          vc[dst] = qkv[r * 3 * C + 2 * C + c];
+        });
+    Kokkos::parallel_for(
+        "decode_attention", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {
+          const long r = i / NH, h = i % NH;
+          const float* q = qkv + r * 3 * C + h * hs;
+          const float* kr = kc + (long(slot[r]) * NH + h) * Lmax * hs;
+          const float* vr = vc + (long(slot[r]) * NH + h) * Lmax * hs;
+          float* s = scores + i * Lmax;
+          const int n = pos[r] + 1;
+          float mx = -3.0e38f;
+          for (int j = 0; j < n; ++j) {
+            float dotp = 0.f;
+            for (int d = 0; d < hs; ++d) dotp += q[d] * kr[long(j) * hs + d];
+            s[j] = dotp * scale;
+            mx = s[j] > mx ? s[j] : mx;
+          }
+          float sum = 0.f;
+          for (int j = 0; j < n; ++j) {
+            s[j] = K::kmath::exp(s[j] - mx);
+            sum += s[j];
+          }
+          const float inv = 1.0f / sum;
+          float* y = atty + r * C + h * hs;
+          for (int d = 0; d < hs; ++d) y[d] = 0.f;
+          for (int j = 0; j < n; ++j) {
+            const float a = s[j] * inv;
+            for (int d = 0; d < hs; ++d) y[d] += a * vr[long(j) * hs + d];
+          }
+        });
+    K::matmul_forward<Exec>(res, atty, at(p + "attprojw"), at(p + "attprojb"), R, C, C);
+    K::add_inplace<Exec>(res, x, long(R) * C);
+    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, res, at(p + "ln2w"), at(p + "ln2b"), R, C);
+    K::matmul_forward<Exec>(fch, ln, at(p + "fcw"), at(p + "fcb"), R, C, H);
+    K::gelu_forward<Exec>(fchg, fch, long(R) * H);
+    K::matmul_forward<Exec>(x, fchg, at(p + "fcprojw"), at(p + "fcprojb"), R, H, C);
+    K::add_inplace<Exec>(x, res, long(R) * C);
+  }
+  K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, at("lnfw"), at("lnfb"), R, C);
+  K::matmul_forward<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
+  Kokkos::deep_copy(logits_h_, logits_);
+  row_steps_ += R;
+}
+
+template <class Exec>
+Result<std::vector<Sample>> Sampler<Exec>::sample(const Buffer& params, const std::vector<std::vector<int>>& prompts,
+                                                  const std::vector<uint64_t>& seeds, const SamplingParams& sp) {
+  return sample_groups(params, prompts, 1, seeds, sp);
+}
+
+template <class Exec>
+Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
+                                                         const std::vector<std::vector<int>>& prompts, int group,
+                                                         const std::vector<uint64_t>& seeds, const SamplingParams& sp) {
+  const int P = static_cast<int>(prompts.size()), V = cfg_.vocab;
+  const int R = P * group;
+  if (group < 1 || R > max_rows_)
+    return Status::invalid_argument("Sampler: " + std::to_string(P) + " prompts x " + std::to_string(group) +
+                                    " rows exceed max_rows " + std::to_string(max_rows_));
+  if (static_cast<int>(seeds.size()) != R)
+    return Status::invalid_argument("Sampler: need one seed per row (" + std::to_string(R) + "), got " +
+                                    std::to_string(seeds.size()));
+  if (params.extent(0) < gpt_tensors(cfg_).back().offset + gpt_tensors(cfg_).back().size())
+    return Status::invalid_argument("Sampler: parameter buffer smaller than the model");
+  for (int p = 0; p < P; ++p) {
+    const auto& pr = prompts[size_t(p)];
+    if (pr.empty() || static_cast<int>(pr.size()) >= max_len_)
+      return Status::invalid_argument("Sampler: prompt " + std::to_string(p) + " has " + std::to_string(pr.size()) +
+                                      " tokens; need 1.." + std::to_string(max_len_ - 1));
+    for (int t : pr)
+      if (t < 0 || t >= V) return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
+  }
+  row_steps_ = 0;
+  // Prefill: each distinct prompt once, into the cache slot of its first row, all but its last token.
+  int maxlen = 0;
+  for (const auto& pr : prompts) maxlen = std::max(maxlen, static_cast<int>(pr.size()));
+  for (int s = 0; s + 1 < maxlen; ++s) {
+    int n = 0;
+    for (int p = 0; p < P; ++p) {
+      if (s + 1 >= static_cast<int>(prompts[size_t(p)].size())) continue;
+      tok_h_(n) = prompts[size_t(p)][size_t(s)];
+      pos_h_(n) = s;
+      slot_h_(n) = p * group;
+      ++n;
+    }
+    if (n) step(params, n);
+  }
+  // Copy every prompt's prefix KV into the other rows of its group.
+  if (group > 1) {
+    const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), Lmax = max_len_, Rmax = max_rows_;
+    std::vector<int> plen(static_cast<size_t>(P));
+    for (int p = 0; p < P; ++p) plen[size_t(p)] = static_cast<int>(prompts[size_t(p)].size()) - 1;
+    Kokkos::View<int*, Mem> plen_d("plen", P);
+    auto plen_h = Kokkos::create_mirror_view(plen_d);
+    for (int p = 0; p < P; ++p) plen_h(p) = plen[size_t(p)];
+    Kokkos::deep_copy(plen_d, plen_h);
+    const int* pl = plen_d.data();
+    const int L = cfg_.layers;
+    float* kc = kcache_.data();
+    float* vc = vcache_.data();
+    const int G = group;
+    Kokkos::parallel_for(
+        "prefix_share", kernels::Range<Exec>(0, long(L) * P * (G - 1) * NH), KOKKOS_LAMBDA(long i) {
+          const long h = i % NH, g = (i / NH) % (G - 1) + 1, p = (i / (long(NH) * (G - 1))) % P,
+                     l = i / (long(NH) * (G - 1) * P);
+          const long base = long(l) * Rmax * Lmax * C;
+          const long src = base + ((p * G) * NH + h) * Lmax * hs;
+          const long dst = base + ((p * G + g) * NH + h) * Lmax * hs;
+          for (long e = 0; e < long(pl[p]) * hs; ++e) {
+            kc[dst + e] = kc[src + e];
+            vc[dst + e] = vc[src + e];
+          }
+        });
+  }
+  // Decode: every row starts from its prompt's last token.
+  std::vector<Sample> out(static_cast<size_t>(R));
+  std::vector<int> cur_tok(static_cast<size_t>(R)), cur_pos(static_cast<size_t>(R));
+  std::vector<int> active;
+  for (int r = 0; r < R; ++r) {
+    const auto& pr = prompts[size_t(r / group)];
+    cur_tok[size_t(r)] = pr.back();
+    cur_pos[size_t(r)] = static_cast<int>(pr.size()) - 1;
+    if (sp.max_new_tokens > 0) active.push_back(r);
+  }
+  while (!active.empty()) {
+    const int n = static_cast<int>(active.size());
+    for (int i = 0; i < n; ++i) {
+      const int r = active[size_t(i)];
+      tok_h_(i) = cur_tok[size_t(r)];
+      pos_h_(i) = cur_pos[size_t(r)];
+      slot_h_(i) = r;
+    }
+    step(params, n);
+    std::vector<int> still;
+    for (int i = 0; i < n; ++i) {
+      const int r = active[size_t(i)];
+      const float* z = logits_h_.data() + size_t(i) * V;
+      Sample& smp = out[size_t(r)];
+      const auto [t, lp] = pick_token(z, V, sp, stream_uniform(seeds[size_t(r)], smp.tokens.size()));
+      float mx = *std::max_element(z, z + V);
+      double sum = 0;
+      for (int v = 0; v < V; ++v) sum += std::exp(double(z[v]) - mx);
+      smp.tokens.push_back(t);
+      smp.logprobs.push_back(lp);
+      smp.model_logprobs.push_back(static_cast<float>(double(z[t]) - mx - std::log(sum)));
+      const bool stop = std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), t) != sp.stop_tokens.end();
+      const bool full = static_cast<int>(smp.tokens.size()) >= sp.max_new_tokens || cur_pos[size_t(r)] + 2 >= max_len_;
+      if (!stop && full) smp.finished_by_length = true;
+      if (!stop && !full) {
+        cur_tok[size_t(r)] = t;
+        cur_pos[size_t(r)] += 1;
+        still.push_back(r);
+      }
+    }
+    active.swap(still);
+  }
+  return out;
+}
+
+template class Sampler<Kokkos::DefaultExecutionSpace>;
+
+}  // namespace mobula::rl

@@ -1,0 +1,83 @@
+// Batched autoregressive generation with a KV cache.
+//
+//  * Per-sequence RNG streams: the random number used for a sequence's i-th new token is a hash of
+//    (its seed, i) — a sequence's tokens depend only on its seed, the weights and its prompt, not
+//    on which other sequences share the batch.
+//  * Prefix sharing: sample_groups(prompts, G) prefills each distinct prompt once, then copies its
+//    KV entries to the G rows that continue it (a GRPO group).
+//  * temperature (0 = greedy), top-k (0 = off), top-p (1 = off), max_new_tokens, stop tokens.
+//  * Returns the new tokens with their log-probabilities under the sampling distribution (after
+//    temperature/top-k/top-p) and under the model itself (temperature 1, untruncated).
+//
+// Contract: local, not thread-safe. Rows that finish (stop token, max_new_tokens, or the cache
+// capacity max_len) leave the batch; finished_by_length says which ended without a stop token.
+#pragma once
+
+#include <Kokkos_Core.hpp>
+#include <cstdint>
+#include <vector>
+
+#include "rl/model/config.h"
+
+namespace mobula::rl {
+
+struct SamplingParams {
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  int max_new_tokens = 32;
+  std::vector<int> stop_tokens;
+};
+
+struct Sample {
+  std::vector<int> tokens;               // new tokens (the stop token included when hit)
+  std::vector<float> logprobs;           // under the sampling distribution
+  std::vector<float> model_logprobs;     // under the model at temperature 1
+  bool finished_by_length = false;
+};
+
+template <class Exec = Kokkos::DefaultExecutionSpace>
+class Sampler {
+ public:
+  using Mem = typename Exec::memory_space;
+  using Buffer = Kokkos::View<float*, Mem>;
+
+  // max_rows: most sequences in flight; max_len: prompt + new tokens capacity (<= cfg.max_seq).
+  static Result<Sampler> create(const GptConfig& cfg, int max_rows, int max_len);
+
+  // One row per prompt; seeds[i] drives row i.
+  Result<std::vector<Sample>> sample(const Buffer& params, const std::vector<std::vector<int>>& prompts,
+                                     const std::vector<uint64_t>& seeds, const SamplingParams& sp);
+  // `group` rows per prompt (row p*group + g), the prompt's KV computed once; seeds: prompts*group.
+  Result<std::vector<Sample>> sample_groups(const Buffer& params, const std::vector<std::vector<int>>& prompts,
+                                            int group, const std::vector<uint64_t>& seeds, const SamplingParams& sp);
+
+  // Number of decode steps (row-steps) computed by the last call, for tests of prefix sharing.
+  long last_row_steps() const { return row_steps_; }
+
+ private:
+  Sampler() = default;
+  // One token for each of R rows: input tok[r] at position pos[r], KV cache slot slot[r]; logits
+  // (R,V) land in logits_host_.
+  void step(const Buffer& params, int R);
+
+  GptConfig cfg_;
+  int max_rows_ = 0, max_len_ = 0;
+  Buffer kcache_, vcache_;  // (L, max_rows, NH, max_len, hs)
+  Buffer work_;             // per-step activations
+  Kokkos::View<int*, Mem> tok_, pos_, slot_;
+  typename Kokkos::View<int*, Mem>::HostMirror tok_h_, pos_h_, slot_h_;
+  Buffer logits_;
+  typename Buffer::HostMirror logits_h_;
+  long row_steps_ = 0;
+};
+
+extern template class Sampler<Kokkos::DefaultExecutionSpace>;
+
+// Picks a token from logits (V) with the sampling params and a uniform u in [0,1); returns it and
+// its log-probability under the sampling distribution. Exposed for tests.
+std::pair<int, float> pick_token(const float* logits, int V, const SamplingParams& sp, double u);
+// Uniform [0,1) for (seed, index): splitmix64 of the pair.
+double stream_uniform(uint64_t seed, uint64_t index);
+
+}  // namespace mobula::rl
