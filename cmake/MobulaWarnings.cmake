@@ -5,8 +5,16 @@ add_library(mobula_build_flags INTERFACE)
 add_library(mobula::build_flags ALIAS mobula_build_flags)
 target_compile_options(mobula_build_flags INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast
-    -Wcast-align -Woverloaded-virtual -Wimplicit-fallthrough>
+    -Wcast-align -Woverloaded-virtual -Wimplicit-fallthrough
+    # GCC 12 at -O3 reports false -Wrestrict positives inside libstdc++ std::string (GCC PR 105329).
+    -Wno-restrict>
   $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${MOBULA_WERROR}>>:-Werror>)
+
+# HPC habit: build on (a node like) the machine that runs it. OpenBLAS dispatches at run time
+# anyway; this is for mobula's own kernels (layernorm, GELU, decode attention, small-M matmuls).
+if(MOBULA_NATIVE)
+  target_compile_options(mobula_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+endif()
 
 if(MOBULA_SANITIZE)
   target_compile_options(mobula_build_flags INTERFACE

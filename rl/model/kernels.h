@@ -182,23 +182,24 @@ void matmul_backward(float* dinp,        // (N,C) assigned (+= with accumulate_d
   if (dinp) gemm<Exec>("N", "N", 1.0f, dout, int(N), OC, W, OC, C, accumulate_dinp ? 1.0f : 0.0f, dinp, int(N), C);
   gemm<Exec>("T", "N", 1.0f, dout, int(N), OC, inp, int(N), C, 1.0f, dW, OC, C);
   if (dbias) {
-    Kokkos::parallel_for(
-        "matmul_backward_bias", Range<Exec>(0, OC), KOKKOS_LAMBDA(long j) {
-          float s = 0.f;
-          for (long i = 0; i < N; ++i) s += dout[i * OC + j];
-          dbias[j] += s;
-        });
+    // dbias (OC,1) += dout^T (OC,N) * 1 (N,1) as a BLAS GEMM: column sums in a fixed order
+    // (deterministic), and the BLAS path (KokkosBlas' gemv "T" on LayoutRight is not a TPL call).
+    Kokkos::View<float*, typename Exec::memory_space> ones(Kokkos::view_alloc(Kokkos::WithoutInitializing, "ones"), N);
+    Kokkos::deep_copy(ones, 1.0f);
+    gemm<Exec>("T", "N", 1.0f, dout, int(N), OC, ones.data(), int(N), 1, 1.0f, dbias, OC, 1);
   }
 }
 
 // ---- GELU (tanh approximation, as GPT-2) ---------------------------------------------------------
+// 0.5 x (1 + tanh(u)) == x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): one exp instead of
+// libm's tanhf (which went through expm1f and cost a quarter of a training step).
 template <class Exec>
 void gelu_forward(float* out, const float* inp, long n) {  // (n), (n)
   Kokkos::parallel_for(
       "gelu_forward", Range<Exec>(0, n), KOKKOS_LAMBDA(long i) {
         const float x = inp[i];
-        const float cube = 0.044715f * x * x * x;
-        out[i] = 0.5f * x * (1.0f + kmath::tanh(0.7978845608028654f * (x + cube)));
+        const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + kmath::exp(-2.0f * u));
       });
 }
 
@@ -208,8 +209,9 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, long n) {  
       "gelu_backward", Range<Exec>(0, n), KOKKOS_LAMBDA(long i) {
         const float x = inp[i];
         const float s = 0.7978845608028654f;
-        const float cube = 0.044715f * x * x * x;
-        const float th = kmath::tanh(s * (x + cube));
+        const float u = s * (x + 0.044715f * x * x * x);
+        const float sig = 1.0f / (1.0f + kmath::exp(-2.0f * u));
+        const float th = 2.0f * sig - 1.0f;  // tanh(u)
         const float sech2 = 1.0f - th * th;
         const float local = 0.5f * (1.0f + th) + x * 0.5f * sech2 * s * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] = local * dout[i];

@@ -127,9 +127,9 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
   Kokkos::deep_copy(tok_, tok_h_);
   Kokkos::deep_copy(pos_, pos_h_);
   Kokkos::deep_copy(slot_, slot_h_);
-  const auto tensors = gpt_tensors(cfg_);
+  if (tensors_.empty()) tensors_ = gpt_tensors(cfg_);
   auto at = [&](const std::string& n) {
-    for (const auto& t : tensors)
+    for (const auto& t : tensors_)
       if (t.name == n) return params.data() + t.offset;
     return static_cast<float*>(nullptr);
   };
@@ -155,28 +155,32 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     float* vc = vcache_.data() + size_t(l) * Rmax * Lmax * C;
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, at(p + "ln1w"), at(p + "ln1b"), R, C);
     K::matmul_forward<Exec>(qkv, ln, at(p + "qkvw"), at(p + "qkvb"), R, C, 3 * C);
+    // K is cached transposed per (slot, head): (hs, Lmax), so the score loop runs contiguously over
+    // positions and vectorizes; V is (Lmax, hs) so the weighted sum runs contiguously over hs.
     Kokkos::parallel_for(
         "decode_kv_store", Range(0, long(R) * C), KOKKOS_LAMBDA(long i) {
           const long r = i / C, c = i % C, h = c / hs, d = c % hs;
-          const long dst = ((long(slot[r]) * NH + h) * Lmax + pos[r]) * hs + d;
-          kc[dst] = qkv[r * 3 * C + C + c];
-          vc[dst] = qkv[r * 3 * C + 2 * C + c];
+          const long head = long(slot[r]) * NH + h;
+          kc[(head * hs + d) * Lmax + pos[r]] = qkv[r * 3 * C + C + c];
+          vc[(head * Lmax + pos[r]) * hs + d] = qkv[r * 3 * C + 2 * C + c];
         });
     Kokkos::parallel_for(
         "decode_attention", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {
           const long r = i / NH, h = i % NH;
+          const long head = long(slot[r]) * NH + h;
           const float* q = qkv + r * 3 * C + h * hs;
-          const float* kr = kc + (long(slot[r]) * NH + h) * Lmax * hs;
-          const float* vr = vc + (long(slot[r]) * NH + h) * Lmax * hs;
+          const float* kt = kc + head * hs * Lmax;
+          const float* vr = vc + head * Lmax * hs;
           float* s = scores + i * Lmax;
           const int n = pos[r] + 1;
-          float mx = -3.0e38f;
-          for (int j = 0; j < n; ++j) {
-            float dotp = 0.f;
-            for (int d = 0; d < hs; ++d) dotp += q[d] * kr[long(j) * hs + d];
-            s[j] = dotp * scale;
-            mx = s[j] > mx ? s[j] : mx;
+          for (int j = 0; j < n; ++j) s[j] = 0.f;
+          for (int d = 0; d < hs; ++d) {
+            const float qd = q[d] * scale;
+            const float* krow = kt + long(d) * Lmax;
+            for (int j = 0; j < n; ++j) s[j] += qd * krow[j];
           }
+          float mx = -3.0e38f;
+          for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
           float sum = 0.f;
           for (int j = 0; j < n; ++j) {
             s[j] = K::kmath::exp(s[j] - mx);
@@ -187,7 +191,8 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
           for (int d = 0; d < hs; ++d) y[d] = 0.f;
           for (int j = 0; j < n; ++j) {
             const float a = s[j] * inv;
-            for (int d = 0; d < hs; ++d) y[d] += a * vr[long(j) * hs + d];
+            const float* vrow = vr + long(j) * hs;
+            for (int d = 0; d < hs; ++d) y[d] += a * vrow[d];
           }
         });
     K::matmul_forward<Exec>(res, atty, at(p + "attprojw"), at(p + "attprojb"), R, C, C);
@@ -268,10 +273,9 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
           const long base = long(l) * Rmax * Lmax * C;
           const long src = base + ((p * G) * NH + h) * Lmax * hs;
           const long dst = base + ((p * G + g) * NH + h) * Lmax * hs;
-          for (long e = 0; e < long(pl[p]) * hs; ++e) {
-            kc[dst + e] = kc[src + e];
-            vc[dst + e] = vc[src + e];
-          }
+          for (long e = 0; e < long(pl[p]) * hs; ++e) vc[dst + e] = vc[src + e];  // (Lmax, hs): a prefix
+          for (long d = 0; d < hs; ++d)                                             // (hs, Lmax): per row
+            for (long j = 0; j < pl[p]; ++j) kc[dst + d * Lmax + j] = kc[src + d * Lmax + j];
         });
   }
   // Decode: every row starts from its prompt's last token.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "rl/model/config.h"
+#include "rl/model/gpt.h"
 
 namespace mobula::rl {
 
@@ -70,6 +71,7 @@ class Sampler {
   Buffer logits_;
   typename Buffer::HostMirror logits_h_;
   long row_steps_ = 0;
+  std::vector<TensorInfo> tensors_;
 };
 
 extern template class Sampler<Kokkos::DefaultExecutionSpace>;
