@@ -24,7 +24,9 @@ using namespace mobula::rl;
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // Median GFLOP/s of a 512^3 SGEMM through KokkosBlas (the BLAS the model uses).
 double sgemm_peak() {
@@ -58,14 +60,22 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
-    if (a == "--layers") cfg.layers = next();
-    else if (a == "--d-model") cfg.d_model = next();
-    else if (a == "--heads") cfg.heads = next();
-    else if (a == "--context") cfg.max_seq = next();
-    else if (a == "--vocab") cfg.vocab = next();
-    else if (a == "--batch") batch = next();
-    else if (a == "--iters") iters = next();
-    else if (a == "--no-torch") torch = false;
+    if (a == "--layers")
+      cfg.layers = next();
+    else if (a == "--d-model")
+      cfg.d_model = next();
+    else if (a == "--heads")
+      cfg.heads = next();
+    else if (a == "--context")
+      cfg.max_seq = next();
+    else if (a == "--vocab")
+      cfg.vocab = next();
+    else if (a == "--batch")
+      batch = next();
+    else if (a == "--iters")
+      iters = next();
+    else if (a == "--no-torch")
+      torch = false;
     else {
       std::fprintf(stderr, "bench_model: unknown argument %s\n", a.c_str());
       return 2;
@@ -139,11 +149,11 @@ int main(int argc, char** argv) {
   }
 
   if (torch) {
-    auto r = run_capture({"/usr/bin/python3", MOBULA_BENCH_TORCH_SCRIPT, "--layers", std::to_string(cfg.layers),
-                          "--d-model", std::to_string(cfg.d_model), "--heads", std::to_string(cfg.heads), "--context",
-                          std::to_string(T), "--vocab", std::to_string(cfg.vocab), "--batch", std::to_string(batch),
-                          "--train-iters", std::to_string(iters), "--prompt", std::to_string(prompt), "--new-tokens",
-                          std::to_string(new_tokens)},
+    auto r = run_capture({"/usr/bin/python3", MOBULA_BENCH_TORCH_SCRIPT,   "--layers",      std::to_string(cfg.layers),
+                          "--d-model",        std::to_string(cfg.d_model), "--heads",       std::to_string(cfg.heads),
+                          "--context",        std::to_string(T),           "--vocab",       std::to_string(cfg.vocab),
+                          "--batch",          std::to_string(batch),       "--train-iters", std::to_string(iters),
+                          "--prompt",         std::to_string(prompt),      "--new-tokens",  std::to_string(new_tokens)},
                          1200);
     if (!r || r->exit_code != 0) {
       std::printf("pytorch  not available (%s): no ratios\n",

@@ -33,7 +33,8 @@ std::pair<int, float> pick_token(const float* z, int V, const SamplingParams& sp
   std::vector<double> p(static_cast<size_t>(keep));
   const double mx = z[idx[0]] / sp.temperature;
   double sum = 0;
-  for (int i = 0; i < keep; ++i) sum += p[static_cast<size_t>(i)] = std::exp(z[idx[static_cast<size_t>(i)]] / sp.temperature - mx);
+  for (int i = 0; i < keep; ++i)
+    sum += p[static_cast<size_t>(i)] = std::exp(z[idx[static_cast<size_t>(i)]] / sp.temperature - mx);
   if (sp.top_p < 1.0f) {
     double cum = 0;
     int k = 0;
@@ -235,7 +236,8 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
       return Status::invalid_argument("Sampler: prompt " + std::to_string(p) + " has " + std::to_string(pr.size()) +
                                       " tokens; need 1.." + std::to_string(max_len_ - 1));
     for (int t : pr)
-      if (t < 0 || t >= V) return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
+      if (t < 0 || t >= V)
+        return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
   }
   row_steps_ = 0;
   // Prefill: each distinct prompt once, into the cache slot of its first row, all but its last token.
@@ -274,7 +276,7 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
           const long src = base + ((p * G) * NH + h) * Lmax * hs;
           const long dst = base + ((p * G + g) * NH + h) * Lmax * hs;
           for (long e = 0; e < long(pl[p]) * hs; ++e) vc[dst + e] = vc[src + e];  // (Lmax, hs): a prefix
-          for (long d = 0; d < hs; ++d)                                             // (hs, Lmax): per row
+          for (long d = 0; d < hs; ++d)                                           // (hs, Lmax): per row
             for (long j = 0; j < pl[p]; ++j) kc[dst + d * Lmax + j] = kc[src + d * Lmax + j];
         });
   }

@@ -31,9 +31,9 @@ struct SamplingParams {
 };
 
 struct Sample {
-  std::vector<int> tokens;               // new tokens (the stop token included when hit)
-  std::vector<float> logprobs;           // under the sampling distribution
-  std::vector<float> model_logprobs;     // under the model at temperature 1
+  std::vector<int> tokens;            // new tokens (the stop token included when hit)
+  std::vector<float> logprobs;        // under the sampling distribution
+  std::vector<float> model_logprobs;  // under the model at temperature 1
   bool finished_by_length = false;
 };
 

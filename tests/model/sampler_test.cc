@@ -1,0 +1,215 @@
+// Sampling with the KV cache: greedy equals argmax of full forward passes, a sequence does not
+// depend on its batch, prefix sharing changes cost but not results, stop tokens, top-k/top-p.
+#include "rl/model/sampler.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "rl/model/gpt.h"
+#include "rl/model/tokenizer.h"
+#include "rl/model/weights.h"
+
+namespace mobula::rl {
+namespace {
+
+GptConfig cfg() {
+  GptConfig c;
+  c.vocab = 17;
+  c.max_seq = 24;
+  c.layers = 2;
+  c.heads = 2;
+  c.d_model = 16;
+  return c;
+}
+
+// A model with O(1) random weights so that distributions are far from uniform.
+Gpt<> model() {
+  auto m = Gpt<>::create(cfg(), 4);
+  EXPECT_TRUE(m.is_ok());
+  m->init(5);
+  auto h = Kokkos::create_mirror_view(m->params);
+  Kokkos::deep_copy(h, m->params);
+  for (size_t i = 0; i < h.extent(0); ++i) h(i) += static_cast<float>(std::sin(0.37 * double(i)) * 0.5);
+  Kokkos::deep_copy(m->params, h);
+  return std::move(m).value();
+}
+
+TEST(Sampler, GreedyEqualsArgmaxOfFullForward) {
+  auto m = model();
+  auto s = Sampler<>::create(cfg(), 4, 24);
+  ASSERT_TRUE(s.is_ok()) << s.status().message();
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.max_new_tokens = 12;
+  const std::vector<std::vector<int>> prompts = {{3, 4, 5}, {9}, {1, 2, 3, 4, 5, 6}};
+  auto out = s->sample(m.params, prompts, {1, 2, 3}, sp);
+  ASSERT_TRUE(out.is_ok()) << out.status().message();
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    std::vector<int> seq = prompts[r];
+    ASSERT_EQ((*out)[r].tokens.size(), 12u);
+    for (int k = 0; k < 12; ++k) {
+      const int T = static_cast<int>(seq.size());
+      std::vector<int> tg(seq.size(), -1);
+      std::vector<float> lp(seq.size());
+      ASSERT_TRUE(m.forward(seq, tg, 1, T, lp).is_ok());
+      const auto logits = m.logits_host();
+      const float* last = logits.data() + size_t(T - 1) * cfg().vocab;
+      const int want = static_cast<int>(std::max_element(last, last + cfg().vocab) - last);
+      ASSERT_EQ((*out)[r].tokens[size_t(k)], want) << "row " << r << " token " << k;
+      // The model log-prob reported by the sampler matches the full forward's.
+      double mx = *std::max_element(last, last + cfg().vocab), sum = 0;
+      for (int v = 0; v < cfg().vocab; ++v) sum += std::exp(last[v] - mx);
+      EXPECT_NEAR((*out)[r].model_logprobs[size_t(k)], last[want] - mx - std::log(sum), 1e-4);
+      seq.push_back(want);
+    }
+  }
+}
+
+TEST(Sampler, SequenceDoesNotDependOnItsBatch) {
+  auto m = model();
+  auto s = Sampler<>::create(cfg(), 4, 24);
+  ASSERT_TRUE(s.is_ok());
+  SamplingParams sp;
+  sp.temperature = 1.0f;
+  sp.max_new_tokens = 15;
+  auto alone = s->sample(m.params, {{5, 6, 7}}, {42}, sp);
+  auto crowd = s->sample(m.params, {{1}, {5, 6, 7}, {2, 2, 2, 2, 2}, {8, 9}}, {7, 42, 9, 11}, sp);
+  ASSERT_TRUE(alone.is_ok() && crowd.is_ok());
+  EXPECT_EQ((*alone)[0].tokens, (*crowd)[1].tokens);
+  EXPECT_EQ((*alone)[0].logprobs, (*crowd)[1].logprobs);
+  // A different seed gives a different sequence (with overwhelming probability at T=1).
+  auto other = s->sample(m.params, {{5, 6, 7}}, {43}, sp);
+  EXPECT_NE((*alone)[0].tokens, (*other)[0].tokens);
+}
+
+TEST(Sampler, PrefixSharingSameResultsFewerSteps) {
+  auto m = model();
+  auto s = Sampler<>::create(cfg(), 8, 24);
+  ASSERT_TRUE(s.is_ok());
+  SamplingParams sp;
+  sp.max_new_tokens = 6;
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5, 6, 7, 8}, {9, 10, 11, 12}};
+  const std::vector<uint64_t> seeds = {1, 2, 3, 4, 5, 6, 7, 8};
+  auto shared = s->sample_groups(m.params, prompts, 4, seeds, sp);
+  ASSERT_TRUE(shared.is_ok()) << shared.status().message();
+  const long shared_steps = s->last_row_steps();
+  std::vector<std::vector<int>> flat;
+  for (const auto& p : prompts)
+    for (int g = 0; g < 4; ++g) flat.push_back(p);
+  auto plain = s->sample(m.params, flat, seeds, sp);
+  ASSERT_TRUE(plain.is_ok());
+  const long plain_steps = s->last_row_steps();
+  for (size_t r = 0; r < flat.size(); ++r) {
+    EXPECT_EQ((*shared)[r].tokens, (*plain)[r].tokens) << r;
+    for (size_t k = 0; k < (*shared)[r].logprobs.size(); ++k)
+      EXPECT_NEAR((*shared)[r].logprobs[k], (*plain)[r].logprobs[k], 1e-5f);
+  }
+  // Prefill rows: 7 + 3 shared vs 4 * (7 + 3) unshared; decode rows are the same.
+  EXPECT_EQ(plain_steps - shared_steps, 3 * (7 + 3));
+}
+
+TEST(Sampler, StopTokensAndLengthLimit) {
+  auto m = model();
+  auto s = Sampler<>::create(cfg(), 4, 24);
+  ASSERT_TRUE(s.is_ok());
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.max_new_tokens = 10;
+  auto free_run = s->sample(m.params, {{3, 4}}, {1}, sp);
+  ASSERT_TRUE(free_run.is_ok());
+  const int stop = (*free_run)[0].tokens[3];
+  sp.stop_tokens = {stop};
+  auto stopped = s->sample(m.params, {{3, 4}}, {1}, sp);
+  ASSERT_TRUE(stopped.is_ok());
+  const auto& toks = (*stopped)[0].tokens;
+  ASSERT_FALSE(toks.empty());
+  EXPECT_EQ(toks.back(), stop);
+  EXPECT_LE(toks.size(), 4u);
+  EXPECT_FALSE((*stopped)[0].finished_by_length);
+  EXPECT_TRUE((*free_run)[0].finished_by_length);
+  // The cache capacity bounds generation too: prompt 20 + at most 4 new tokens in 24 positions.
+  sp.stop_tokens.clear();
+  auto cap = s->sample(m.params, {std::vector<int>(20, 1)}, {1}, sp);
+  ASSERT_TRUE(cap.is_ok());
+  EXPECT_EQ((*cap)[0].tokens.size(), 4u);
+}
+
+TEST(Sampler, BadInputs) {
+  auto m = model();
+  auto s = Sampler<>::create(cfg(), 2, 24);
+  ASSERT_TRUE(s.is_ok());
+  SamplingParams sp;
+  EXPECT_FALSE(s->sample(m.params, {{1}, {2}, {3}}, {1, 2, 3}, sp).is_ok());  // more rows than max_rows
+  EXPECT_FALSE(s->sample(m.params, {{1}}, {1, 2}, sp).is_ok());               // seeds do not match
+  EXPECT_FALSE(s->sample(m.params, {{}}, {1}, sp).is_ok());                   // empty prompt
+  EXPECT_FALSE(s->sample(m.params, {{99}}, {1}, sp).is_ok());                 // token outside vocab
+  EXPECT_FALSE(Sampler<>::create(cfg(), 2, 25).is_ok());                      // longer than context
+}
+
+TEST(PickToken, TopKTopPAndTemperature) {
+  const float z[5] = {2.0f, 1.0f, 0.5f, 3.0f, -1.0f};
+  SamplingParams sp;
+  sp.top_k = 1;
+  for (double u : {0.0, 0.5, 0.999}) {
+    const auto [t, lp] = pick_token(z, 5, sp, u);
+    EXPECT_EQ(t, 3);
+    EXPECT_NEAR(lp, 0.0f, 1e-6f);
+  }
+  sp.top_k = 2;  // only tokens 3 and 0 can appear
+  std::map<int, int> seen;
+  for (int i = 0; i < 1000; ++i) seen[pick_token(z, 5, sp, stream_uniform(9, uint64_t(i))).first]++;
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_GT(seen[3], seen[0]);
+  sp.top_k = 0;
+  sp.top_p = 0.5f;  // p(3) = 0.61 already covers 0.5
+  EXPECT_EQ(pick_token(z, 5, sp, 0.99).first, 3);
+  sp.top_p = 1.0f;
+  sp.temperature = 1.0f;
+  // Empirical frequencies follow softmax(z).
+  std::vector<int> counts(5, 0);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) counts[size_t(pick_token(z, 5, sp, stream_uniform(3, uint64_t(i))).first)]++;
+  double sum = 0;
+  for (float x : z) sum += std::exp(x);
+  for (int v = 0; v < 5; ++v) EXPECT_NEAR(counts[size_t(v)] / double(n), std::exp(z[v]) / sum, 0.015) << v;
+}
+
+TEST(Tokenizer, CharRoundTripAndErrors) {
+  CharTokenizer tok("0123456789+=");
+  EXPECT_EQ(tok.vocab_size(), 15);
+  auto ids = tok.encode("12+7=19");
+  ASSERT_TRUE(ids.is_ok());
+  EXPECT_EQ((*ids)[0], 4);
+  std::vector<int> with_special = *ids;
+  with_special.insert(with_special.begin(), tok.bos());
+  with_special.push_back(tok.eos());
+  EXPECT_EQ(tok.decode(with_special), "12+7=19");
+  auto bad = tok.encode("1*2");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("'*' at offset 1"), std::string::npos);
+}
+
+TEST(Weights, SaveLoadRoundTripAndMismatch) {
+  auto m = model();
+  const std::string path = testing::TempDir() + "/w.safetensors";
+  ASSERT_TRUE(save_weights(path, cfg(), m.params).is_ok());
+  auto m2 = Gpt<>::create(cfg(), 1);
+  ASSERT_TRUE(m2.is_ok());
+  ASSERT_TRUE(load_weights(path, cfg(), m2->params).is_ok());
+  auto a = Kokkos::create_mirror_view(m.params);
+  auto b = Kokkos::create_mirror_view(m2->params);
+  Kokkos::deep_copy(a, m.params);
+  Kokkos::deep_copy(b, m2->params);
+  for (size_t i = 0; i < a.extent(0); ++i) ASSERT_EQ(a(i), b(i));
+  GptConfig other = cfg();
+  other.layers = 3;
+  auto m3 = Gpt<>::create(other, 1);
+  const Status s = load_weights(path, other, m3->params);
+  EXPECT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("weights are for"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace mobula::rl
