@@ -71,6 +71,11 @@ class UcxRequest : public Request {
 class UcxTransport final : public P2PTransport {
  public:
   ~UcxTransport() override {
+    // Teardown is collective: wait (bounded, a dead peer must not hang us) until every rank is done
+    // with traffic before endpoints go, and until every rank has destroyed its worker before anyone
+    // may create the next one (UCX's shared-memory transports otherwise connect to a peer's
+    // already-removed FIFO segment: "shmat failed" / "mm ep failed to connect").
+    fence();
     if (worker_) {
       // Flush outstanding sends (bounded), then close endpoints without waiting for the peers.
       ucp_request_param_t p{};
@@ -94,12 +99,21 @@ class UcxTransport final : public P2PTransport {
         }
       }
       ucp_worker_destroy(worker_);
+      worker_ = nullptr;
     }
     if (context_) ucp_cleanup(context_);
+    context_ = nullptr;
+    fence();
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (comm_ != MPI_COMM_NULL && !fin) MPI_Comm_free(&comm_);
   }
 
   static Result<std::unique_ptr<Transport>> create(MPI_Comm comm) {
     auto t = std::unique_ptr<UcxTransport>(new UcxTransport());
+    MOBULA_MPI(MPI_Comm_dup(comm, &t->comm_));
+    MOBULA_MPI(MPI_Comm_set_errhandler(t->comm_, MPI_ERRORS_RETURN));
+    comm = t->comm_;
     MOBULA_MPI(MPI_Comm_rank(comm, &t->rank_));
     MOBULA_MPI(MPI_Comm_size(comm, &t->size_));
     const std::string where = transport_where("ucx", t->rank_);
@@ -154,6 +168,22 @@ class UcxTransport final : public P2PTransport {
 
  private:
   UcxTransport() = default;
+  // A barrier over the bootstrap communicator that gives up after 10 s (a peer may be dead).
+  void fence() {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (comm_ == MPI_COMM_NULL || fin || broken_) return;
+    MPI_Request req;
+    if (MPI_Ibarrier(comm_, &req) != MPI_SUCCESS) return;
+    const auto until = Request::Clock::now() + std::chrono::seconds(10);
+    for (int done = 0; !done;) {
+      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || Request::Clock::now() > until) {
+        broken_ = true;  // leave the request behind; the group is unusable anyway
+        return;
+      }
+      if (worker_) ucp_worker_progress(worker_);
+    }
+  }
   Status open_worker(const std::string& where, std::vector<std::byte>& address) {
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES;
@@ -178,6 +208,8 @@ class UcxTransport final : public P2PTransport {
     return std::string(dir) + " rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ", " +
            std::to_string(b.bytes()) + " bytes) at " + transport_where("ucx", rank_);
   }
+  MPI_Comm comm_ = MPI_COMM_NULL;  // bootstrap and teardown only
+  bool broken_ = false;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::vector<ucp_ep_h> eps_;
