@@ -73,9 +73,11 @@ struct Acts {
       lnf, lnf_mean, lnf_rstd, logits, lse, logp, entropy, total;
 };
 
-Acts act_layout(const GptConfig& c, int Bmax) {
+Acts act_layout(const GptConfig& c, int Bmax, bool recompute) {
   Acts a{};
-  const size_t L = c.layers, C = c.d_model, V = c.vocab, H = c.hidden();
+  // With activation recomputation only one layer's internals are kept (slot 0); residual3 (the
+  // input of the next layer) is kept for every layer.
+  const size_t L = recompute ? 1 : c.layers, LR = c.layers, C = c.d_model, V = c.vocab, H = c.hidden();
   a.bt = size_t(Bmax) * c.max_seq;
   a.btc = a.bt * C;
   a.bnhtt = size_t(Bmax) * c.heads * c.max_seq * c.max_seq;
@@ -98,7 +100,7 @@ Acts act_layout(const GptConfig& c, int Bmax) {
   a.ln2_rstd = take(L * a.bt);
   a.fch = take(L * a.bt * H);
   a.fch_gelu = take(L * a.bt * H);
-  a.residual3 = take(L * a.btc);
+  a.residual3 = take(LR * a.btc);
   a.lnf = take(a.btc);
   a.lnf_mean = take(a.bt);
   a.lnf_rstd = take(a.bt);
@@ -116,7 +118,7 @@ struct Scratch {
 };
 
 Scratch scratch_layout(const GptConfig& c, int Bmax) {
-  const Acts a = act_layout(c, Bmax);
+  const Acts a = act_layout(c, Bmax, true);
   Scratch s{};
   size_t off = 0;
   auto take = [&](size_t n) {
@@ -196,17 +198,19 @@ typename Gpt<Exec>::P Gpt<Exec>::param_ptrs(float* base) const {
 }
 
 template <class Exec>
-Result<Gpt<Exec>> Gpt<Exec>::create(const GptConfig& cfg, int max_batch) {
+Result<Gpt<Exec>> Gpt<Exec>::create(const GptConfig& cfg, int max_batch, bool recompute) {
   if (Status s = cfg.validate(); !s) return s;
   if (max_batch < 1) return Status::invalid_argument("Gpt: max_batch must be at least 1");
   Gpt g;
   g.cfg_ = cfg;
   g.max_batch_ = max_batch;
+  g.recompute_ = recompute;
   g.tensors_ = gpt_tensors(cfg);
   g.num_params_ = g.tensors_.back().offset + g.tensors_.back().size();
   g.params = Buffer("gpt_params", g.num_params_);
   g.grads = Buffer("gpt_grads", g.num_params_);
-  g.acts_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "gpt_acts"), act_layout(cfg, max_batch).total);
+  g.acts_ =
+      Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "gpt_acts"), act_layout(cfg, max_batch, recompute).total);
   g.scratch_ =
       Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "gpt_scratch"), scratch_layout(cfg, max_batch).total);
   const size_t bt = size_t(max_batch) * cfg.max_seq;
@@ -253,7 +257,7 @@ template <class Exec>
 Status Gpt<Exec>::forward(std::span<const int> tokens, std::span<const int> targets, int B, int T,
                           std::span<float> logp, std::span<float> entropy) {
   namespace K = kernels;
-  const int V = cfg_.vocab, C = cfg_.d_model, NH = cfg_.heads, L = cfg_.layers, H = cfg_.hidden();
+  const int V = cfg_.vocab, C = cfg_.d_model, L = cfg_.layers;
   if (B < 1 || B > max_batch_ || T < 1 || T > cfg_.max_seq)
     return Status::invalid_argument("Gpt::forward: batch " + std::to_string(B) + " x " + std::to_string(T) +
                                     " outside (1.." + std::to_string(max_batch_) + ") x (1.." +
@@ -277,39 +281,11 @@ Status Gpt<Exec>::forward(std::span<const int> tokens, std::span<const int> targ
     Kokkos::deep_copy(tok, ht);
     Kokkos::deep_copy(tgt, hg);
   }
-  const Acts a = act_layout(cfg_, max_batch_);
+  const Acts a = act_layout(cfg_, max_batch_, recompute_);
   float* A = acts_.data();
   const P p = param_ptrs(params.data());
-  const Scratch s = scratch_layout(cfg_, max_batch_);
-  float* S = scratch_.data();
-  const size_t pl = tensor("h.1.ln1w") ? tensor("h.1.ln1w")->offset - tensor("h.0.ln1w")->offset : 0;  // layer stride
-
   K::encoder_forward<Exec>(A + a.encoded, tokens_.data(), p.wte, p.wpe, B, T, C);
-  for (int l = 0; l < L; ++l) {
-    const size_t o = size_t(l) * pl;
-    const float* residual = l == 0 ? A + a.encoded : A + a.residual3 + size_t(l - 1) * a.btc;
-    float* ln1 = A + a.ln1 + l * a.btc;
-    float* qkv = A + a.qkv + l * 3 * a.btc;
-    float* att = A + a.att + l * a.bnhtt;
-    float* atty = A + a.atty + l * a.btc;
-    float* res2 = A + a.residual2 + l * a.btc;
-    float* ln2 = A + a.ln2 + l * a.btc;
-    float* fch = A + a.fch + l * a.bt * H;
-    float* fchg = A + a.fch_gelu + l * a.bt * H;
-    float* res3 = A + a.residual3 + l * a.btc;
-    K::layernorm_forward<Exec>(ln1, A + a.ln1_mean + l * a.bt, A + a.ln1_rstd + l * a.bt, residual, p.ln1w + o,
-                               p.ln1b + o, long(N), C);
-    K::matmul_forward<Exec>(qkv, ln1, p.qkvw + o, p.qkvb + o, long(N), C, 3 * C);
-    K::attention_forward<Exec>(atty, att, qkv, S + s.q, S + s.k, S + s.v, S + s.y, B, T, C, NH);
-    K::matmul_forward<Exec>(res2, atty, p.attprojw + o, p.attprojb + o, long(N), C, C);
-    K::add_inplace<Exec>(res2, residual, long(N) * C);
-    K::layernorm_forward<Exec>(ln2, A + a.ln2_mean + l * a.bt, A + a.ln2_rstd + l * a.bt, res2, p.ln2w + o, p.ln2b + o,
-                               long(N), C);
-    K::matmul_forward<Exec>(fch, ln2, p.fcw + o, p.fcb + o, long(N), C, H);
-    K::gelu_forward<Exec>(fchg, fch, long(N) * H);
-    K::matmul_forward<Exec>(res3, fchg, p.fcprojw + o, p.fcprojb + o, long(N), H, C);
-    K::add_inplace<Exec>(res3, res2, long(N) * C);
-  }
+  for (int l = 0; l < L; ++l) layer_forward(l, B, T);
   const float* last = A + a.residual3 + size_t(L - 1) * a.btc;
   K::layernorm_forward<Exec>(A + a.lnf, A + a.lnf_mean, A + a.lnf_rstd, last, p.lnfw, p.lnfb, long(N), C);
   K::matmul_forward<Exec>(A + a.logits, A + a.lnf, p.wte, nullptr, long(N), C, V);
@@ -327,6 +303,43 @@ Status Gpt<Exec>::forward(std::span<const int> tokens, std::span<const int> targ
 }
 
 template <class Exec>
+void Gpt<Exec>::layer_forward(int l, int B, int T) {
+  namespace K = kernels;
+  const int C = cfg_.d_model, NH = cfg_.heads, H = cfg_.hidden();
+  const size_t N = size_t(B) * T;
+  const Acts a = act_layout(cfg_, max_batch_, recompute_);
+  float* A = acts_.data();
+  const P p = param_ptrs(params.data());
+  const Scratch s = scratch_layout(cfg_, max_batch_);
+  float* S = scratch_.data();
+  const size_t pl = tensor("h.1.ln1w") ? tensor("h.1.ln1w")->offset - tensor("h.0.ln1w")->offset : 0;  // layer stride
+  const int li = recompute_ ? 0 : l;  // slot of this layer's internal activations
+  const size_t o = size_t(l) * pl;
+  const float* residual = l == 0 ? A + a.encoded : A + a.residual3 + size_t(l - 1) * a.btc;
+  float* ln1 = A + a.ln1 + li * a.btc;
+  float* qkv = A + a.qkv + li * 3 * a.btc;
+  float* att = A + a.att + li * a.bnhtt;
+  float* atty = A + a.atty + li * a.btc;
+  float* res2 = A + a.residual2 + li * a.btc;
+  float* ln2 = A + a.ln2 + li * a.btc;
+  float* fch = A + a.fch + li * a.bt * H;
+  float* fchg = A + a.fch_gelu + li * a.bt * H;
+  float* res3 = A + a.residual3 + l * a.btc;
+  K::layernorm_forward<Exec>(ln1, A + a.ln1_mean + li * a.bt, A + a.ln1_rstd + li * a.bt, residual, p.ln1w + o,
+                             p.ln1b + o, long(N), C);
+  K::matmul_forward<Exec>(qkv, ln1, p.qkvw + o, p.qkvb + o, long(N), C, 3 * C);
+  K::attention_forward<Exec>(atty, att, qkv, S + s.q, S + s.k, S + s.v, S + s.y, B, T, C, NH);
+  K::matmul_forward<Exec>(res2, atty, p.attprojw + o, p.attprojb + o, long(N), C, C);
+  K::add_inplace<Exec>(res2, residual, long(N) * C);
+  K::layernorm_forward<Exec>(ln2, A + a.ln2_mean + li * a.bt, A + a.ln2_rstd + li * a.bt, res2, p.ln2w + o, p.ln2b + o,
+                             long(N), C);
+  K::matmul_forward<Exec>(fch, ln2, p.fcw + o, p.fcb + o, long(N), C, H);
+  K::gelu_forward<Exec>(fchg, fch, long(N) * H);
+  K::matmul_forward<Exec>(res3, fchg, p.fcprojw + o, p.fcprojb + o, long(N), H, C);
+  K::add_inplace<Exec>(res3, res2, long(N) * C);
+}
+
+template <class Exec>
 Status Gpt<Exec>::backward(std::span<const float> w) {
   namespace K = kernels;
   if (B_ == 0) return Status::invalid_argument("Gpt::backward: no forward pass to differentiate");
@@ -339,7 +352,7 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
     Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hw(w.data(), N);
     Kokkos::deep_copy(Kokkos::subview(wvec_, std::pair<size_t, size_t>(0, N)), hw);
   }
-  const Acts a = act_layout(cfg_, max_batch_);
+  const Acts a = act_layout(cfg_, max_batch_, recompute_);
   const Scratch s = scratch_layout(cfg_, max_batch_);
   float* A = acts_.data();
   float* S = scratch_.data();
@@ -355,29 +368,31 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
   K::layernorm_backward<Exec>(dres, g.lnfw, g.lnfb, dln, A + a.residual3 + size_t(L - 1) * a.btc, p.lnfw,
                               A + a.lnf_mean, A + a.lnf_rstd, long(N), C);
   for (int l = L - 1; l >= 0; --l) {
+    if (recompute_) layer_forward(l, B, T);  // same kernels, same inputs: bitwise the same values
+    const int li = recompute_ ? 0 : l;
     const size_t o = size_t(l) * pl;
     const float* residual = l == 0 ? A + a.encoded : A + a.residual3 + size_t(l - 1) * a.btc;
-    const float* ln1 = A + a.ln1 + l * a.btc;
-    const float* qkv = A + a.qkv + l * 3 * a.btc;
-    const float* att = A + a.att + l * a.bnhtt;
-    const float* atty = A + a.atty + l * a.btc;
-    const float* res2 = A + a.residual2 + l * a.btc;
-    const float* ln2 = A + a.ln2 + l * a.btc;
-    const float* fch = A + a.fch + l * a.bt * H;
-    const float* fchg = A + a.fch_gelu + l * a.bt * H;
+    const float* ln1 = A + a.ln1 + li * a.btc;
+    const float* qkv = A + a.qkv + li * 3 * a.btc;
+    const float* att = A + a.att + li * a.bnhtt;
+    const float* atty = A + a.atty + li * a.btc;
+    const float* res2 = A + a.residual2 + li * a.btc;
+    const float* ln2 = A + a.ln2 + li * a.btc;
+    const float* fch = A + a.fch + li * a.bt * H;
+    const float* fchg = A + a.fch_gelu + li * a.bt * H;
     // res3 = res2 + fcproj(gelu(fc(ln2(res2)))); dres holds dL/dres3.
     K::matmul_backward<Exec>(S + s.dfch_gelu, g.fcprojw + o, g.fcprojb + o, dres, fchg, p.fcprojw + o, long(N), H, C);
     K::gelu_backward<Exec>(S + s.dfch, fch, S + s.dfch_gelu, long(N) * H);
     K::matmul_backward<Exec>(dln, g.fcw + o, g.fcb + o, S + s.dfch, ln2, p.fcw + o, long(N), C, H);
-    K::layernorm_backward<Exec>(dres, g.ln2w + o, g.ln2b + o, dln, res2, p.ln2w + o, A + a.ln2_mean + l * a.bt,
-                                A + a.ln2_rstd + l * a.bt, long(N), C);
+    K::layernorm_backward<Exec>(dres, g.ln2w + o, g.ln2b + o, dln, res2, p.ln2w + o, A + a.ln2_mean + li * a.bt,
+                                A + a.ln2_rstd + li * a.bt, long(N), C);
     // dres now holds dL/dres2; res2 = residual + attproj(attention(qkv(ln1(residual)))).
     K::matmul_backward<Exec>(S + s.datty, g.attprojw + o, g.attprojb + o, dres, atty, p.attprojw + o, long(N), C, C);
     K::attention_backward<Exec>(S + s.dqkv, S + s.datty, qkv, att, S + s.q, S + s.k, S + s.v, S + s.dy, S + s.dq,
                                 S + s.dk, S + s.dv, S + s.datt, B, T, C, NH);
     K::matmul_backward<Exec>(dln, g.qkvw + o, g.qkvb + o, S + s.dqkv, ln1, p.qkvw + o, long(N), C, 3 * C);
-    K::layernorm_backward<Exec>(dres, g.ln1w + o, g.ln1b + o, dln, residual, p.ln1w + o, A + a.ln1_mean + l * a.bt,
-                                A + a.ln1_rstd + l * a.bt, long(N), C);
+    K::layernorm_backward<Exec>(dres, g.ln1w + o, g.ln1b + o, dln, residual, p.ln1w + o, A + a.ln1_mean + li * a.bt,
+                                A + a.ln1_rstd + li * a.bt, long(N), C);
   }
   K::encoder_backward<Exec>(g.wte, g.wpe, dres, tokens_.data(), B, T, C, V);
   return Status::ok();
@@ -385,7 +400,7 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
 
 template <class Exec>
 std::vector<float> Gpt<Exec>::logits_host() const {
-  const Acts a = act_layout(cfg_, max_batch_);
+  const Acts a = act_layout(cfg_, max_batch_, recompute_);
   const size_t n = size_t(B_) * T_ * cfg_.vocab;
   std::vector<float> out(n);
   Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(out.data(), n);

@@ -49,7 +49,11 @@ class Gpt {
   using Mem = typename Exec::memory_space;
   using Buffer = Kokkos::View<float*, Mem>;
 
-  static Result<Gpt> create(const GptConfig& cfg, int max_batch);
+  // recompute: activation recomputation (gradient checkpointing): keep only each layer's input and
+  // recompute its internals during backward. Less memory, bitwise the same results.
+  static Result<Gpt> create(const GptConfig& cfg, int max_batch, bool recompute = false);
+  bool recompute() const { return recompute_; }
+  size_t activation_floats() const { return acts_.extent(0); }
 
   const GptConfig& config() const { return cfg_; }
   int max_batch() const { return max_batch_; }
@@ -78,9 +82,11 @@ class Gpt {
   Gpt() = default;
   struct P;  // parameter pointers
   P param_ptrs(float* base) const;
+  void layer_forward(int l, int B, int T);
 
   GptConfig cfg_;
   int max_batch_ = 0;
+  bool recompute_ = false;
   size_t num_params_ = 0;
   std::vector<TensorInfo> tensors_;
   Buffer acts_;     // activations, sized for (max_batch, max_seq)

@@ -352,3 +352,50 @@ TEST(AdamW, ClipsAndDecaysOnlyMatrices) {
 
 }  // namespace
 }  // namespace mobula::rl
+
+namespace mobula::rl {
+namespace {
+
+// Activation recomputation changes memory, not results: bitwise-equal log-probs and gradients.
+TEST(Gpt, RecomputationIsBitwiseIdenticalAndSmaller) {
+  GptConfig c;
+  c.vocab = 11;
+  c.max_seq = 8;
+  c.layers = 3;
+  c.heads = 2;
+  c.d_model = 8;
+  auto plain = Gpt<>::create(c, 2, false);
+  auto ckpt = Gpt<>::create(c, 2, true);
+  ASSERT_TRUE(plain.is_ok() && ckpt.is_ok());
+  EXPECT_TRUE(ckpt->recompute());
+  EXPECT_LT(ckpt->activation_floats(), plain->activation_floats() * 2 / 3);
+  plain->init(4);
+  ckpt->init(4);
+  std::vector<int> tok = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2, 3}, tg = {2, 3, 4, 5, 6, 7, -1, 9, 10, 0, 1, 2, 3, 4};
+  std::vector<float> w(tok.size(), 0.3f), lp1(tok.size()), lp2(tok.size());
+  ASSERT_TRUE(plain->forward(tok, tg, 2, 7, lp1).is_ok());
+  ASSERT_TRUE(ckpt->forward(tok, tg, 2, 7, lp2).is_ok());
+  EXPECT_EQ(lp1, lp2);
+  plain->zero_grad();
+  ckpt->zero_grad();
+  ASSERT_TRUE(plain->backward(w).is_ok());
+  ASSERT_TRUE(ckpt->backward(w).is_ok());
+  auto g1 = Kokkos::create_mirror_view(plain->grads);
+  auto g2 = Kokkos::create_mirror_view(ckpt->grads);
+  Kokkos::deep_copy(g1, plain->grads);
+  Kokkos::deep_copy(g2, ckpt->grads);
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.extent(0) * sizeof(float)));
+}
+
+// The decode-path matmul through the transposed weights equals the training-path matmul.
+TEST(Kernels, RowsIndependentOfBatchInMatmul) {
+  const int C = 19, OC = 37;
+  auto W = randn(OC * C, 1), b = randn(OC, 2), x = randn(5 * C, 3);
+  std::vector<float> all(5 * OC), one(OC);
+  K::matmul_forward<Exec>(all.data(), x.data(), W.data(), b.data(), 5, C, OC);
+  K::matmul_forward<Exec>(one.data(), x.data() + 3 * C, W.data(), b.data(), 1, C, OC);
+  for (int j = 0; j < OC; ++j) EXPECT_NEAR(one[j], all[3 * OC + j], 1e-5f);
+}
+
+}  // namespace
+}  // namespace mobula::rl
