@@ -44,7 +44,8 @@ TEST(Losses, PpoHandComputed) {
 TEST(Losses, PpoWeightsAreTheDerivative) {
   // Finite differences of the loss in logp (away from the clip kinks) incl. the KL term.
   std::vector<float> lp = {-1.1f, -0.3f, -2.0f, -0.7f, -0.05f}, old = {-1.0f, -0.9f, -2.0f, -0.2f, -0.3f};
-  std::vector<float> adv = {0.7f, -1.3f, 2.0f, 0.4f, -0.2f}, mask = {1, 1, 1, 0, 1}, ref = {-1.2f, -0.4f, -1.5f, -0.1f, -0.1f};
+  std::vector<float> adv = {0.7f, -1.3f, 2.0f, 0.4f, -0.2f}, mask = {1, 1, 1, 0, 1},
+                     ref = {-1.2f, -0.4f, -1.5f, -0.1f, -0.1f};
   std::vector<float> w(5), tmp(5);
   auto st = ppo_weights(lp, old, adv, mask, 0.2f, 0.28f, ref, 0.1f, w);
   ASSERT_TRUE(st.is_ok());

@@ -1,0 +1,89 @@
+#include "rl/tasks/task.h"
+
+#include <algorithm>
+
+namespace mobula::rl {
+
+namespace {
+
+uint64_t mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t pow10(int d) {
+  uint64_t p = 1;
+  while (d-- > 0) p *= 10;
+  return p;
+}
+
+// Problems are numbered; problem p is held out iff mix(p) % 8 == 0. Training streams draw problem
+// numbers from (seed, index) and skip held-out ones; eval enumerates held-out ones.
+class NumberedTask : public Task {
+ public:
+  NumberedTask(int digits, uint64_t problems) : digits_(digits), problems_(problems) {}
+  TaskExample example(uint64_t seed, uint64_t index) const override {
+    for (uint64_t k = 0;; ++k) {
+      const uint64_t p = mix(mix(seed) ^ mix(index * 1315423911ull + k)) % problems_;
+      if (!held_out(p)) return make(p);
+    }
+  }
+  TaskExample eval_example(uint64_t index) const override {
+    // The index-th held-out problem along a fixed permutation of problem numbers (7919 is coprime
+    // to every power of 10); when there are fewer held-out problems than `index`, it wraps around.
+    uint64_t found = 0;
+    for (uint64_t k = 0; k < problems_; ++k) {
+      const uint64_t p = (k * 7919 + 13) % problems_;
+      if (held_out(p) && found++ == index) return make(p);
+    }
+    return found ? eval_example(index % found) : make(0);
+  }
+
+ protected:
+  static bool held_out(uint64_t p) { return mix(p ^ 0x5bd1e995ull) % 8 == 0; }
+  virtual TaskExample make(uint64_t p) const = 0;
+  int digits_;
+  uint64_t problems_;
+};
+
+class Addition final : public NumberedTask {
+ public:
+  explicit Addition(int digits) : NumberedTask(digits, pow10(digits) * pow10(digits)) {}
+  std::string name() const override { return "addition"; }
+  std::string alphabet() const override { return "0123456789+="; }
+
+ private:
+  TaskExample make(uint64_t p) const override {
+    const uint64_t a = p / pow10(digits_), b = p % pow10(digits_);
+    return {std::to_string(a) + "+" + std::to_string(b) + "=", std::to_string(a + b)};
+  }
+};
+
+class Reverse final : public NumberedTask {
+ public:
+  explicit Reverse(int digits) : NumberedTask(digits, pow10(digits)) {}
+  std::string name() const override { return "reverse"; }
+  std::string alphabet() const override { return "0123456789>"; }
+
+ private:
+  TaskExample make(uint64_t p) const override {
+    std::string s = std::to_string(p);
+    s.insert(0, static_cast<size_t>(digits_) - s.size(), '0');
+    std::string r(s.rbegin(), s.rend());
+    return {s + ">", r};
+  }
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Task>> make_task(std::string_view name, int digits) {
+  if (digits < 1 || digits > 6)
+    return Status::invalid_argument("task digits must be 1..6, got " + std::to_string(digits));
+  if (name == "addition") return std::unique_ptr<Task>(new Addition(digits));
+  if (name == "reverse") return std::unique_ptr<Task>(new Reverse(digits));
+  return Status::invalid_argument("unknown task '" + std::string(name) + "'; known: addition, reverse");
+}
+
+}  // namespace mobula::rl
