@@ -21,10 +21,3 @@ Status mpi_error(int rc, const char* call, const char* file, int line);
     const int mobula_mpi_rc_ = (call);                                                                        \
     if (mobula_mpi_rc_ != MPI_SUCCESS) return ::mobula::mpi_error(mobula_mpi_rc_, #call, __FILE__, __LINE__); \
   } while (0)
-
-// Returns from the enclosing function when a Status expression is not OK.
-#define MOBULA_RETURN_IF_ERROR(expr)            \
-  do {                                          \
-    ::mobula::Status mobula_st_ = (expr);       \
-    if (!mobula_st_.is_ok()) return mobula_st_; \
-  } while (0)

@@ -84,3 +84,10 @@ class Result {
 };
 
 }  // namespace mobula
+
+// Returns from the enclosing function when a Status expression is not OK.
+#define MOBULA_RETURN_IF_ERROR(expr)            \
+  do {                                          \
+    ::mobula::Status mobula_st_ = (expr);       \
+    if (!mobula_st_.is_ok()) return mobula_st_; \
+  } while (0)

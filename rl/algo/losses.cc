@@ -55,8 +55,8 @@ Result<LossStats> importance_sampling_weights(std::span<const float> logp, std::
   return st;
 }
 
-Result<LossStats> ppo_weights(std::span<const float> logp, std::span<const float> logp_old,
-                              std::span<const float> adv, std::span<const float> mask, float eps_low, float eps_high,
+Result<LossStats> ppo_weights(std::span<const float> logp, std::span<const float> logp_old, std::span<const float> adv,
+                              std::span<const float> mask, float eps_low, float eps_high,
                               std::span<const float> logp_ref, float kl_coef, std::span<float> w) {
   if (Status s = check_sizes({logp.size(), logp_old.size(), adv.size(), mask.size(), w.size()}, "ppo"); !s) return s;
   if (!logp_ref.empty() && logp_ref.size() != logp.size())

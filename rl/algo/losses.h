@@ -32,8 +32,8 @@ Result<LossStats> importance_sampling_weights(std::span<const float> logp, std::
 // PPO-clip: L = -(1/n) sum mask * min(ratio A, clip(ratio, 1-eps_low, 1+eps_high) A)
 //           + kl_coef * (1/n) sum mask * k3(ref, logp)       (when logp_ref is not empty)
 // k3(ref, logp) = exp(ref - logp) - (ref - logp) - 1 >= 0 (Schulman's unbiased, positive estimator).
-Result<LossStats> ppo_weights(std::span<const float> logp, std::span<const float> logp_old,
-                              std::span<const float> adv, std::span<const float> mask, float eps_low, float eps_high,
+Result<LossStats> ppo_weights(std::span<const float> logp, std::span<const float> logp_old, std::span<const float> adv,
+                              std::span<const float> mask, float eps_low, float eps_high,
                               std::span<const float> logp_ref, float kl_coef, std::span<float> w);
 
 // GRPO advantages: rewards of `groups` groups of `group_size` samples (group-major); each sample's

@@ -42,6 +42,7 @@ class AdamW {
   int steps_done() const { return t_; }
   void set_steps_done(int t) { t_ = t; }  // for resume
   const AdamWConfig& config() const { return cfg_; }
+  void set_config(const AdamWConfig& c) { cfg_ = c; }
   Buffer m, v;  // first and second moments, (n)
 
  private:

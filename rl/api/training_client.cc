@@ -1,0 +1,259 @@
+#include "rl/api/training_client.h"
+
+#include <algorithm>
+
+#include "io/safetensors.h"
+#include "rl/model/weights.h"
+
+namespace mobula::rl {
+
+TrainingClient::TrainingClient(const ClientOptions& o) : opts_(o) {}
+
+Result<std::unique_ptr<TrainingClient>> TrainingClient::create_local(const ClientOptions& opts) {
+  std::unique_ptr<TrainingClient> c(new TrainingClient(opts));
+  auto m = Gpt<>::create(opts.model, opts.max_batch, opts.recompute);
+  if (!m) return m.status();
+  c->model_ = std::make_unique<Gpt<>>(std::move(m).value());
+  c->model_->init(opts.seed);
+  c->opt_ = std::make_unique<AdamW<>>(AdamWConfig{}, c->model_->tensors(), c->model_->num_params());
+  auto s = Sampler<>::create(opts.model, opts.sample_rows, opts.model.max_seq);
+  if (!s) return s.status();
+  c->sampler_ = std::make_unique<Sampler<>>(std::move(s).value());
+  c->worker_ = std::thread([p = c.get()] { p->run(); });
+  return c;
+}
+
+TrainingClient::~TrainingClient() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();  // drains every call already submitted
+}
+
+void TrainingClient::run() {
+  while (true) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and drained
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    job();
+  }
+}
+
+template <class T>
+Future<T> TrainingClient::submit(std::function<Result<T>()> fn) {
+  auto promise = std::make_shared<std::promise<Result<T>>>();
+  Future<T> fut = promise->get_future().share();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    queue_.emplace_back([promise, fn = std::move(fn)] { promise->set_value(fn()); });
+  }
+  cv_.notify_one();
+  return fut;
+}
+
+Future<ForwardBackwardOutput> TrainingClient::forward_backward(std::vector<Datum> batch, LossConfig loss) {
+  return submit<ForwardBackwardOutput>([this, batch = std::move(batch), loss]() -> Result<ForwardBackwardOutput> {
+    const int Tmax = opts_.model.max_seq;
+    double n_total = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Datum& d = batch[i];
+      const size_t T = d.tokens.size();
+      const std::string at = "forward_backward: datum " + std::to_string(i) + ": ";
+      if (T == 0 || static_cast<int>(T) > Tmax)
+        return Status::invalid_argument(at + std::to_string(T) + " tokens; need 1.." + std::to_string(Tmax));
+      if (d.target_tokens.size() != T || d.weights.size() != T)
+        return Status::invalid_argument(at + "target_tokens and weights must have one entry per token");
+      if (loss.fn != LossFn::kCrossEntropy && (d.logprobs_old.size() != T || d.advantages.size() != T))
+        return Status::invalid_argument(at + "importance_sampling/ppo need logprobs_old and advantages per token");
+      if (!d.logprobs_ref.empty() && d.logprobs_ref.size() != T)
+        return Status::invalid_argument(at + "logprobs_ref must be empty or have one entry per token");
+      for (float w : d.weights) n_total += w;
+    }
+    ForwardBackwardOutput out;
+    out.logprobs.resize(batch.size());
+    const size_t mb = static_cast<size_t>(opts_.max_batch);
+    double loss_sum = 0, clip_sum = 0, kl_sum = 0, ratio_sum = 0;
+    for (size_t b0 = 0; b0 < batch.size(); b0 += mb) {
+      const size_t B = std::min(mb, batch.size() - b0);
+      size_t maxlen = 0;
+      for (size_t k = 0; k < B; ++k) maxlen = std::max(maxlen, batch[b0 + k].tokens.size());
+      const int T = bucket_length(static_cast<int>(maxlen), Tmax);  // shape bucketing
+      const size_t N = B * size_t(T);
+      std::vector<int> tok(N, 0), tgt(N, -1);
+      std::vector<float> mask(N, 0.f), old(N, 0.f), adv(N, 0.f), ref, w(N, 0.f), lp(N);
+      bool with_ref = loss.fn == LossFn::kPpo && loss.kl_coef != 0;
+      for (size_t k = 0; k < B && with_ref; ++k) with_ref = !batch[b0 + k].logprobs_ref.empty();
+      if (with_ref) ref.assign(N, 0.f);
+      for (size_t k = 0; k < B; ++k) {
+        const Datum& d = batch[b0 + k];
+        for (size_t t = 0; t < d.tokens.size(); ++t) {
+          const size_t i = k * size_t(T) + t;
+          tok[i] = d.tokens[t];
+          tgt[i] = d.target_tokens[t];
+          mask[i] = d.weights[t];
+          if (loss.fn != LossFn::kCrossEntropy) old[i] = d.logprobs_old[t], adv[i] = d.advantages[t];
+          if (with_ref) ref[i] = d.logprobs_ref[t];
+        }
+      }
+      MOBULA_RETURN_IF_ERROR(model_->forward(tok, tgt, int(B), T, lp));
+      Result<LossStats> st = Status::invalid_argument("unreachable");
+      switch (loss.fn) {
+        case LossFn::kCrossEntropy:
+          st = cross_entropy_weights(lp, mask, w);
+          break;
+        case LossFn::kImportanceSampling:
+          st = importance_sampling_weights(lp, old, adv, mask, w);
+          break;
+        case LossFn::kPpo:
+          st = ppo_weights(lp, old, adv, mask, loss.clip_low, loss.clip_high, ref, loss.kl_coef, w);
+          break;
+      }
+      if (!st) return st.status();
+      // The loss functions normalise by this microbatch's tokens; gradients accumulate as SUMS over
+      // tokens (w * n_mb) and optim_step divides by every token since the last step, so two
+      // forward_backward calls equal one call on the concatenated batch.
+      const double n_mb = static_cast<double>(st->tokens);
+      for (auto& x : w) x = static_cast<float>(x * n_mb);
+      MOBULA_RETURN_IF_ERROR(model_->backward(w));
+      loss_sum += st->loss * n_mb;
+      clip_sum += st->clip_fraction * n_mb;
+      kl_sum += st->kl * n_mb;
+      ratio_sum += st->mean_ratio * n_mb;
+      for (size_t k = 0; k < B; ++k) {
+        const size_t T0 = batch[b0 + k].tokens.size();
+        out.logprobs[b0 + k].assign(lp.begin() + long(k * size_t(T)), lp.begin() + long(k * size_t(T) + T0));
+      }
+    }
+    out.stats.tokens = static_cast<long>(n_total);
+    if (n_total > 0) {
+      out.stats.loss = loss_sum / n_total;
+      out.stats.clip_fraction = clip_sum / n_total;
+      out.stats.kl = kl_sum / n_total;
+      out.stats.mean_ratio = ratio_sum / n_total;
+    }
+    tokens_since_step_ += n_total;
+    return out;
+  });
+}
+
+Future<OptimStepOutput> TrainingClient::optim_step(AdamParams p) {
+  return submit<OptimStepOutput>([this, p]() -> Result<OptimStepOutput> {
+    if (tokens_since_step_ <= 0) return Status::invalid_argument("optim_step: no trained tokens since the last step");
+    AdamWConfig c;
+    c.lr = p.lr;
+    c.beta1 = p.beta1;
+    c.beta2 = p.beta2;
+    c.eps = p.eps;
+    c.weight_decay = p.weight_decay;
+    c.grad_clip = p.grad_clip;
+    opt_->set_config(c);
+    const float scale = static_cast<float>(1.0 / tokens_since_step_);
+    float* g = model_->grads.data();
+    Kokkos::parallel_for(
+        "scale_grads", Kokkos::RangePolicy<>(0, model_->grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
+    OptimStepOutput out;
+    out.grad_norm = opt_->step(model_->params, model_->grads);
+    out.step = opt_->steps_done();
+    model_->zero_grad();
+    tokens_since_step_ = 0;
+    return out;
+  });
+}
+
+Future<std::vector<Sample>> TrainingClient::sample(std::vector<std::vector<int>> prompts, int num_samples,
+                                                   SamplingParams params, uint64_t seed) {
+  return submit<std::vector<Sample>>(
+      [this, prompts = std::move(prompts), num_samples, params, seed]() -> Result<std::vector<Sample>> {
+        if (num_samples < 1 || num_samples > opts_.sample_rows)
+          return Status::invalid_argument("sample: num_samples must be 1.." + std::to_string(opts_.sample_rows));
+        std::vector<Sample> out;
+        const size_t per_call = static_cast<size_t>(opts_.sample_rows / num_samples);
+        for (size_t p0 = 0; p0 < prompts.size(); p0 += per_call) {
+          const size_t P = std::min(per_call, prompts.size() - p0);
+          std::vector<std::vector<int>> chunk(prompts.begin() + long(p0), prompts.begin() + long(p0 + P));
+          std::vector<uint64_t> seeds;
+          for (size_t p = 0; p < P; ++p)
+            for (int g = 0; g < num_samples; ++g)
+              seeds.push_back(seed * 0x9E3779B97F4A7C15ull + (p0 + p) * 1000003ull + static_cast<uint64_t>(g));
+          auto r = sampler_->sample_groups(model_->params, chunk, num_samples, seeds, params);
+          if (!r) return r.status();
+          for (auto& s : *r) out.push_back(std::move(s));
+        }
+        return out;
+      });
+}
+
+Future<std::string> TrainingClient::save_weights_for_sampler(std::string path) {
+  return submit<std::string>([this, path]() -> Result<std::string> {
+    MOBULA_RETURN_IF_ERROR(save_weights(path, opts_.model, model_->params));
+    return path;
+  });
+}
+
+namespace {
+void put_buffer(io::StFile& f, const std::string& prefix, const std::vector<TensorInfo>& table,
+                const Kokkos::View<float*>& buf) {
+  auto h = Kokkos::create_mirror_view(buf);
+  Kokkos::deep_copy(h, buf);
+  for (const auto& t : table)
+    f.tensors[prefix + t.name] =
+        io::StTensor::f32(std::vector<int64_t>(t.shape.begin(), t.shape.end()), h.data() + t.offset);
+}
+Status get_buffer(const io::StFile& f, const std::string& path, const std::string& prefix,
+                  const std::vector<TensorInfo>& table, const Kokkos::View<float*>& buf) {
+  auto h = Kokkos::create_mirror_view(buf);
+  for (const auto& t : table) {
+    auto it = f.tensors.find(prefix + t.name);
+    if (it == f.tensors.end() || it->second.numel() != t.size() || it->second.dtype != "F32")
+      return Status::io(path + ": " + prefix + t.name + ": missing or wrong shape");
+    const auto v = it->second.as_f32();
+    std::copy(v.begin(), v.end(), h.data() + t.offset);
+  }
+  Kokkos::deep_copy(buf, h);
+  return Status::ok();
+}
+}  // namespace
+
+Future<std::string> TrainingClient::save_state(std::string path) {
+  return submit<std::string>([this, path]() -> Result<std::string> {
+    io::StFile f;
+    put_buffer(f, "param.", model_->tensors(), model_->params);
+    put_buffer(f, "adam_m.", model_->tensors(), opt_->m);
+    put_buffer(f, "adam_v.", model_->tensors(), opt_->v);
+    f.metadata = {{"format", "mobula-training-state"},
+                  {"format_version", "1"},
+                  {"step", std::to_string(opt_->steps_done())},
+                  {"model", opts_.model.to_string()}};
+    MOBULA_RETURN_IF_ERROR(io::write_safetensors(path, f));
+    return path;
+  });
+}
+
+Future<std::string> TrainingClient::load_state(std::string path) {
+  return submit<std::string>([this, path]() -> Result<std::string> {
+    auto f = io::read_safetensors(path);
+    if (!f) return f.status();
+    if (f->metadata["format"] != "mobula-training-state" || f->metadata["model"] != opts_.model.to_string())
+      return Status::invalid_argument(path + ": not a training state of this model (" + opts_.model.to_string() + ")");
+    MOBULA_RETURN_IF_ERROR(get_buffer(*f, path, "param.", model_->tensors(), model_->params));
+    MOBULA_RETURN_IF_ERROR(get_buffer(*f, path, "adam_m.", model_->tensors(), opt_->m));
+    MOBULA_RETURN_IF_ERROR(get_buffer(*f, path, "adam_v.", model_->tensors(), opt_->v));
+    try {
+      opt_->set_steps_done(std::stoi(f->metadata["step"]));
+    } catch (const std::exception&) {
+      return Status::io(path + ": __metadata__.step: not an integer");
+    }
+    model_->zero_grad();
+    tokens_since_step_ = 0;
+    return path;
+  });
+}
+
+}  // namespace mobula::rl
