@@ -1,0 +1,55 @@
+// GRPO through the TrainingClient: the full path (sampling with prefix sharing, exact rewards, group
+// advantages, PPO-clip weights, optimizer) must learn a reward a fresh tiny model starts without.
+#include "rl/algo/grpo.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace mobula::rl {
+namespace {
+
+// A reward any policy can learn fast: answer "7" to every prompt. Checks the sign and plumbing of
+// the whole GRPO path (sampling, rewards, advantages, PPO weights, optimizer).
+class SevenTask final : public Task {
+ public:
+  std::string name() const override { return "seven"; }
+  std::string alphabet() const override { return "0123456789+="; }
+  TaskExample example(uint64_t seed, uint64_t index) const override {
+    return {std::to_string((seed + index) % 10) + "+" + std::to_string(index % 7) + "=", "7"};
+  }
+  TaskExample eval_example(uint64_t index) const override { return example(99, index); }
+};
+
+TEST(Grpo, LearnsAnObviousReward) {
+  SevenTask task;
+  CharTokenizer tok(task.alphabet());
+  ClientOptions o;
+  o.model.vocab = tok.vocab_size();
+  o.model.max_seq = 16;
+  o.model.layers = 2;
+  o.model.heads = 2;
+  o.model.d_model = 32;
+  o.seed = 5;
+  o.max_batch = 64;
+  o.sample_rows = 64;
+  auto c = TrainingClient::create_local(o);
+  ASSERT_TRUE(c.is_ok());
+  GrpoConfig g;
+  g.prompts_per_step = 8;
+  g.group_size = 8;
+  g.max_new_tokens = 2;
+  g.adam.lr = 3e-3f;
+  std::vector<double> r;
+  for (int s = 0; s < 120; ++s) {
+    auto st = grpo_step(**c, task, tok, g, s);
+    ASSERT_TRUE(st.is_ok()) << st.status().message();
+    r.push_back(st->reward_mean);
+  }
+  std::printf("seven: reward %.3f %.3f %.3f ... %.3f %.3f\n", r[0], r[1], r[2], r[118], r[119]);
+  EXPECT_GT((r[117] + r[118] + r[119]) / 3, 0.8);
+}
+
+}  // namespace
+}  // namespace mobula::rl
