@@ -26,6 +26,18 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 
 namespace {
 
+// "FILE:LINE" of `key`, else of its closest enclosing table, else FILE:1.
+std::string closest_where(const std::map<std::string, std::string, std::less<>>& where, std::string_view key,
+                          const std::string& file) {
+  std::string k(key);
+  while (true) {
+    if (auto it = where.find(k); it != where.end()) return it->second;
+    const auto dot = k.rfind('.');
+    if (dot == std::string::npos) return file + ":1";
+    k.resize(dot);
+  }
+}
+
 const KeyDef* find_key(std::string_view path) {
   for (const auto& k : spec_schema())
     if (k.path == path) return &k;
@@ -213,15 +225,7 @@ struct Loader {
     return Status::ok();
   }
 
-  std::string where_of(std::string_view key) const {
-    std::string k(key);
-    while (true) {
-      if (auto it = where.find(k); it != where.end()) return it->second;
-      const auto dot = k.rfind('.');
-      if (dot == std::string::npos) return file + ":1";
-      k.resize(dot);
-    }
-  }
+  std::string where_of(std::string_view key) const { return closest_where(where, key, file); }
 };
 
 template <class T>
@@ -244,13 +248,7 @@ const RoleSpec* JobSpec::role(std::string_view n) const {
 }
 
 std::string JobSpec::where(std::string_view key) const {
-  std::string k(key);
-  while (true) {
-    if (auto it = where_.find(k); it != where_.end()) return it->second;
-    const auto dot = k.rfind('.');
-    if (dot == std::string::npos) return file + ":1";
-    k.resize(dot);
-  }
+  return closest_where(where_, key, file);
 }
 
 Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides) {

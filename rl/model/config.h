@@ -23,4 +23,14 @@ struct GptConfig {
   std::string to_string() const;
 };
 
+// Hands out consecutive offsets inside one flat buffer (activation and workspace layouts).
+struct Offsets {
+  size_t total = 0;
+  size_t take(size_t n) {
+    const size_t at = total;
+    total += n;
+    return at;
+  }
+};
+
 }  // namespace mobula::rl

@@ -81,12 +81,8 @@ Acts act_layout(const GptConfig& c, int Bmax, bool recompute) {
   a.bt = size_t(Bmax) * c.max_seq;
   a.btc = a.bt * C;
   a.bnhtt = size_t(Bmax) * c.heads * c.max_seq * c.max_seq;
-  size_t off = 0;
-  auto take = [&](size_t n) {
-    const size_t o = off;
-    off += n;
-    return o;
-  };
+  Offsets off;
+  auto take = [&](size_t n) { return off.take(n); };
   a.encoded = take(a.btc);
   a.ln1 = take(L * a.btc);
   a.ln1_mean = take(L * a.bt);
@@ -108,7 +104,7 @@ Acts act_layout(const GptConfig& c, int Bmax, bool recompute) {
   a.lse = take(a.bt);
   a.logp = take(a.bt);
   a.entropy = take(a.bt);
-  a.total = off;
+  a.total = off.total;
   return a;
 }
 
@@ -120,12 +116,8 @@ struct Scratch {
 Scratch scratch_layout(const GptConfig& c, int Bmax) {
   const Acts a = act_layout(c, Bmax, true);
   Scratch s{};
-  size_t off = 0;
-  auto take = [&](size_t n) {
-    const size_t o = off;
-    off += n;
-    return o;
-  };
+  Offsets off;
+  auto take = [&](size_t n) { return off.take(n); };
   s.q = take(a.btc);
   s.k = take(a.btc);
   s.v = take(a.btc);
@@ -142,7 +134,7 @@ Scratch scratch_layout(const GptConfig& c, int Bmax) {
   s.dfch = take(a.bt * c.hidden());
   s.dfch_gelu = take(a.bt * c.hidden());
   s.dlogits = take(a.bt * c.vocab);
-  s.total = off;
+  s.total = off.total;
   return s;
 }
 

@@ -68,12 +68,8 @@ struct Work {
 };
 Work work_layout(const GptConfig& c, int R, int max_len) {
   Work w{};
-  size_t off = 0;
-  auto take = [&](size_t n) {
-    const size_t o = off;
-    off += n;
-    return o;
-  };
+  Offsets off;
+  auto take = [&](size_t n) { return off.take(n); };
   const size_t C = c.d_model;
   w.x = take(R * C);
   w.ln = take(R * C);
@@ -86,7 +82,7 @@ Work work_layout(const GptConfig& c, int R, int max_len) {
   w.mean = take(R);
   w.rstd = take(R);
   w.scores = take(size_t(R) * c.heads * max_len);
-  w.total = off;
+  w.total = off.total;
   return w;
 }
 
