@@ -48,11 +48,22 @@ class NumberedTask : public Task {
   uint64_t problems_;
 };
 
+}  // namespace
+
+TaskExample Task::warm_start_example(uint64_t seed, uint64_t index, int noise_percent) const {
+  TaskExample ex = example(seed, index);
+  if (static_cast<int>(mix(mix(seed ^ 0x77) + index) % 100) < noise_percent) ex.answer = wrong_answer(ex);
+  return ex;
+}
+
+namespace {
+
 class Addition final : public NumberedTask {
  public:
   explicit Addition(int digits) : NumberedTask(digits, pow10(digits) * pow10(digits)) {}
   std::string name() const override { return "addition"; }
   std::string alphabet() const override { return "0123456789+="; }
+  std::string wrong_answer(const TaskExample& ex) const override { return std::to_string(std::stoull(ex.answer) + 1); }
 
  private:
   TaskExample make(uint64_t p) const override {
@@ -66,6 +77,12 @@ class Reverse final : public NumberedTask {
   explicit Reverse(int digits) : NumberedTask(digits, pow10(digits)) {}
   std::string name() const override { return "reverse"; }
   std::string alphabet() const override { return "0123456789>"; }
+  std::string wrong_answer(const TaskExample& ex) const override {
+    std::string w = ex.answer;
+    if (w.size() >= 2) std::swap(w[0], w[1]);
+    if (w == ex.answer) w[0] = w[0] == '9' ? '0' : static_cast<char>(w[0] + 1);  // equal digits: change one
+    return w;
+  }
 
  private:
   TaskExample make(uint64_t p) const override {

@@ -27,6 +27,12 @@ class Task {
   virtual std::string alphabet() const = 0;
   virtual TaskExample example(uint64_t seed, uint64_t index) const = 0;
   virtual TaskExample eval_example(uint64_t index) const = 0;
+  // A plausible wrong answer (addition: off by one; reverse: first two digits swapped).
+  virtual std::string wrong_answer(const TaskExample& ex) const = 0;
+  // Warm-start data from a noisy labeler: example(seed, index) whose answer is replaced by
+  // wrong_answer() for `noise_percent` % of the indices (decided by a hash, deterministic). RL with
+  // the exact verifier then has something to fix beyond what supervised data taught.
+  TaskExample warm_start_example(uint64_t seed, uint64_t index, int noise_percent) const;
   // 1 for an exactly correct completion (the text before the stop token), else 0.
   virtual float reward(const TaskExample& ex, std::string_view completion) const {
     return completion == ex.answer ? 1.0f : 0.0f;

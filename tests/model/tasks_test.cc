@@ -37,6 +37,24 @@ TEST(Tasks, HeldOutIsDisjointFromTraining) {
   }
 }
 
+TEST(Tasks, NoisyWarmStartData) {
+  for (const char* name : {"addition", "reverse"}) {
+    auto t = make_task(name, 2);
+    ASSERT_TRUE(t.is_ok());
+    int wrong = 0;
+    for (uint64_t i = 0; i < 1000; ++i) {
+      const auto clean = (*t)->example(4, i), noisy = (*t)->warm_start_example(4, i, 30);
+      EXPECT_EQ(clean.prompt, noisy.prompt);
+      if (noisy.answer != clean.answer) {
+        ++wrong;
+        EXPECT_EQ((*t)->reward(clean, noisy.answer), 0.0f);
+      }
+      EXPECT_EQ((*t)->warm_start_example(4, i, 0).answer, clean.answer);
+    }
+    EXPECT_NEAR(wrong, 300, 60) << name;
+  }
+}
+
 TEST(Tasks, ReverseAndErrors) {
   auto t = make_task("reverse", 4);
   ASSERT_TRUE(t.is_ok());
