@@ -65,7 +65,7 @@ test_all() {
 demo() {
   deps
   build
-  "$BUILD/launch/mobula" run "$ROOT/examples/minimal.toml" "$@"
+  "$BUILD/launch/mobula" run "$ROOT/examples/grpo-addition.toml" "$@"
 }
 
 cmd="${1:-}"

@@ -313,6 +313,32 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.transport.rollouts = get<std::string>(L.set, "transport.rollouts");
   spec.transport.gradients = get<std::string>(L.set, "transport.gradients");
 
+  auto geti = [&](const char* k) { return static_cast<int>(get<int64_t>(L.set, k)); };
+  spec.model = {geti("model.layers"), geti("model.heads"), geti("model.d_model"), geti("model.mlp_ratio"),
+                geti("model.context"), geti("model.microbatch")};
+  if (spec.model.d_model % spec.model.heads != 0)
+    return Status::invalid_spec(L.where_of("model.d_model") + ": model.d_model: " + std::to_string(spec.model.d_model) +
+                                " is not a multiple of model.heads (" + std::to_string(spec.model.heads) + ")");
+  spec.rl.task = get<std::string>(L.set, "rl.task");
+  spec.rl.digits = geti("rl.digits");
+  spec.rl.warm_start_steps = geti("rl.warm_start_steps");
+  spec.rl.warm_start_batch = geti("rl.warm_start_batch");
+  spec.rl.warm_start_noise = geti("rl.warm_start_noise");
+  spec.rl.prompts_per_step = geti("rl.prompts_per_step");
+  spec.rl.group_size = geti("rl.group_size");
+  spec.rl.max_new_tokens = geti("rl.max_new_tokens");
+  spec.rl.eval_problems = geti("rl.eval_problems");
+  spec.rl.lr = get<double>(L.set, "rl.lr");
+  spec.rl.warm_start_lr = get<double>(L.set, "rl.warm_start_lr");
+  spec.rl.clip = get<double>(L.set, "rl.clip");
+  spec.rl.clip_high = get<double>(L.set, "rl.clip_high");
+  spec.rl.temperature = get<double>(L.set, "rl.temperature");
+  for (const char* k : {"rl.lr", "rl.warm_start_lr", "rl.clip", "rl.clip_high", "rl.temperature"})
+    if (!(get<double>(L.set, k) >= 0) || !std::isfinite(get<double>(L.set, k)))
+      return Status::invalid_spec(L.where_of(k) + ": " + k + ": must be a finite number >= 0");
+  if (spec.workload == "grpo" && (!spec.role("rollout")))
+    return Status::invalid_spec(L.where_of("roles.rollout.ranks") +
+                                ": roles.rollout.ranks: workload \"grpo\" needs at least 1 rollout rank");
   spec.where_ = std::move(L.where);
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);

@@ -58,6 +58,18 @@ struct TransportSpec {
   std::string gradients = "auto";  // among trainers
 };
 
+struct ModelSpec {
+  int layers = 2, heads = 4, d_model = 64, mlp_ratio = 4, context = 16, microbatch = 64;
+};
+
+struct RlSpec {
+  std::string task = "addition";
+  int digits = 2;
+  int warm_start_steps = 400, warm_start_batch = 64, warm_start_noise = 45;
+  int prompts_per_step = 16, group_size = 8, max_new_tokens = 5, eval_problems = 100;
+  double lr = 1e-3, warm_start_lr = 3e-3, clip = 0.2, clip_high = 0.28, temperature = 1.0;
+};
+
 struct ResolvedKey {
   const KeyDef* def;
   SpecValue value;
@@ -74,6 +86,8 @@ class JobSpec {
   int64_t steps = 1;
   std::vector<RoleSpec> roles;  // canonical order; roles with ranks > 0 only
   TransportSpec transport;
+  ModelSpec model;
+  RlSpec rl;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

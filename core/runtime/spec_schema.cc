@@ -38,9 +38,10 @@ std::vector<KeyDef> build_schema() {
                       "Relative paths are relative to the directory the job is started from."));
   s.push_back(int_key("job.seed", 0, 0, INT64_MAX, "Global seed; every rank derives its streams from it."));
   s.push_back(int_key("job.steps", 1, 0, 1'000'000'000, "Number of steps the workload runs."));
-  s.push_back(str_key("job.workload", "layout-check", {"layout-check"},
+  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo"},
                       "What the ranks run. `layout-check`: every role and link communicator is "
-                      "exercised with collectives each step and verified against the layout."));
+                      "exercised with collectives each step and verified against the layout. `grpo`: "
+                      "supervised warm start, then GRPO with trainer and rollout roles (needs both)."));
   for (const auto& r : known_roles()) {
     s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
                         "Number of " + r +
@@ -50,6 +51,47 @@ std::vector<KeyDef> build_schema() {
                         "Slurm heterogeneous-job component (srun --het-group) whose tasks become " + r +
                             " ranks; -1 = any. Only used when the job runs as a heterogeneous step."));
   }
+  s.push_back(int_key("model.layers", 2, 1, 64, "Transformer blocks."));
+  s.push_back(int_key("model.heads", 4, 1, 64, "Attention heads (d_model must be a multiple)."));
+  s.push_back(int_key("model.d_model", 64, 8, 8192, "Width of the residual stream."));
+  s.push_back(int_key("model.mlp_ratio", 4, 1, 16, "MLP hidden width = mlp_ratio * d_model."));
+  s.push_back(int_key("model.context", 16, 4, 4096, "Context length (prompt + completion tokens)."));
+  s.push_back(int_key("model.microbatch", 64, 1, 4096, "Rows per forward/backward microbatch on a trainer."));
+  s.push_back(str_key("rl.task", "addition", {"addition", "reverse"}, "Verifiable task (rl/tasks)."));
+  s.push_back(int_key("rl.digits", 2, 1, 6, "Operand digits of the task."));
+  s.push_back(int_key("rl.warm_start_steps", 400, 0, 1'000'000,
+                      "Supervised warm-start steps (cross-entropy through the same trainers) before RL."));
+  s.push_back(int_key("rl.warm_start_batch", 64, 1, 1'000'000, "Sequences per warm-start step (all trainers)."));
+  s.push_back(int_key("rl.warm_start_noise", 45, 0, 100,
+                      "Percent of warm-start answers from a noisy labeler (wrong), so RL has something to fix."));
+  s.push_back(int_key("rl.prompts_per_step", 16, 1, 1'000'000, "Prompts per RL step (split over rollout ranks)."));
+  s.push_back(int_key("rl.group_size", 8, 1, 1024, "Completions per prompt (the GRPO group)."));
+  s.push_back(int_key("rl.max_new_tokens", 5, 1, 4096, "Completion length limit."));
+  s.push_back(int_key("rl.eval_problems", 100, 1, 1'000'000, "Held-out problems for the greedy accuracy."));
+  KeyDef lr = str_key("rl.lr", "1e-3", {}, "RL learning rate (AdamW).");
+  lr.type = ValueType::kFloat;
+  lr.default_value = 1e-3;
+  s.push_back(lr);
+  KeyDef wlr = lr;
+  wlr.path = "rl.warm_start_lr";
+  wlr.default_value = 3e-3;
+  wlr.doc = "Warm-start learning rate (AdamW).";
+  s.push_back(wlr);
+  KeyDef clip = lr;
+  clip.path = "rl.clip";
+  clip.default_value = 0.2;
+  clip.doc = "PPO clip range: ratios outside [1 - clip, 1 + clip_high] stop the gradient.";
+  s.push_back(clip);
+  KeyDef cliph = clip;
+  cliph.path = "rl.clip_high";
+  cliph.default_value = 0.28;
+  cliph.doc = "Upper PPO clip range (DAPO's clip-higher).";
+  s.push_back(cliph);
+  KeyDef temp = clip;
+  temp.path = "rl.temperature";
+  temp.default_value = 1.0;
+  temp.doc = "Sampling temperature of the rollouts.";
+  s.push_back(temp);
   const std::vector<std::string> transports = {"auto", "mpi", "ucx", "nccl"};
   s.push_back(
       str_key("transport.weights", "auto", transports, "Transport for weight sync from trainers to rollout ranks."));

@@ -58,7 +58,12 @@ constexpr DType dtype_of() {
   if constexpr (std::is_same_v<T, int64_t>) return DType::kI64;
   if constexpr (std::is_same_v<T, uint8_t> || std::is_same_v<T, std::byte> || std::is_same_v<T, char>)
     return DType::kU8;
-  static_assert(std::is_arithmetic_v<T> || std::is_same_v<T, std::byte>, "no DType for this element type");
+  // Anything else (uint64_t, int16_t, ...) has no DType: a silent byte mapping would send 1/8 of
+  // a uint64_t and truncate the peer's message.
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int32_t> ||
+                    std::is_same_v<T, int64_t> || std::is_same_v<T, uint8_t> || std::is_same_v<T, std::byte> ||
+                    std::is_same_v<T, char>,
+                "no DType for this element type");
   return DType::kU8;
 }
 

@@ -1,6 +1,7 @@
 #include "rl/algo/grpo.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 
 namespace mobula::rl {
@@ -125,6 +126,31 @@ Result<double> evaluate(TrainingClient& client, const Task& task, const Tokenize
   if (!out) return out.status();
   double correct = 0;
   for (int i = 0; i < n; ++i) correct += task.reward(ex[size_t(i)], completion_text(tok, (*out)[size_t(i)].tokens));
+  return correct / n;
+}
+
+Result<double> evaluate_params(Sampler<>& sampler, const Kokkos::View<float*>& params, const Task& task,
+                               const Tokenizer& tok, int n, int max_new_tokens) {
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.max_new_tokens = max_new_tokens;
+  sp.stop_tokens = {tok.eos()};
+  const int rows = sampler.max_rows();
+  double correct = 0;
+  for (int i0 = 0; i0 < n; i0 += rows) {
+    const int m = std::min(rows, n - i0);
+    std::vector<TaskExample> ex;
+    std::vector<std::vector<int>> prompts;
+    for (int i = 0; i < m; ++i) {
+      ex.push_back(task.eval_example(uint64_t(i0 + i)));
+      auto ids = tok.encode(ex.back().prompt);
+      if (!ids) return ids.status();
+      prompts.push_back(*ids);
+    }
+    auto out = sampler.sample(params, prompts, std::vector<uint64_t>(size_t(m), 0), sp);
+    if (!out) return out.status();
+    for (int i = 0; i < m; ++i) correct += task.reward(ex[size_t(i)], completion_text(tok, (*out)[size_t(i)].tokens));
+  }
   return correct / n;
 }
 

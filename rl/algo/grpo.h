@@ -41,6 +41,10 @@ Result<GrpoStepStats> grpo_step(TrainingClient& client, const Task& task, const 
 // Greedy accuracy on the first n held-out examples.
 Result<double> evaluate(TrainingClient& client, const Task& task, const Tokenizer& tok, int n, int max_new_tokens);
 
+// Greedy accuracy of `params` on the first n held-out examples, sampled in chunks of the sampler's rows.
+Result<double> evaluate_params(Sampler<>& sampler, const Kokkos::View<float*>& params, const Task& task,
+                               const Tokenizer& tok, int n, int max_new_tokens);
+
 // Supervised datum: prompt + answer + eos, training the answer and eos positions.
 Result<Datum> sft_datum(const Tokenizer& tok, const TaskExample& ex);
 

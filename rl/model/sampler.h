@@ -53,6 +53,8 @@ class Sampler {
   Result<std::vector<Sample>> sample_groups(const Buffer& params, const std::vector<std::vector<int>>& prompts,
                                             int group, const std::vector<uint64_t>& seeds, const SamplingParams& sp);
 
+  int max_rows() const { return max_rows_; }
+  int max_len() const { return max_len_; }
   // Number of decode steps (row-steps) computed by the last call, for tests of prefix sharing.
   long last_row_steps() const { return row_steps_; }
 

@@ -81,6 +81,13 @@ Status run_layout_check(const WorkloadContext& ctx) {
 
 Status run_workload(const WorkloadContext& ctx) {
   if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
+  if (ctx.spec.workload == "grpo") {
+    const Status st = run_grpo(ctx);
+    // Say it here: peers may be blocked in a transfer with this rank until their timeout, and only
+    // then reach the agreement below.
+    if (!st) spdlog::error("{}", st.message());
+    return agree(ctx.world, st);
+  }
   return Status::invalid_spec(ctx.spec.where("job.workload") + ": job.workload: \"" + ctx.spec.workload +
                               "\" is not implemented by this build");
 }

@@ -29,4 +29,8 @@ Status run_workload(const WorkloadContext& ctx);
 // broadcast from the first role of each link carrying (step, seed); any mismatch is an error.
 Status run_layout_check(const WorkloadContext& ctx);
 
+// `grpo`: supervised warm start, then synchronous GRPO over the trainer and rollout groups
+// (rl/roles/grpo.cc, docs/rl.md).
+Status run_grpo(const WorkloadContext& ctx);
+
 }  // namespace mobula::rl

@@ -60,8 +60,9 @@ TEST(Spec, UnknownTableHasSuggestion) {
 }
 
 TEST(Spec, KeyInAnEmptySectionSaysSo) {
-  const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[model]\nlayers = 4\n");
-  EXPECT_NE(m.find("job.toml:6: model.layers: unknown key (section [model] has no keys"), std::string::npos) << m;
+  const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[checkpoint]\nevery = 4\n");
+  EXPECT_NE(m.find("job.toml:6: checkpoint.every: unknown key (section [checkpoint] has no keys"), std::string::npos)
+      << m;
 }
 
 TEST(Spec, WrongTypeNamesExpectedAndActual) {
@@ -90,6 +91,24 @@ TEST(Spec, ZeroTrainersIsAnError) {
 TEST(Spec, MissingRequiredKey) {
   const std::string m = err("[job]\nsteps = 1\n[roles.trainer]\nranks = 1\n");
   EXPECT_TRUE(m.starts_with("job.toml:1: job.name: required key missing")) << m;
+}
+
+TEST(Spec, ModelAndRlSections) {
+  auto r = load_spec_from_string(std::string(kGood) + "[model]\nlayers = 3\n[rl]\nlr = 5e-4\ntask = \"reverse\"\n", "job.toml",
+                                 {"rl.clip=0.1", "rl.group_size=4"});
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  EXPECT_EQ(r->model.layers, 3);
+  EXPECT_EQ(r->model.d_model, 64);
+  EXPECT_DOUBLE_EQ(r->rl.lr, 5e-4);
+  EXPECT_DOUBLE_EQ(r->rl.clip, 0.1);
+  EXPECT_EQ(r->rl.group_size, 4);
+  EXPECT_EQ(r->rl.task, "reverse");
+  EXPECT_NE(err(kGood, {"model.d_model=30"}).find("model.d_model: 30 is not a multiple of model.heads (4)"),
+            std::string::npos);
+  EXPECT_NE(err(kGood, {"rl.lr=-1.0"}).find("rl.lr: must be a finite number >= 0"), std::string::npos);
+  EXPECT_NE(err("[job]\nname = \"t\"\nworkload = \"grpo\"\n[roles.trainer]\nranks = 1\n")
+                .find("roles.rollout.ranks: workload \"grpo\" needs at least 1 rollout rank"),
+            std::string::npos);
 }
 
 TEST(Spec, SyntaxErrorHasLine) {

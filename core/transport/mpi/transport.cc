@@ -51,12 +51,17 @@ class MpiRequest : public Request {
     }
     if (Clock::now() > deadline_) {
       if (expect_ >= 0 && !collective_) {
-        // A receive can be cancelled: then its buffer is free again.
+        // A receive that has not matched can be cancelled: its buffer is then free again. One that
+        // matched a sender who died half way never completes: never block on it (no MPI_Wait).
         MPI_Cancel(&req_);
-        MPI_Wait(&req_, &st);
-        int cancelled = 0;
-        MPI_Test_cancelled(&st, &cancelled);
-        if (!cancelled) return true;  // it completed after all
+        const auto until = Clock::now() + std::chrono::milliseconds(100);
+        int finished = 0;
+        while (!finished && Clock::now() < until) MPI_Test(&req_, &finished, &st);
+        if (finished) {
+          int cancelled = 0;
+          MPI_Test_cancelled(&st, &cancelled);
+          if (!cancelled) return true;  // it completed after all
+        }
       }
       return Status::timeout(what_ +
                              " timed out: the peer did not take part in time (dead, hung or mismatched "
@@ -87,7 +92,9 @@ class MpiTransport final : public P2PTransport {
     MOBULA_MPI(MPI_Comm_size(t->comm_, &t->size_));
     void* ub = nullptr;
     int flag = 0;
-    MOBULA_MPI(MPI_Comm_get_attr(t->comm_, MPI_TAG_UB, &ub, &flag));
+    // MPI_TAG_UB is defined on MPI_COMM_WORLD only: communicators made by MPI_Comm_split (the
+    // role and link communicators) do not carry it, and the bound is the same for all of them.
+    MOBULA_MPI(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag));
     if (!flag || *static_cast<int*>(ub) < kFirstCollectiveTag + kCollectiveTags)
       return Status::external("mpi transport: MPI_TAG_UB is below " +
                               std::to_string(kFirstCollectiveTag + kCollectiveTags) + " in this MPI library at " +

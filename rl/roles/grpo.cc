@@ -1,0 +1,463 @@
+// workload "grpo": supervised warm start, then synchronous GRPO with a trainer group and a rollout
+// group (docs/rl.md).
+//
+// Per RL step k:
+//   1. weight sync, trainers -> rollouts (version k; buckets spread over all trainers),
+//   2. every rollout rank samples G completions for its share of the step's prompts (prefix
+//      shared), rewards them with the task's verifier and normalises advantages per group,
+//   3. each rollout rank sends record j of its batch straight to trainer j % T (no controller in
+//      between; transport.rollouts),
+//   4. trainers run PPO-clip on what they received, all-reduce the gradient token sums
+//      deterministically (transport.gradients) and step AdamW in lockstep, so their weights stay
+//      bitwise identical.
+// Trainer 0 (world rank 0) prints one line per step and writes summary.json in the work dir.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "core/runtime/log.h"
+#include "core/runtime/mpi.h"
+#include "core/transport/gradients.h"
+#include "core/transport/transport.h"
+#include "core/transport/weight_sync.h"
+#include "rl/algo/batch.h"
+#include "rl/algo/grpo.h"
+#include "rl/optim/adamw.h"
+#include "rl/roles/workload.h"
+
+namespace mobula::rl {
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// ---- rollout records on the wire -------------------------------------------------------------
+struct Record {
+  std::vector<int32_t> seq;      // prompt + completion
+  int32_t first = 0;             // index in seq of the first completion token
+  float advantage = 0;
+  std::vector<float> logp_old;   // behaviour log-probs of the completion tokens
+};
+
+struct RolloutStats {
+  double reward_sum = 0, samples = 0, completion_tokens = 0, sample_seconds = 0;
+};
+
+class Writer {
+ public:
+  template <class T>
+  void put(const T& v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    bytes.insert(bytes.end(), p, p + sizeof(T));
+  }
+  template <class T>
+  void put_vec(const std::vector<T>& v) {
+    put<uint64_t>(v.size());
+    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+    bytes.insert(bytes.end(), p, p + v.size() * sizeof(T));
+  }
+  std::vector<uint8_t> bytes;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::vector<uint8_t>& b) : b_(b) {}
+  template <class T>
+  bool get(T* v) {
+    if (pos_ + sizeof(T) > b_.size()) return false;
+    std::memcpy(v, b_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  template <class T>
+  bool get_vec(std::vector<T>* v) {
+    uint64_t n = 0;
+    if (!get(&n) || n > (b_.size() - pos_) / sizeof(T)) return false;
+    v->resize(n);
+    std::memcpy(v->data(), b_.data() + pos_, n * sizeof(T));
+    pos_ += n * sizeof(T);
+    return true;
+  }
+  bool done() const { return pos_ == b_.size(); }
+
+ private:
+  const std::vector<uint8_t>& b_;
+  size_t pos_ = 0;
+};
+
+std::vector<uint8_t> encode(const RolloutStats& st, const std::vector<const Record*>& recs) {
+  Writer w;
+  w.put(st);
+  w.put<uint64_t>(recs.size());
+  for (const Record* r : recs) {
+    w.put_vec(r->seq);
+    w.put(r->first);
+    w.put(r->advantage);
+    w.put_vec(r->logp_old);
+  }
+  return w.bytes;
+}
+
+Status decode(const std::vector<uint8_t>& bytes, RolloutStats* st, std::vector<Record>* out) {
+  Reader rd(bytes);
+  uint64_t n = 0;
+  if (!rd.get(st) || !rd.get(&n)) return Status::external("grpo: truncated rollout message");
+  for (uint64_t i = 0; i < n; ++i) {
+    Record r;
+    if (!rd.get_vec(&r.seq) || !rd.get(&r.first) || !rd.get(&r.advantage) || !rd.get_vec(&r.logp_old))
+      return Status::external("grpo: malformed rollout record " + std::to_string(i));
+    if (r.first < 1 || static_cast<size_t>(r.first) + r.logp_old.size() != r.seq.size())
+      return Status::external("grpo: inconsistent rollout record " + std::to_string(i));
+    out->push_back(std::move(r));
+  }
+  if (!rd.done()) return Status::external("grpo: trailing bytes in rollout message");
+  return Status::ok();
+}
+
+Datum to_datum(const Record& r) {
+  Datum d;
+  d.tokens.assign(r.seq.begin(), r.seq.end() - 1);
+  d.target_tokens.assign(r.seq.begin() + 1, r.seq.end());
+  const size_t T = d.tokens.size();
+  d.weights.assign(T, 0.f);
+  d.logprobs_old.assign(T, 0.f);
+  d.advantages.assign(T, 0.f);
+  for (size_t k = 0; k < r.logp_old.size(); ++k) {
+    const size_t t = static_cast<size_t>(r.first) - 1 + k;
+    d.weights[t] = 1.f;
+    d.logprobs_old[t] = r.logp_old[k];
+    d.advantages[t] = r.advantage;
+  }
+  return d;
+}
+
+// ---- trainer: one data-parallel optimizer step over whatever batch this rank holds ------------
+struct TrainerState {
+  std::unique_ptr<Gpt<>> model;
+  std::unique_ptr<AdamW<>> opt;
+  Transport* grads = nullptr;  // over the trainer group
+};
+
+struct StepResult {
+  double loss = 0, tokens = 0, clip_fraction = 0, grad_norm = 0;
+};
+
+Result<StepResult> train_step(TrainerState& ts, const std::vector<Datum>& batch, const LossConfig& loss, float lr) {
+  ts.model->zero_grad();
+  double tokens = 0;
+  ForwardBackwardOutput fb;
+  if (!batch.empty()) {
+    auto r = forward_backward_batch(*ts.model, batch, loss, &tokens);
+    if (!r) return r.status();
+    fb = std::move(r).value();
+  }
+  // Sum gradients (token sums) and the counts over the trainers, in rank order: deterministic.
+  Buffer g{ts.model->grads.data(), ts.model->grads.extent(0), DType::kF32, MemoryPlace::kHost};
+  MOBULA_RETURN_IF_ERROR(allreduce_bucketed(*ts.grads, g, ReduceOp::kSum, size_t{4} << 20));
+  double sums[3] = {tokens, fb.stats.loss * tokens, fb.stats.clip_fraction * tokens};
+  MOBULA_RETURN_IF_ERROR(ts.grads->allreduce(host_buffer(sums, 3), ReduceOp::kSum));
+  StepResult out;
+  out.tokens = sums[0];
+  if (sums[0] <= 0) return out;  // nothing to learn from (every group had equal rewards)
+  out.loss = sums[1] / sums[0];
+  out.clip_fraction = sums[2] / sums[0];
+  const float scale = static_cast<float>(1.0 / sums[0]);
+  float* gp = ts.model->grads.data();
+  Kokkos::parallel_for(
+      "grpo_scale_grads", Kokkos::RangePolicy<>(0, ts.model->grads.extent(0)), KOKKOS_LAMBDA(long i) { gp[i] *= scale; });
+  AdamWConfig c = ts.opt->config();
+  c.lr = lr;
+  ts.opt->set_config(c);
+  out.grad_norm = ts.opt->step(ts.model->params, ts.model->grads);
+  return out;
+}
+
+Status write_summary(const std::string& dir, const std::string& text) {
+  const std::string path = dir + "/summary.json", tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << text;
+    if (!f) return Status::io(tmp + ": write failed");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return Status::io(path + ": rename failed: " + ec.message());
+  return Status::ok();
+}
+
+}  // namespace
+
+Status run_grpo(const WorkloadContext& ctx) {
+  const JobSpec& spec = ctx.spec;
+  const RlSpec& rl = spec.rl;
+  const Placement& me = ctx.layout.at(ctx.rank);
+  const bool trainer = me.role == "trainer", rollout = me.role == "rollout";
+  const int T = static_cast<int>(ctx.layout.ranks_of("trainer").size());
+  const int R = static_cast<int>(ctx.layout.ranks_of("rollout").size());
+  auto task_r = make_task(rl.task, rl.digits);
+  if (!task_r) return Status::invalid_spec(spec.where("rl.task") + ": rl.task: " + task_r.status().message());
+  const Task& task = **task_r;
+  CharTokenizer tok(task.alphabet());
+  GptConfig cfg;
+  cfg.vocab = tok.vocab_size();
+  cfg.max_seq = spec.model.context;
+  cfg.layers = spec.model.layers;
+  cfg.heads = spec.model.heads;
+  cfg.d_model = spec.model.d_model;
+  cfg.mlp_ratio = spec.model.mlp_ratio;
+  MOBULA_RETURN_IF_ERROR(cfg.validate());
+  const int G = rl.group_size, P = rl.prompts_per_step;
+  const int prompt_len = static_cast<int>(task.example(0, 0).prompt.size());
+  if (prompt_len + rl.max_new_tokens > cfg.max_seq)
+    return Status::invalid_spec(spec.where("model.context") + ": model.context: " + std::to_string(cfg.max_seq) +
+                                " is shorter than prompt (" + std::to_string(prompt_len) + ") + rl.max_new_tokens (" +
+                                std::to_string(rl.max_new_tokens) + ")");
+  if (!trainer && !rollout) {
+    spdlog::info("role {} has no part in workload grpo; idle", me.role);
+    return Status::ok();
+  }
+
+  // Transports, created in the same order on every member of each communicator.
+  MPI_Comm link = ctx.comms.link("trainer", "rollout");
+  auto choose = [&](const std::string& key, const std::string& v) { return resolve_transport(spec, key, v, MemoryPlace::kHost); };
+  auto wname = choose("transport.weights", spec.transport.weights);
+  auto rname = choose("transport.rollouts", spec.transport.rollouts);
+  if (!wname) return wname.status();
+  if (!rname) return rname.status();
+  auto wt = make_transport(*wname, link);
+  if (!wt) return wt.status();
+  std::unique_ptr<Transport> rt_own;
+  Transport* rt = wt->get();
+  if (*rname != *wname) {
+    auto r = make_transport(*rname, link);
+    if (!r) return r.status();
+    rt_own = std::move(r).value();
+    rt = rt_own.get();
+  }
+  WeightGroups groups;
+  for (int i = 0; i < T; ++i) groups.trainers.push_back(i);  // link ranks: trainers first
+  for (int i = 0; i < R; ++i) groups.rollouts.push_back(T + i);
+  const size_t nparams = gpt_tensors(cfg).back().offset + gpt_tensors(cfg).back().size();
+
+  TrainerState ts;
+  std::unique_ptr<Transport> gt;
+  std::unique_ptr<Sampler<>> sampler, eval_sampler;
+  std::unique_ptr<WeightStore> store;
+  if (trainer) {
+    auto g = make_transport(*choose("transport.gradients", spec.transport.gradients), ctx.comms.role());
+    if (!g) return g.status();
+    gt = std::move(g).value();
+    ts.grads = gt.get();
+    auto m = Gpt<>::create(cfg, spec.model.microbatch);
+    if (!m) return m.status();
+    ts.model = std::make_unique<Gpt<>>(std::move(m).value());
+    ts.model->init(static_cast<uint64_t>(spec.seed));  // same seed on every trainer: identical replicas
+    ts.opt = std::make_unique<AdamW<>>(AdamWConfig{}, ts.model->tensors(), ts.model->num_params());
+    if (me.role_rank == 0) {
+      auto s = Sampler<>::create(cfg, std::min(128, rl.eval_problems), cfg.max_seq);
+      if (!s) return s.status();
+      eval_sampler = std::make_unique<Sampler<>>(std::move(s).value());
+    }
+  } else {
+    const int my_prompts = (P + R - 1) / R;
+    auto s = Sampler<>::create(cfg, std::max(1, my_prompts) * G, cfg.max_seq);
+    if (!s) return s.status();
+    sampler = std::make_unique<Sampler<>>(std::move(s).value());
+    store = std::make_unique<WeightStore>(nparams);
+  }
+  const bool lead = trainer && me.role_rank == 0;
+  const double t_start = now();
+
+  // ---- warm start (trainers): cross-entropy on noisy-labeler data, data-parallel --------------
+  if (trainer) {
+    const int B = rl.warm_start_batch;
+    for (int s = 0; s < rl.warm_start_steps; ++s) {
+      std::vector<Datum> batch;
+      for (int i = me.role_rank; i < B; i += T) {
+        auto d = sft_datum(tok, task.warm_start_example(uint64_t(spec.seed), uint64_t(s) * uint64_t(B) + uint64_t(i),
+                                                        rl.warm_start_noise));
+        if (!d) return d.status();
+        batch.push_back(std::move(d).value());
+      }
+      auto st = train_step(ts, batch, {}, static_cast<float>(rl.warm_start_lr));
+      if (!st) return st.status();
+      if (lead && (s + 1) % 100 == 0) spdlog::info("warm start {}/{}: loss {:.4f}", s + 1, rl.warm_start_steps, st->loss);
+    }
+  }
+  double base_acc = 0;
+  if (lead) {
+    auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
+    if (!a) return a.status();
+    base_acc = *a;
+    spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start, base_acc,
+                 rl.eval_problems);
+  }
+
+  // ---- RL ------------------------------------------------------------------------------------
+  LossConfig loss;
+  loss.fn = LossFn::kPpo;
+  loss.clip_low = static_cast<float>(rl.clip);
+  loss.clip_high = static_cast<float>(rl.clip_high);
+  Kokkos::View<float*> rparams;
+  if (rollout) rparams = Kokkos::View<float*>("rollout_params", nparams);
+  double sum_sync = 0, sum_sample = 0, sum_train = 0, sum_tokens = 0, sum_step = 0;
+  std::string steps_json;
+  const double t_rl = now();
+  for (int64_t k = 0; k < spec.steps; ++k) {
+    const double t0 = now();
+    std::span<const float> src;
+    if (trainer) src = std::span<const float>(ts.model->params.data(), nparams);
+    MOBULA_RETURN_IF_ERROR(sync_weights(**wt, groups, src, store.get(), k));
+    const double t_sync = now() - t0;
+
+    const int64_t tag_base = 1000 + 2 * (k % 10000);
+    RolloutStats stats;
+    std::vector<Record> mine;
+    if (rollout) {
+      const auto w = store->current();
+      if (w->version != k) return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) +
+                                                   ", expected " + std::to_string(k));
+      Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> wv(w->params.data(), nparams);
+      Kokkos::deep_copy(rparams, wv);
+      std::vector<TaskExample> ex;
+      std::vector<std::vector<int>> prompts;
+      for (int p = me.role_rank; p < P; p += R) {
+        ex.push_back(task.example(uint64_t(spec.seed) + 1, uint64_t(k) * uint64_t(P) + uint64_t(p)));
+        auto ids = tok.encode(ex.back().prompt);
+        if (!ids) return ids.status();
+        prompts.push_back(*ids);
+      }
+      SamplingParams sp;
+      sp.temperature = static_cast<float>(rl.temperature);
+      sp.max_new_tokens = rl.max_new_tokens;
+      sp.stop_tokens = {tok.eos()};
+      std::vector<uint64_t> seeds;
+      for (size_t i = 0; i < prompts.size(); ++i)
+        for (int g = 0; g < G; ++g)
+          seeds.push_back(uint64_t(spec.seed) * 0x9E3779B97F4A7C15ull + uint64_t(k) * 1000003ull +
+                          uint64_t(me.role_rank + int(i) * R) * 1009ull + uint64_t(g));
+      const double ts0 = now();
+      auto out = prompts.empty() ? Result<std::vector<Sample>>(std::vector<Sample>{})
+                                 : sampler->sample_groups(rparams, prompts, G, seeds, sp);
+      if (!out) return out.status();
+      stats.sample_seconds = now() - ts0;
+      std::vector<float> rewards;
+      for (size_t i = 0; i < prompts.size(); ++i)
+        for (int g = 0; g < G; ++g) {
+          std::vector<int> ids = (*out)[i * size_t(G) + size_t(g)].tokens;
+          if (!ids.empty() && ids.back() == tok.eos()) ids.pop_back();
+          rewards.push_back(task.reward(ex[i], tok.decode(ids)));
+        }
+      auto adv = group_advantages(rewards, G, true);
+      if (!adv) return adv.status();
+      for (size_t i = 0; i < prompts.size(); ++i)
+        for (int g = 0; g < G; ++g) {
+          const size_t j = i * size_t(G) + size_t(g);
+          const Sample& s = (*out)[j];
+          stats.reward_sum += rewards[j];
+          stats.samples += 1;
+          stats.completion_tokens += double(s.tokens.size());
+          if (s.tokens.empty() || (*adv)[j] == 0.f) continue;  // no learning signal
+          Record r;
+          r.seq.assign(prompts[i].begin(), prompts[i].end());
+          r.seq.insert(r.seq.end(), s.tokens.begin(), s.tokens.end());
+          r.first = static_cast<int32_t>(prompts[i].size());
+          r.advantage = (*adv)[j];
+          r.logp_old = sp.temperature == 1.0f ? s.model_logprobs : s.logprobs;
+          mine.push_back(std::move(r));
+        }
+      // Record j -> trainer j % T, straight from this rank; two messages (size, bytes) per trainer.
+      std::vector<std::vector<uint8_t>> msgs(static_cast<size_t>(T));
+      std::vector<int64_t> sizes(static_cast<size_t>(T));
+      std::vector<RequestPtr> reqs;
+      for (int t = 0; t < T; ++t) {
+        std::vector<const Record*> part;
+        for (size_t j = static_cast<size_t>(t); j < mine.size(); j += static_cast<size_t>(T)) part.push_back(&mine[j]);
+        msgs[size_t(t)] = encode(stats, part);
+        sizes[size_t(t)] = static_cast<int64_t>(msgs[size_t(t)].size());
+        Options o;
+        o.tag = int(tag_base);
+        auto a = rt->isend(host_buffer(&sizes[size_t(t)], 1), t, o);
+        if (!a) return a.status();
+        reqs.push_back(std::move(a).value());
+        o.tag = int(tag_base + 1);
+        auto b = rt->isend({msgs[size_t(t)].data(), msgs[size_t(t)].size(), DType::kU8, MemoryPlace::kHost}, t, o);
+        if (!b) return b.status();
+        reqs.push_back(std::move(b).value());
+      }
+      MOBULA_RETURN_IF_ERROR(wait_all(reqs));
+    }
+
+    if (trainer) {
+      std::vector<Record> recs;
+      RolloutStats total;
+      for (int r = 0; r < R; ++r) {
+        int64_t size = 0;
+        Options o;
+        o.tag = int(tag_base);
+        MOBULA_RETURN_IF_ERROR(rt->recv(host_buffer(&size, 1), T + r, o));
+        if (size < 0 || size > (int64_t{1} << 34)) return Status::external("grpo: bad rollout message size");
+        std::vector<uint8_t> bytes(static_cast<size_t>(size));
+        o.tag = int(tag_base + 1);
+        MOBULA_RETURN_IF_ERROR(rt->recv({bytes.data(), bytes.size(), DType::kU8, MemoryPlace::kHost}, T + r, o));
+        RolloutStats st;
+        MOBULA_RETURN_IF_ERROR(decode(bytes, &st, &recs));
+        total.reward_sum += st.reward_sum;
+        total.samples += st.samples;
+        total.completion_tokens += st.completion_tokens;
+        total.sample_seconds = std::max(total.sample_seconds, st.sample_seconds);
+      }
+      std::vector<Datum> batch;
+      for (const auto& r : recs) batch.push_back(to_datum(r));
+      const double tt0 = now();
+      auto st = train_step(ts, batch, loss, static_cast<float>(rl.lr));
+      if (!st) return st.status();
+      const double t_train = now() - tt0, t_step = now() - t0;
+      if (lead) {
+        const double reward = total.samples > 0 ? total.reward_sum / total.samples : 0;
+        const double tps = total.completion_tokens / t_step;
+        spdlog::info("step {:4d}  reward {:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.2f} s  "
+                     "train {:.2f} s  clip {:.3f}",
+                     k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction);
+        sum_sync += t_sync, sum_sample += total.sample_seconds, sum_train += t_train;
+        sum_tokens += total.completion_tokens, sum_step += t_step;
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "%s{\"step\": %lld, \"reward\": %.4f, \"tokens_per_s\": %.1f, \"sync_ms\": %.2f, \"sample_s\": "
+                      "%.4f, \"train_s\": %.4f}",
+                      steps_json.empty() ? "" : ", ", static_cast<long long>(k), reward, tps, t_sync * 1e3,
+                      total.sample_seconds, t_train);
+        steps_json += buf;
+      }
+    }
+  }
+  if (lead) {
+    auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
+    if (!a) return a.status();
+    const double wall = now() - t_start, rl_wall = now() - t_rl;
+    const double n = spec.steps > 0 ? double(spec.steps) : 1.0;
+    std::printf("\n  %-34s %8.3f\n  %-34s %8.3f\n  %-34s %8.1f\n  %-34s %8.0f\n  %-34s %8.1f / %.3f / %.3f\n\n",
+                "held-out accuracy, warm start", base_acc, "held-out accuracy, after GRPO", *a, "wall time (s)", wall,
+                "completion tokens/s (RL)", sum_step > 0 ? sum_tokens / sum_step : 0.0,
+                "mean sync ms / sample s / train s", sum_sync / n * 1e3, sum_sample / n, sum_train / n);
+    std::fflush(stdout);
+    char head[1024];
+    std::snprintf(head, sizeof head,
+                  "{\n  \"job\": \"%s\", \"spec_hash\": \"%s\", \"task\": \"%s\", \"trainers\": %d, \"rollouts\": %d,\n"
+                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"eval_problems\": %d,\n"
+                  "  \"base_accuracy\": %.4f, \"final_accuracy\": %.4f, \"wall_s\": %.2f, \"rl_wall_s\": %.2f,\n"
+                  "  \"tokens_per_s\": %.1f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.4f, \"mean_train_s\": %.4f,\n"
+                  "  \"steps\": [",
+                  spec.name.c_str(), spec.hash().c_str(), rl.task.c_str(), T, R, rl.warm_start_steps,
+                  static_cast<long long>(spec.steps), rl.eval_problems, base_acc, *a, wall, rl_wall,
+                  sum_step > 0 ? sum_tokens / sum_step : 0.0, sum_sync / n * 1e3, sum_sample / n, sum_train / n);
+    MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "]\n}\n"));
+    spdlog::info("wrote {}/summary.json", spec.workdir);
+  }
+  return Status::ok();
+}
+
+}  // namespace mobula::rl
