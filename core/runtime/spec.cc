@@ -314,8 +314,8 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.transport.gradients = get<std::string>(L.set, "transport.gradients");
 
   auto geti = [&](const char* k) { return static_cast<int>(get<int64_t>(L.set, k)); };
-  spec.model = {geti("model.layers"), geti("model.heads"), geti("model.d_model"), geti("model.mlp_ratio"),
-                geti("model.context"), geti("model.microbatch")};
+  spec.model = {geti("model.layers"),    geti("model.heads"),   geti("model.d_model"),
+                geti("model.mlp_ratio"), geti("model.context"), geti("model.microbatch")};
   if (spec.model.d_model % spec.model.heads != 0)
     return Status::invalid_spec(L.where_of("model.d_model") + ": model.d_model: " + std::to_string(spec.model.d_model) +
                                 " is not a multiple of model.heads (" + std::to_string(spec.model.heads) + ")");

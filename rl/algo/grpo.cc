@@ -1,7 +1,7 @@
 #include "rl/algo/grpo.h"
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 namespace mobula::rl {

@@ -32,14 +32,16 @@ namespace mobula::rl {
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // ---- rollout records on the wire -------------------------------------------------------------
 struct Record {
-  std::vector<int32_t> seq;      // prompt + completion
-  int32_t first = 0;             // index in seq of the first completion token
+  std::vector<int32_t> seq;  // prompt + completion
+  int32_t first = 0;         // index in seq of the first completion token
   float advantage = 0;
-  std::vector<float> logp_old;   // behaviour log-probs of the completion tokens
+  std::vector<float> logp_old;  // behaviour log-probs of the completion tokens
 };
 
 struct RolloutStats {
@@ -167,7 +169,8 @@ Result<StepResult> train_step(TrainerState& ts, const std::vector<Datum>& batch,
   const float scale = static_cast<float>(1.0 / sums[0]);
   float* gp = ts.model->grads.data();
   Kokkos::parallel_for(
-      "grpo_scale_grads", Kokkos::RangePolicy<>(0, ts.model->grads.extent(0)), KOKKOS_LAMBDA(long i) { gp[i] *= scale; });
+      "grpo_scale_grads", Kokkos::RangePolicy<>(0, ts.model->grads.extent(0)),
+      KOKKOS_LAMBDA(long i) { gp[i] *= scale; });
   AdamWConfig c = ts.opt->config();
   c.lr = lr;
   ts.opt->set_config(c);
@@ -222,7 +225,9 @@ Status run_grpo(const WorkloadContext& ctx) {
 
   // Transports, created in the same order on every member of each communicator.
   MPI_Comm link = ctx.comms.link("trainer", "rollout");
-  auto choose = [&](const std::string& key, const std::string& v) { return resolve_transport(spec, key, v, MemoryPlace::kHost); };
+  auto choose = [&](const std::string& key, const std::string& v) {
+    return resolve_transport(spec, key, v, MemoryPlace::kHost);
+  };
   auto wname = choose("transport.weights", spec.transport.weights);
   auto rname = choose("transport.rollouts", spec.transport.rollouts);
   if (!wname) return wname.status();
@@ -284,7 +289,8 @@ Status run_grpo(const WorkloadContext& ctx) {
       }
       auto st = train_step(ts, batch, {}, static_cast<float>(rl.warm_start_lr));
       if (!st) return st.status();
-      if (lead && (s + 1) % 100 == 0) spdlog::info("warm start {}/{}: loss {:.4f}", s + 1, rl.warm_start_steps, st->loss);
+      if (lead && (s + 1) % 100 == 0)
+        spdlog::info("warm start {}/{}: loss {:.4f}", s + 1, rl.warm_start_steps, st->loss);
     }
   }
   double base_acc = 0;
@@ -292,8 +298,8 @@ Status run_grpo(const WorkloadContext& ctx) {
     auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
     base_acc = *a;
-    spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start, base_acc,
-                 rl.eval_problems);
+    spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start,
+                 base_acc, rl.eval_problems);
   }
 
   // ---- RL ------------------------------------------------------------------------------------
@@ -318,9 +324,11 @@ Status run_grpo(const WorkloadContext& ctx) {
     std::vector<Record> mine;
     if (rollout) {
       const auto w = store->current();
-      if (w->version != k) return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) +
-                                                   ", expected " + std::to_string(k));
-      Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> wv(w->params.data(), nparams);
+      if (w->version != k)
+        return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) + ", expected " +
+                                std::to_string(k));
+      Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> wv(w->params.data(),
+                                                                                                nparams);
       Kokkos::deep_copy(rparams, wv);
       std::vector<TaskExample> ex;
       std::vector<std::vector<int>> prompts;
@@ -419,9 +427,10 @@ Status run_grpo(const WorkloadContext& ctx) {
       if (lead) {
         const double reward = total.samples > 0 ? total.reward_sum / total.samples : 0;
         const double tps = total.completion_tokens / t_step;
-        spdlog::info("step {:4d}  reward {:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.2f} s  "
-                     "train {:.2f} s  clip {:.3f}",
-                     k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction);
+        spdlog::info(
+            "step {:4d}  reward {:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.2f} s  "
+            "train {:.2f} s  clip {:.3f}",
+            k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction);
         sum_sync += t_sync, sum_sample += total.sample_seconds, sum_train += t_train;
         sum_tokens += total.completion_tokens, sum_step += t_step;
         char buf[256];

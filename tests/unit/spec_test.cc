@@ -94,8 +94,8 @@ TEST(Spec, MissingRequiredKey) {
 }
 
 TEST(Spec, ModelAndRlSections) {
-  auto r = load_spec_from_string(std::string(kGood) + "[model]\nlayers = 3\n[rl]\nlr = 5e-4\ntask = \"reverse\"\n", "job.toml",
-                                 {"rl.clip=0.1", "rl.group_size=4"});
+  auto r = load_spec_from_string(std::string(kGood) + "[model]\nlayers = 3\n[rl]\nlr = 5e-4\ntask = \"reverse\"\n",
+                                 "job.toml", {"rl.clip=0.1", "rl.group_size=4"});
   ASSERT_TRUE(r.is_ok()) << r.status().message();
   EXPECT_EQ(r->model.layers, 3);
   EXPECT_EQ(r->model.d_model, 64);
