@@ -2,7 +2,7 @@
 // the KV cache, MFU against the single-core SGEMM peak measured in the same run, and the ratio to
 // PyTorch running the identical config (perf/model/bench_torch.py) in the same run.
 //
-//   taskset -c 0 build/perf/model/bench_model [--layers 4 --d-model 256 --heads 4 --context 128
+//   taskset -c 0 build/perf/model/bench_model [--repeat 3 --layers 4 --d-model 256 --heads 4 --context 128
 //                                              --vocab 64 --batch 16 --iters 5 --no-torch]
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
@@ -55,7 +55,7 @@ double json_number(const std::string& s, const std::string& key) {
 int main(int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   GptConfig cfg;
-  int batch = 16, iters = 5, prompt = 8, new_tokens = 56;
+  int batch = 16, iters = 5, prompt = 8, new_tokens = 56, repeat = 3;
   bool torch = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
       iters = next();
     else if (a == "--no-torch")
       torch = false;
+    else if (a == "--repeat")
+      repeat = std::max(1, next());
     else {
       std::fprintf(stderr, "bench_model: unknown argument %s\n", a.c_str());
       return 2;
@@ -94,42 +96,28 @@ int main(int argc, char** argv) {
   std::vector<int> tok(size_t(batch) * T), tg(size_t(batch) * T);
   for (size_t i = 0; i < tok.size(); ++i) tok[i] = int(i * 7 % cfg.vocab), tg[i] = int(i * 13 % cfg.vocab);
   std::vector<float> lp(tok.size()), w(tok.size(), -1.0f / float(tok.size()));
-  std::vector<double> ts;
-  for (int i = 0; i <= iters; ++i) {
-    const double t0 = now();
-    if (!model->forward(tok, tg, batch, T, lp).is_ok()) return 1;
-    model->zero_grad();
-    if (!model->backward(w).is_ok()) return 1;
-    opt.step(model->params, model->grads);
-    Kokkos::fence();
-    if (i) ts.push_back(now() - t0);
-  }
-  const double step_s = perf::median(ts);
-  const double train_tps = batch * T / step_s;
-  // FLOPs per training step: 6 * params * tokens + attention (QK^T and AV, fwd 4*B*NH*T*T*hs, x3).
-  const double n = double(model->num_params());
-  const double attn = 3.0 * 4.0 * batch * cfg.heads * double(T) * T * cfg.head_size() * cfg.layers;
-  const double flops = 6.0 * n * batch * T + attn;
-  const double peak = sgemm_peak();
-
-  std::printf("# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3)\n",
-              cfg.to_string().c_str(), batch, model->num_params(), peak);
-  std::printf("train    %8.0f tokens/s  step %.1f ms  %.1f GFLOP/s  MFU %.2f\n", train_tps, step_s * 1e3,
-              flops / step_s / 1e9, flops / step_s / 1e9 / peak);
-
-  std::vector<std::pair<int, double>> sample_tps;
-  for (int sb : {16, 64}) {
-    auto sampler = Sampler<>::create(cfg, sb, prompt + new_tokens);
-    if (!sampler) {
-      std::fprintf(stderr, "bench_model: %s\n", sampler.status().message().c_str());
-      return 1;
+  // One measurement round: training tokens/s, then sampling tokens/s at batch 16 and 64.
+  auto measure_train = [&]() -> double {
+    std::vector<double> ts;
+    for (int i = 0; i <= iters; ++i) {
+      const double t0 = now();
+      if (!model->forward(tok, tg, batch, T, lp).is_ok()) return 0;
+      model->zero_grad();
+      if (!model->backward(w).is_ok()) return 0;
+      opt.step(model->params, model->grads);
+      Kokkos::fence();
+      if (i) ts.push_back(now() - t0);
     }
+    return batch * T / perf::median(ts);
+  };
+  auto measure_sample = [&](int sb) -> double {
+    auto sampler = Sampler<>::create(cfg, sb, prompt + new_tokens);
+    if (!sampler) return 0;
     std::vector<std::vector<int>> prompts(static_cast<size_t>(sb));
     for (int b = 0; b < sb; ++b)
       for (int t = 0; t < prompt; ++t) prompts[size_t(b)].push_back((b * 3 + t) % cfg.vocab);
     SamplingParams sp;
     sp.max_new_tokens = new_tokens;
-    sp.temperature = 1.0f;
     std::vector<double> st;
     for (int r = 0; r < 4; ++r) {
       std::vector<uint64_t> seeds(static_cast<size_t>(sb));
@@ -137,18 +125,25 @@ int main(int argc, char** argv) {
       const double t0 = now();
       auto out = sampler->sample(model->params, prompts, seeds, sp);
       Kokkos::fence();
-      if (!out) {
-        std::fprintf(stderr, "bench_model: %s\n", out.status().message().c_str());
-        return 1;
-      }
+      if (!out) return 0;
       if (r) st.push_back(now() - t0);
     }
-    sample_tps.emplace_back(sb, sb * new_tokens / perf::median(st));
-    std::printf("sample   %8.0f tokens/s  batch %d, prompt %d, %d new tokens, KV cache\n", sample_tps.back().second, sb,
-                prompt, new_tokens);
-  }
-
-  if (torch) {
+    return sb * new_tokens / perf::median(st);
+  };
+  const double peak = sgemm_peak();
+  const double n = double(model->num_params());
+  const double attn = 3.0 * 4.0 * batch * cfg.heads * double(T) * T * cfg.head_size() * cfg.layers;
+  const double flops = 6.0 * n * batch * T + attn;  // per training step
+  std::printf(
+      "# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3); %d rounds, "
+      "mobula and PyTorch interleaved, medians\n",
+      cfg.to_string().c_str(), batch, model->num_params(), peak, repeat);
+  std::vector<double> mt, m16, m64, pt, p16, p64;
+  for (int round = 0; round < repeat; ++round) {
+    mt.push_back(measure_train());
+    m16.push_back(measure_sample(16));
+    m64.push_back(measure_sample(64));
+    if (!torch) continue;
     auto r = run_capture({"/usr/bin/python3", MOBULA_BENCH_TORCH_SCRIPT,   "--layers",      std::to_string(cfg.layers),
                           "--d-model",        std::to_string(cfg.d_model), "--heads",       std::to_string(cfg.heads),
                           "--context",        std::to_string(T),           "--vocab",       std::to_string(cfg.vocab),
@@ -158,13 +153,25 @@ int main(int argc, char** argv) {
     if (!r || r->exit_code != 0) {
       std::printf("pytorch  not available (%s): no ratios\n",
                   r ? r->err.substr(0, r->err.find('\n')).c_str() : r.status().message().c_str());
-      return 0;
+      torch = false;
+      continue;
     }
-    const double tt = json_number(r->out, "train_tokens_per_s");
-    std::printf("pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (same config, 1 thread)\n", tt,
-                json_number(r->out, "16"), json_number(r->out, "64"));
-    std::printf("ratio    train mobula/pytorch %.2f   sample b16 %.2f   sample b64 %.2f\n", train_tps / tt,
-                sample_tps[0].second / json_number(r->out, "16"), sample_tps[1].second / json_number(r->out, "64"));
+    pt.push_back(json_number(r->out, "train_tokens_per_s"));
+    p16.push_back(json_number(r->out, "16"));
+    p64.push_back(json_number(r->out, "64"));
+  }
+  const double train_tps = perf::median(mt);
+  std::printf("train    %8.0f tokens/s  step %.1f ms  %.1f GFLOP/s  MFU %.2f\n", train_tps, batch * T / train_tps * 1e3,
+              flops * train_tps / (batch * T) / 1e9, flops * train_tps / (batch * T) / 1e9 / peak);
+  std::printf("sample   %8.0f tokens/s  batch 16, prompt %d, %d new tokens, KV cache\n", perf::median(m16), prompt,
+              new_tokens);
+  std::printf("sample   %8.0f tokens/s  batch 64\n", perf::median(m64));
+  if (torch && !pt.empty()) {
+    std::printf("pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (same config, eager, 1 thread)\n",
+                perf::median(pt), perf::median(p16), perf::median(p64));
+    std::printf("ratio    train mobula/pytorch %.2f   sample b16 %.2f   sample b64 %.2f\n",
+                train_tps / perf::median(pt), perf::median(m16) / perf::median(p16),
+                perf::median(m64) / perf::median(p64));
   }
   return 0;
 }
