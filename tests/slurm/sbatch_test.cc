@@ -100,6 +100,20 @@ TEST_F(Sbatch, HetJobGroupsDefineRoles) {
   EXPECT_NE(out.find("layout check passed: 3 ranks, 2 roles, 1 links, 2 steps"), std::string::npos) << out;
 }
 
+TEST_F(Sbatch, GrpoAcrossTwoNodes) {
+  // The demo's spec, shortened, as 2 trainers on n1 and 1 rollout on n2: weight sync, rollouts and
+  // gradients cross emulated nodes (TCP).
+  const auto [rc, out] = run_job("#!/bin/bash\n#SBATCH -J mobula-grpo -p gpu -N 2 -n 3 -t 5\n" + std::string(kMpiEnv) +
+                                 "srun --mpi=pmix " + kExe + " worker " + kSrc +
+                                 "/examples/grpo-addition.toml --set rl.warm_start_steps=50 --set job.steps=5 "
+                                 "--set rl.eval_problems=20 --set job.workdir=" +
+                                 dir_.string() + "/run\n");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("   2  rollout   0/1          -  n2"), std::string::npos) << out;
+  EXPECT_NE(out.find("[trainer 0/2 n1] info: step    4"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json")) << out;
+}
+
 TEST_F(Sbatch, FailingStepFailsTheJob) {
   // A spec error inside the allocation: every rank exits 2, srun and the batch script fail, and
   // the one-line message reaches the job's output exactly once.
