@@ -28,6 +28,11 @@ KeyDef str_key(std::string path, std::string def, std::vector<std::string> choic
   return k;
 }
 
+KeyDef float_key(std::string path, double def, std::string doc) {
+  KeyDef k{std::move(path), ValueType::kFloat, def, false, INT64_MIN, INT64_MAX, {}, std::move(doc)};
+  return k;
+}
+
 std::vector<KeyDef> build_schema() {
   std::vector<KeyDef> s;
   KeyDef name = str_key("job.name", "", {}, "Job name; used in the work dir, logs and Slurm job name.");
@@ -68,30 +73,11 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("rl.group_size", 8, 1, 1024, "Completions per prompt (the GRPO group)."));
   s.push_back(int_key("rl.max_new_tokens", 5, 1, 4096, "Completion length limit."));
   s.push_back(int_key("rl.eval_problems", 100, 1, 1'000'000, "Held-out problems for the greedy accuracy."));
-  KeyDef lr = str_key("rl.lr", "1e-3", {}, "RL learning rate (AdamW).");
-  lr.type = ValueType::kFloat;
-  lr.default_value = 1e-3;
-  s.push_back(lr);
-  KeyDef wlr = lr;
-  wlr.path = "rl.warm_start_lr";
-  wlr.default_value = 3e-3;
-  wlr.doc = "Warm-start learning rate (AdamW).";
-  s.push_back(wlr);
-  KeyDef clip = lr;
-  clip.path = "rl.clip";
-  clip.default_value = 0.2;
-  clip.doc = "PPO clip range: ratios outside [1 - clip, 1 + clip_high] stop the gradient.";
-  s.push_back(clip);
-  KeyDef cliph = clip;
-  cliph.path = "rl.clip_high";
-  cliph.default_value = 0.28;
-  cliph.doc = "Upper PPO clip range (DAPO's clip-higher).";
-  s.push_back(cliph);
-  KeyDef temp = clip;
-  temp.path = "rl.temperature";
-  temp.default_value = 1.0;
-  temp.doc = "Sampling temperature of the rollouts.";
-  s.push_back(temp);
+  s.push_back(float_key("rl.lr", 1e-3, "RL learning rate (AdamW)."));
+  s.push_back(float_key("rl.warm_start_lr", 3e-3, "Warm-start learning rate (AdamW)."));
+  s.push_back(float_key("rl.clip", 0.2, "PPO clip range: ratios outside [1 - clip, 1 + clip_high] stop the gradient."));
+  s.push_back(float_key("rl.clip_high", 0.28, "Upper PPO clip range (DAPO's clip-higher)."));
+  s.push_back(float_key("rl.temperature", 1.0, "Sampling temperature of the rollouts."));
   const std::vector<std::string> transports = {"auto", "mpi", "ucx", "nccl"};
   s.push_back(
       str_key("transport.weights", "auto", transports, "Transport for weight sync from trainers to rollout ranks."));

@@ -10,6 +10,20 @@
 namespace mobula::rl {
 namespace {
 
+// A 2-layer model for a character task, context 16.
+ClientOptions tiny_client(const Tokenizer& tok, int d_model, int heads, uint64_t seed, int sample_rows) {
+  ClientOptions o;
+  o.model.vocab = tok.vocab_size();
+  o.model.max_seq = 16;
+  o.model.layers = 2;
+  o.model.heads = heads;
+  o.model.d_model = d_model;
+  o.seed = seed;
+  o.max_batch = 64;
+  o.sample_rows = sample_rows;
+  return o;
+}
+
 // A reward any policy can learn fast: answer "7" to every prompt. Checks the sign and plumbing of
 // the whole GRPO path (sampling, rewards, advantages, PPO weights, optimizer).
 class SevenTask final : public Task {
@@ -26,16 +40,7 @@ class SevenTask final : public Task {
 TEST(Grpo, LearnsAnObviousReward) {
   SevenTask task;
   CharTokenizer tok(task.alphabet());
-  ClientOptions o;
-  o.model.vocab = tok.vocab_size();
-  o.model.max_seq = 16;
-  o.model.layers = 2;
-  o.model.heads = 2;
-  o.model.d_model = 32;
-  o.seed = 5;
-  o.max_batch = 64;
-  o.sample_rows = 64;
-  auto c = TrainingClient::create_local(o);
+  auto c = TrainingClient::create_local(tiny_client(tok, 32, 2, 5, 64));
   ASSERT_TRUE(c.is_ok());
   GrpoConfig g;
   g.prompts_per_step = 8;
@@ -65,16 +70,7 @@ TEST(Grpo, ImprovesHeldOutAccuracyBeyondANoisyWarmStart) {
   auto task = make_task("addition", 2);
   ASSERT_TRUE(task.is_ok());
   CharTokenizer tok((*task)->alphabet());
-  ClientOptions o;
-  o.model.vocab = tok.vocab_size();
-  o.model.max_seq = 16;
-  o.model.layers = 2;
-  o.model.heads = 4;
-  o.model.d_model = 64;
-  o.seed = 1;
-  o.max_batch = 64;
-  o.sample_rows = 128;
-  auto c = TrainingClient::create_local(o);
+  auto c = TrainingClient::create_local(tiny_client(tok, 64, 4, 1, 128));
   ASSERT_TRUE(c.is_ok());
   AdamParams ap;
   ap.lr = 3e-3f;
