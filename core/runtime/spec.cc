@@ -328,6 +328,7 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.rl.group_size = geti("rl.group_size");
   spec.rl.max_new_tokens = geti("rl.max_new_tokens");
   spec.rl.eval_problems = geti("rl.eval_problems");
+  spec.rl.max_staleness = geti("rl.max_staleness");
   spec.rl.lr = get<double>(L.set, "rl.lr");
   spec.rl.warm_start_lr = get<double>(L.set, "rl.warm_start_lr");
   spec.rl.clip = get<double>(L.set, "rl.clip");

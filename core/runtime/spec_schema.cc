@@ -72,6 +72,9 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("rl.prompts_per_step", 16, 1, 1'000'000, "Prompts per RL step (split over rollout ranks)."));
   s.push_back(int_key("rl.group_size", 8, 1, 1024, "Completions per prompt (the GRPO group)."));
   s.push_back(int_key("rl.max_new_tokens", 5, 1, 4096, "Completion length limit."));
+  s.push_back(int_key("rl.max_staleness", 0, 0, 1,
+                      "0: synchronous (on-policy). 1: one-step-off async: rollouts sample batch k+1 with the "
+                      "previous weights while trainers train on batch k (PPO's ratio corrects the lag)."));
   s.push_back(int_key("rl.eval_problems", 100, 1, 1'000'000, "Held-out problems for the greedy accuracy."));
   s.push_back(float_key("rl.lr", 1e-3, "RL learning rate (AdamW)."));
   s.push_back(float_key("rl.warm_start_lr", 3e-3, "Warm-start learning rate (AdamW)."));

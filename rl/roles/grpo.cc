@@ -46,6 +46,7 @@ struct Record {
 
 struct RolloutStats {
   double reward_sum = 0, samples = 0, completion_tokens = 0, sample_seconds = 0;
+  double version = 0;  // policy version the batch was sampled with
 };
 
 class Writer {
@@ -312,21 +313,41 @@ Status run_grpo(const WorkloadContext& ctx) {
   double sum_sync = 0, sum_sample = 0, sum_train = 0, sum_tokens = 0, sum_step = 0;
   std::string steps_json;
   const double t_rl = now();
-  for (int64_t k = 0; k < spec.steps; ++k) {
-    const double t0 = now();
+  // Versions: v_j = the weights after j optimizer steps. Synchronous (max_staleness 0): batch k is
+  // sampled with v_k, synced at the start of step k. One-step-off (max_staleness 1): batch k is
+  // sampled with v_max(0,k-1), so rollouts sample batch k+1 while trainers train on batch k; the
+  // trainers sync v_(k+1) right after training batch k (when batch k+2 will need it) and the
+  // rollouts receive it at the start of step k+2. Rollout sends stay in flight across one step so
+  // the two orders never wait on each other.
+  const bool async = rl.max_staleness > 0;
+  struct Pending {
+    std::vector<std::vector<uint8_t>> msgs;
+    std::vector<int64_t> sizes;
+    std::vector<RequestPtr> reqs;
+  };
+  std::unique_ptr<Pending> pending;
+  auto sync_version = [&](int64_t v) -> Status {
     std::span<const float> src;
     if (trainer) src = std::span<const float>(ts.model->params.data(), nparams);
-    MOBULA_RETURN_IF_ERROR(sync_weights(**wt, groups, src, store.get(), k));
+    return sync_weights(**wt, groups, src, store.get(), v);
+  };
+  int64_t max_lag = 0;
+  for (int64_t k = 0; k < spec.steps; ++k) {
+    const double t0 = now();
+    if (k == 0 || !async) MOBULA_RETURN_IF_ERROR(sync_version(k));
+    if (async && rollout && k >= 2) MOBULA_RETURN_IF_ERROR(sync_version(k - 1));
     const double t_sync = now() - t0;
+    const int64_t expect_version = async ? std::max<int64_t>(0, k - 1) : k;
 
     const int64_t tag_base = 1000 + 2 * (k % 10000);
     RolloutStats stats;
     std::vector<Record> mine;
     if (rollout) {
       const auto w = store->current();
-      if (w->version != k)
+      if (w->version != expect_version)
         return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) + ", expected " +
-                                std::to_string(k));
+                                std::to_string(expect_version));
+      stats.version = static_cast<double>(w->version);
       Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> wv(w->params.data(),
                                                                                                 nparams);
       Kokkos::deep_copy(rparams, wv);
@@ -378,9 +399,12 @@ Status run_grpo(const WorkloadContext& ctx) {
           mine.push_back(std::move(r));
         }
       // Record j -> trainer j % T, straight from this rank; two messages (size, bytes) per trainer.
-      std::vector<std::vector<uint8_t>> msgs(static_cast<size_t>(T));
-      std::vector<int64_t> sizes(static_cast<size_t>(T));
-      std::vector<RequestPtr> reqs;
+      auto next = std::make_unique<Pending>();
+      next->msgs.resize(static_cast<size_t>(T));
+      next->sizes.resize(static_cast<size_t>(T));
+      auto& msgs = next->msgs;
+      auto& sizes = next->sizes;
+      auto& reqs = next->reqs;
       for (int t = 0; t < T; ++t) {
         std::vector<const Record*> part;
         for (size_t j = static_cast<size_t>(t); j < mine.size(); j += static_cast<size_t>(T)) part.push_back(&mine[j]);
@@ -396,7 +420,12 @@ Status run_grpo(const WorkloadContext& ctx) {
         if (!b) return b.status();
         reqs.push_back(std::move(b).value());
       }
-      MOBULA_RETURN_IF_ERROR(wait_all(reqs));
+      if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));  // the previous step's batch
+      pending = std::move(next);
+      if (!async) {
+        MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));
+        pending.reset();
+      }
     }
 
     if (trainer) {
@@ -417,32 +446,42 @@ Status run_grpo(const WorkloadContext& ctx) {
         total.samples += st.samples;
         total.completion_tokens += st.completion_tokens;
         total.sample_seconds = std::max(total.sample_seconds, st.sample_seconds);
+        total.version = st.version;
       }
       std::vector<Datum> batch;
       for (const auto& r : recs) batch.push_back(to_datum(r));
       const double tt0 = now();
       auto st = train_step(ts, batch, loss, static_cast<float>(rl.lr));
       if (!st) return st.status();
+      // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
+      if (async && k + 2 < spec.steps) MOBULA_RETURN_IF_ERROR(sync_version(k + 1));
       const double t_train = now() - tt0, t_step = now() - t0;
+      // Lag between the policy being trained (v_k) and the one that sampled the batch.
+      const int64_t lag = k - static_cast<int64_t>(total.version);
+      if (lag > rl.max_staleness)
+        return Status::external("grpo: batch " + std::to_string(k) + " was sampled " + std::to_string(lag) +
+                                " versions behind, over rl.max_staleness " + std::to_string(rl.max_staleness));
+      max_lag = std::max(max_lag, lag);
       if (lead) {
         const double reward = total.samples > 0 ? total.reward_sum / total.samples : 0;
         const double tps = total.completion_tokens / t_step;
         spdlog::info(
             "step {:4d}  reward {:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.2f} s  "
-            "train {:.2f} s  clip {:.3f}",
-            k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction);
+            "train {:.2f} s  clip {:.3f}  lag {}",
+            k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction, lag);
         sum_sync += t_sync, sum_sample += total.sample_seconds, sum_train += t_train;
         sum_tokens += total.completion_tokens, sum_step += t_step;
         char buf[256];
         std::snprintf(buf, sizeof buf,
                       "%s{\"step\": %lld, \"reward\": %.4f, \"tokens_per_s\": %.1f, \"sync_ms\": %.2f, \"sample_s\": "
-                      "%.4f, \"train_s\": %.4f}",
+                      "%.4f, \"train_s\": %.4f, \"lag\": %lld}",
                       steps_json.empty() ? "" : ", ", static_cast<long long>(k), reward, tps, t_sync * 1e3,
-                      total.sample_seconds, t_train);
+                      total.sample_seconds, t_train, static_cast<long long>(lag));
         steps_json += buf;
       }
     }
   }
+  if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));
   if (lead) {
     auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
@@ -456,12 +495,14 @@ Status run_grpo(const WorkloadContext& ctx) {
     char head[1024];
     std::snprintf(head, sizeof head,
                   "{\n  \"job\": \"%s\", \"spec_hash\": \"%s\", \"task\": \"%s\", \"trainers\": %d, \"rollouts\": %d,\n"
-                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"eval_problems\": %d,\n"
+                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"eval_problems\": %d, \"max_staleness\": %d, "
+                  "\"max_lag\": %lld,\n"
                   "  \"base_accuracy\": %.4f, \"final_accuracy\": %.4f, \"wall_s\": %.2f, \"rl_wall_s\": %.2f,\n"
                   "  \"tokens_per_s\": %.1f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.4f, \"mean_train_s\": %.4f,\n"
                   "  \"steps\": [",
                   spec.name.c_str(), spec.hash().c_str(), rl.task.c_str(), T, R, rl.warm_start_steps,
-                  static_cast<long long>(spec.steps), rl.eval_problems, base_acc, *a, wall, rl_wall,
+                  static_cast<long long>(spec.steps), rl.eval_problems, rl.max_staleness,
+                  static_cast<long long>(max_lag), base_acc, *a, wall, rl_wall,
                   sum_step > 0 ? sum_tokens / sum_step : 0.0, sum_sync / n * 1e3, sum_sample / n, sum_train / n);
     MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "]\n}\n"));
     spdlog::info("wrote {}/summary.json", spec.workdir);

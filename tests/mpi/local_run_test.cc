@@ -87,3 +87,28 @@ TEST(LocalRun, GrpoDemoImprovesHeldOutAccuracy) {
 
 }  // namespace
 }  // namespace mobula
+
+namespace mobula {
+namespace {
+
+// One-step-off asynchronous GRPO: rollouts sample batch k+1 with the weights before batch k's
+// update; every batch after the first is exactly one version behind, never more.
+TEST(LocalRun, GrpoAsyncRespectsTheStalenessBound) {
+  const std::string dir = std::filesystem::temp_directory_path().string() + "/mobula_grpo_async_test";
+  std::filesystem::remove_all(dir);
+  auto r = run_capture(
+      {kExe, "run", kSrc + "/examples/grpo-addition.toml", "--set", "rl.max_staleness=1", "--set", "job.steps=12",
+       "--set", "rl.warm_start_steps=100", "--set", "rl.eval_problems=20", "--set", "job.workdir=" + dir},
+      280);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  EXPECT_EQ(count(r->out, "  lag 0\n"), 1u) << r->out;  // batch 0 uses v0 while training v0
+  EXPECT_EQ(count(r->out, "  lag 1\n"), 11u) << r->out;
+  std::ifstream in(dir + "/summary.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_NE(ss.str().find("\"max_staleness\": 1, \"max_lag\": 1"), std::string::npos) << ss.str();
+}
+
+}  // namespace
+}  // namespace mobula
