@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "core/runtime/mpi.h"
 #include "core/transport/p2p.h"
 
@@ -54,7 +56,9 @@ class UcxRequest : public Request {
     }
     ucp_request_free(req_);
     req_ = nullptr;
-    if (st != UCS_OK) return Status::external(what_ + " failed: " + ucs_status_string(st));
+    if (st != UCS_OK)
+      return Status::external(what_ + " failed: " + ucs_status_string(st) +
+                              " (the peer died or its connection broke); abort the job so it can be restarted");
     if (expect_ >= 0 && static_cast<long long>(info.length) != expect_)
       return Status::invalid_argument(what_ + ": received " + std::to_string(info.length) + " bytes, expected " +
                                       std::to_string(expect_) + "; sender and receiver must agree on the size");
@@ -86,6 +90,7 @@ class UcxTransport final : public P2PTransport {
           ucp_worker_progress(worker_);
         ucp_request_free(f);
       }
+      eps_.insert(eps_.end(), failed_.begin(), failed_.end());
       for (ucp_ep_h ep : eps_) {
         if (!ep) continue;
         ucp_request_param_t cp{};
@@ -137,7 +142,13 @@ class UcxTransport final : public P2PTransport {
     t->eps_.assign(static_cast<size_t>(t->size_), nullptr);
     for (int r = 0; r < t->size_; ++r) {
       ucp_ep_params_t ep{};
-      ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+      // Peer error handling: a dead peer fails the requests to it (CMA reads of a dead process
+      // are otherwise a fatal UCX error that aborts the survivor too).
+      ep.field_mask =
+          UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      ep.err_handler.cb = &UcxTransport::on_peer_error;
+      ep.err_handler.arg = t.get();
       ep.address = reinterpret_cast<const ucp_address_t*>(all.data() + displs[static_cast<size_t>(r)]);
       MOBULA_UCS(ucp_ep_create(t->worker_, &ep, &t->eps_[static_cast<size_t>(r)]), where);
     }
@@ -150,6 +161,9 @@ class UcxTransport final : public P2PTransport {
   bool supports(MemoryPlace place) const override { return place == MemoryPlace::kHost; }
 
   Result<RequestPtr> post_send(Buffer buf, int dst, int tag, Request::Clock::time_point deadline) override {
+    if (!eps_[static_cast<size_t>(dst)])
+      return Status::external(what("send to", dst, tag, buf) +
+                              " failed: the connection to that rank failed earlier (dead peer); abort the job");
     ucp_request_param_t p{};
     void* r = ucp_tag_send_nbx(eps_[static_cast<size_t>(dst)], buf.data, buf.bytes(), make_tag(tag, rank_), &p);
     if (UCS_PTR_IS_ERR(r))
@@ -168,6 +182,16 @@ class UcxTransport final : public P2PTransport {
 
  private:
   UcxTransport() = default;
+  static void on_peer_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
+    auto* t = static_cast<UcxTransport*>(arg);
+    for (size_t r = 0; r < t->eps_.size(); ++r) {
+      if (t->eps_[r] != ep) continue;
+      spdlog::warn("ucx transport at {}: connection to rank {} failed: {}; its operations fail from now on",
+                   transport_where("ucx", t->rank_), r, ucs_status_string(status));
+      t->failed_.push_back(ep);  // force-closed at teardown
+      t->eps_[r] = nullptr;
+    }
+  }
   // A barrier over the bootstrap communicator that gives up after 10 s (a peer may be dead).
   void fence() {
     int fin = 0;
@@ -209,6 +233,7 @@ class UcxTransport final : public P2PTransport {
            std::to_string(b.bytes()) + " bytes) at " + transport_where("ucx", rank_);
   }
   MPI_Comm comm_ = MPI_COMM_NULL;  // bootstrap and teardown only
+  std::vector<ucp_ep_h> failed_;   // endpoints of dead peers
   bool broken_ = false;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
