@@ -25,6 +25,7 @@
 #include "core/transport/weight_sync.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
+#include "rl/model/weights.h"
 #include "rl/optim/adamw.h"
 #include "rl/roles/workload.h"
 
@@ -505,6 +506,8 @@ Status run_grpo(const WorkloadContext& ctx) {
                   static_cast<long long>(max_lag), base_acc, *a, wall, rl_wall,
                   sum_step > 0 ? sum_tokens / sum_step : 0.0, sum_sync / n * 1e3, sum_sample / n, sum_train / n);
     MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "]\n}\n"));
+    // The trained policy (docs/formats/safetensors.md); trainers hold bitwise-identical replicas.
+    MOBULA_RETURN_IF_ERROR(save_weights(spec.workdir + "/policy.safetensors", cfg, ts.model->params));
     spdlog::info("wrote {}/summary.json", spec.workdir);
   }
   return Status::ok();
