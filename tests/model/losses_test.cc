@@ -91,3 +91,25 @@ TEST(Losses, SizeMismatchIsAnError) {
 
 }  // namespace
 }  // namespace mobula::rl
+
+#include "io/safetensors.h"
+
+namespace mobula::rl {
+namespace {
+
+// PPO-clip + k3 KL against PyTorch autograd (tests/model/golden/make_ppo_golden.py).
+TEST(Losses, PpoMatchesPyTorchGolden) {
+  auto f = io::read_safetensors(std::string(MOBULA_TEST_SOURCE_DIR) + "/tests/model/data/ppo_golden.safetensors");
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  auto v = [&](const char* k) { return f->tensors.at(k).as_f32(); };
+  const auto logp = v("logp"), old = v("logp_old"), adv = v("adv"), mask = v("mask"), ref = v("logp_ref");
+  const auto grad = v("grad");
+  std::vector<float> w(logp.size());
+  auto st = ppo_weights(logp, old, adv, mask, 0.2f, 0.28f, ref, 0.05f, w);
+  ASSERT_TRUE(st.is_ok());
+  EXPECT_NEAR(st->loss, v("loss")[0], 1e-5);
+  for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(w[i], grad[i], 1e-6f) << i;
+}
+
+}  // namespace
+}  // namespace mobula::rl
