@@ -302,6 +302,24 @@ TEST_P(TransportTest, CollectiveWithAMissingRankTimesOut) {
 INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, ::testing::Values("mpi", "ucx", "nccl"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
+TEST(TransportFactory, FlowTransportFollowsTheSpec) {
+  JobSpec spec;
+  auto t = make_flow_transport(spec, "transport.gradients", MemoryPlace::kHost, MPI_COMM_WORLD);
+  ASSERT_TRUE(t) << t.status().message();
+  EXPECT_STREQ((*t)->name(), "mpi");  // auto on host memory
+  spec.transport.weights = "ucx";
+  if (transport_built("ucx")) {
+    auto u = make_flow_transport(spec, "transport.weights", MemoryPlace::kHost, MPI_COMM_WORLD);
+    ASSERT_TRUE(u) << u.status().message();
+    EXPECT_STREQ((*u)->name(), "ucx");
+  }
+  spec.transport.rollouts = "nccl";
+  auto n = make_flow_transport(spec, "transport.rollouts", MemoryPlace::kHost, MPI_COMM_WORLD);
+  ASSERT_FALSE(n);
+  EXPECT_EQ(n.status().code(), Status::Code::kInvalidSpec);
+  EXPECT_FALSE(make_flow_transport(spec, "transport.nope", MemoryPlace::kHost, MPI_COMM_WORLD));
+}
+
 TEST(TransportFactory, UnknownNameIsAClearError) {
   auto t = make_transport("carrier-pigeon", MPI_COMM_WORLD);
   ASSERT_FALSE(t);
