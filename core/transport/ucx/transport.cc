@@ -80,6 +80,7 @@ class UcxTransport final : public P2PTransport {
     // may create the next one (UCX's shared-memory transports otherwise connect to a peer's
     // already-removed FIFO segment: "shmat failed" / "mm ep failed to connect").
     fence();
+    closing_ = true;
     if (worker_) {
       // Flush outstanding sends (bounded), then close endpoints without waiting for the peers.
       ucp_request_param_t p{};
@@ -186,8 +187,9 @@ class UcxTransport final : public P2PTransport {
     auto* t = static_cast<UcxTransport*>(arg);
     for (size_t r = 0; r < t->eps_.size(); ++r) {
       if (t->eps_[r] != ep) continue;
-      spdlog::warn("ucx transport at {}: connection to rank {} failed: {}; its operations fail from now on",
-                   transport_where("ucx", t->rank_), r, ucs_status_string(status));
+      if (!t->closing_)  // at teardown peers force-close their endpoints: expected, not a failure
+        spdlog::warn("ucx transport at {}: connection to rank {} failed: {}; its operations fail from now on",
+                     transport_where("ucx", t->rank_), r, ucs_status_string(status));
       t->failed_.push_back(ep);  // force-closed at teardown
       t->eps_[r] = nullptr;
     }
@@ -235,6 +237,7 @@ class UcxTransport final : public P2PTransport {
   MPI_Comm comm_ = MPI_COMM_NULL;  // bootstrap and teardown only
   std::vector<ucp_ep_h> failed_;   // endpoints of dead peers
   bool broken_ = false;
+  bool closing_ = false;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::vector<ucp_ep_h> eps_;
