@@ -1,5 +1,6 @@
 #include "core/transport/ucx/transport.h"
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,10 @@ namespace {
   } while (0)
 
 constexpr uint64_t kAllOnes = ~uint64_t{0};
+bool peer_errors() {
+  const char* v = std::getenv("MOBULA_UCX_PEER_ERRORS");
+  return !(v && std::string(v) == "0");
+}
 uint64_t make_tag(int tag, int src) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(tag)) << 32) | static_cast<uint32_t>(src);
 }
@@ -145,8 +150,10 @@ class UcxTransport final : public P2PTransport {
       ucp_ep_params_t ep{};
       // Peer error handling: a dead peer fails the requests to it (CMA reads of a dead process
       // are otherwise a fatal UCX error that aborts the survivor too).
-      ep.field_mask =
-          UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      // MOBULA_UCX_PEER_ERRORS=0 turns it off (UCX may then pick faster shared-memory protocols).
+      ep.field_mask = peer_errors() ? UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                                          UCP_EP_PARAM_FIELD_ERR_HANDLER
+                                    : UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
       ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
       ep.err_handler.cb = &UcxTransport::on_peer_error;
       ep.err_handler.arg = t.get();
