@@ -19,7 +19,7 @@ template <class T>
 void sum_in_order(size_t count, const std::vector<const void*>& parts, void* out, bool avg) {
   T* o = static_cast<T*>(out);
   const T* p0 = static_cast<const T*>(parts[0]);
-  if (o != p0) std::memcpy(o, p0, count * sizeof(T));
+  if (o != p0 && count > 0) std::memcpy(o, p0, count * sizeof(T));
   for (size_t r = 1; r < parts.size(); ++r) {
     const T* p = static_cast<const T*>(parts[r]);
     for (size_t i = 0; i < count; ++i) o[i] += p[i];

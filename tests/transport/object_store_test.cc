@@ -116,7 +116,8 @@ TEST_F(ObjectStoreTest, PutGetFromEveryRankEverySize) {
     for (size_t i = 0; i < sizes.size(); ++i) {
       auto expect = data_of(sizes[i], r, static_cast<int>(i));
       ASSERT_EQ((*got)[i].buf.count, sizes[i]);
-      EXPECT_EQ(std::memcmp((*got)[i].buf.data, expect.data(), sizes[i] * 4), 0) << "from " << r << " tensor " << i;
+      EXPECT_EQ(testing::memcmp0((*got)[i].buf.data, expect.data(), sizes[i] * 4), 0)
+          << "from " << r << " tensor " << i;
     }
     EXPECT_EQ((*got)[sizes.size()].as<int64_t>()[0], int64_t{r} << 40);
     // get_into a caller buffer too.
@@ -128,7 +129,7 @@ TEST_F(ObjectStoreTest, PutGetFromEveryRankEverySize) {
       dst.push_back({scratch.back().data(), rr.tensors[i].count(), rr.tensors[i].dtype});
     }
     ASSERT_TRUE(store_->get_into(rr, dst));
-    EXPECT_EQ(std::memcmp(scratch[2].data(), data_of(17, r, 2).data(), 17 * 4), 0);
+    EXPECT_EQ(testing::memcmp0(scratch[2].data(), data_of(17, r, 2).data(), 17 * 4), 0);
     std::vector<Buffer> wrong(dst.begin(), dst.end() - 1);
     EXPECT_EQ(store_->get_into(rr, wrong).code(), Status::Code::kInvalidArgument);
     ASSERT_TRUE(store_->release(rr));
@@ -198,7 +199,7 @@ TEST_F(ObjectStoreTest, ManyRefsInFlight) {
           continue;
         }
         auto expect = data_of(33 + static_cast<size_t>(i), left, 100 + i);
-        if (std::memcmp((*got)[0].buf.data, expect.data(), expect.size() * 4) == 0) ++ok;
+        if (testing::memcmp0((*got)[0].buf.data, expect.data(), expect.size() * 4) == 0) ++ok;
         if (!store_->release(r)) ADD_FAILURE() << "release " << i;
       }
     });
@@ -237,7 +238,7 @@ TEST_F(ObjectStoreTest, RefPassedThroughAThirdRank) {
     EXPECT_EQ(r->tensors[0].shape, (std::vector<int64_t>{256, 256}));
     auto got = store_->get(*r, 10s);
     ASSERT_TRUE(got) << got.status().message();
-    EXPECT_EQ(std::memcmp((*got)[0].buf.data, payload.data(), payload.size() * 4), 0);
+    EXPECT_EQ(testing::memcmp0((*got)[0].buf.data, payload.data(), payload.size() * 4), 0);
     ASSERT_TRUE(store_->release(*r));
   }
   if (me_ == 0) {

@@ -9,6 +9,11 @@
 
 namespace mobula::testing {
 
+// memcmp that accepts null pointers for empty ranges (std::memcmp does not: UBSan flags it).
+inline int memcmp0(const void* a, const void* b, size_t n) {
+  return n ? std::memcmp(a, b, n) : 0;
+}
+
 inline uint64_t mix(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;

@@ -64,7 +64,7 @@ TEST_P(WeightSyncTest, EveryRolloutGetsTheBitsAndVersionForEverySplit) {
           auto cur = store.current();
           EXPECT_EQ(cur->version, version);
           ASSERT_EQ(cur->params.size(), count);
-          EXPECT_EQ(std::memcmp(cur->params.data(), w.data(), count * 4), 0)
+          EXPECT_EQ(testing::memcmp0(cur->params.data(), w.data(), count * 4), 0)
               << "trainers " << trainers << " count " << count << " version " << version;
         }
       }
@@ -84,7 +84,7 @@ TEST_P(WeightSyncTest, SixtyFourMiBFromHalfTheRanks) {
   ASSERT_TRUE(s) << s.message();
   if (me >= trainers) {
     EXPECT_EQ(store.current()->version, 7);
-    EXPECT_EQ(std::memcmp(store.current()->params.data(), w.data(), count * 4), 0);
+    EXPECT_EQ(testing::memcmp0(store.current()->params.data(), w.data(), count * 4), 0);
   }
 }
 
@@ -108,8 +108,8 @@ TEST_P(WeightSyncTest, SourcesAreSpreadOverAllTrainers) {
     testing::pattern_fill(DType::kF32, src[static_cast<size_t>(t)].data(), count, t, 11);
   for (size_t k = 0; k * per < count; ++k) {
     const size_t len = std::min(per, count - k * per);
-    EXPECT_EQ(std::memcmp(store.current()->params.data() + k * per,
-                          src[k % static_cast<size_t>(trainers)].data() + k * per, len * 4),
+    EXPECT_EQ(testing::memcmp0(store.current()->params.data() + k * per,
+                               src[k % static_cast<size_t>(trainers)].data() + k * per, len * 4),
               0)
         << "bucket " << k << " did not come from trainer " << k % static_cast<size_t>(trainers);
   }
