@@ -20,6 +20,8 @@
 //  * WeightStore is thread-safe for current() against sync_weights() (samplers may read while the
 //    next version arrives); sync_weights() itself runs on one thread per rank.
 //  * Each message gets opt.timeout from its start; a dead or hung peer gives Status::timeout.
+//  * Uses the transport's user tags 65000 (headers) and 65001 (buckets): do not use them for other
+//    point-to-point traffic on the same transport while a sync runs.
 #pragma once
 
 #include <cstdint>
