@@ -146,7 +146,8 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::create(MPI_Comm comm, const Ob
   MOBULA_MPI(MPI_Comm_size(s->comm_, &s->size_));
   void* ub = nullptr;
   int flag = 0;
-  MOBULA_MPI(MPI_Comm_get_attr(s->comm_, MPI_TAG_UB, &ub, &flag));
+  // MPI_TAG_UB is defined on MPI_COMM_WORLD (split communicators do not carry it).
+  MOBULA_MPI(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag));
   const int tag_ub = flag ? *static_cast<int*>(ub) : 32767;
   s->reply_tags_ = std::min(1 << 20, (tag_ub - kFirstReplyTag - 2) / 2);
   if (s->reply_tags_ < 64) return Status::external("object store: MPI_TAG_UB " + std::to_string(tag_ub) + " too small");

@@ -146,6 +146,32 @@ TEST_F(ObjectStoreTest, PutGetFromEveryRankEverySize) {
   }
 }
 
+TEST(ObjectStoreSplit, WorksOnASplitCommunicator) {
+  int world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world);
+  MPI_Comm sub;
+  ASSERT_EQ(MPI_Comm_split(MPI_COMM_WORLD, world % 2, world, &sub), MPI_SUCCESS);
+  {
+    auto s = ObjectStore::create(sub);
+    ASSERT_TRUE(s) << s.status().message();
+    const int m = (*s)->size(), r = (*s)->rank();
+    auto ref = (*s)->put({Tensor::from_vector(data_of(1000, world, 1), {1000})});
+    ASSERT_TRUE(ref);
+    std::vector<uint64_t> ids(static_cast<size_t>(m));
+    MPI_Allgather(&ref->id, 1, MPI_UINT64_T, ids.data(), 1, MPI_UINT64_T, sub);
+    ObjectRef left = *ref;
+    left.owner = (r + m - 1) % m;
+    left.id = ids[static_cast<size_t>(left.owner)];
+    auto got = (*s)->get(left);
+    ASSERT_TRUE(got) << got.status().message();
+    const int left_world = world - 2 * (r - left.owner);  // same parity, group order = world order
+    EXPECT_EQ(testing::memcmp0((*got)[0].buf.data, data_of(1000, left_world, 1).data(), 4000), 0);
+    ASSERT_TRUE((*s)->release(left));
+    EXPECT_TRUE((*s)->wait_freed(*ref, 10s));
+  }
+  MPI_Comm_free(&sub);
+}
+
 TEST_F(ObjectStoreTest, ExplicitFreeAndUnknownRefs) {
   auto ref = store_->put({Tensor::from_vector(std::vector<float>{1, 2, 3}, {3})}, 1000);
   ASSERT_TRUE(ref);

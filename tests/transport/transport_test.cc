@@ -122,6 +122,24 @@ TEST_P(TransportTest, KokkosViewsAreBuffers) {
     for (int j = 0; j < 3; ++j) EXPECT_EQ(v(i, j), ranks * 1000.0 + n_ * (i * 3 + j)) << i << "," << j;
 }
 
+TEST_P(TransportTest, SplitCommunicatorsWork) {
+  // Role and link communicators come from MPI_Comm_split: ranks by parity form two groups.
+  int world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world);
+  MPI_Comm sub;
+  ASSERT_EQ(MPI_Comm_split(MPI_COMM_WORLD, world % 2, world, &sub), MPI_SUCCESS);
+  {
+    auto t = make_transport(GetParam(), sub);
+    ASSERT_TRUE(t) << t.status().message();
+    const int m = (*t)->size(), r = (*t)->rank();
+    std::vector<int64_t> v(1001, r + 1);
+    ASSERT_TRUE((*t)->allreduce(host_buffer(std::span<int64_t>(v)), ReduceOp::kSum));
+    for (int64_t x : v) ASSERT_EQ(x, int64_t{m} * (m + 1) / 2);
+    ASSERT_TRUE((*t)->barrier());
+  }
+  MPI_Comm_free(&sub);
+}
+
 TEST_P(TransportTest, TagsKeepMessagesApartAndInOrder) {
   if (n_ < 2) GTEST_SKIP() << "needs 2 ranks";
   if (me_ == 0) {
