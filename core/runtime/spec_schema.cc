@@ -76,7 +76,7 @@ std::vector<KeyDef> build_schema() {
                       "0: synchronous (on-policy). 1: one-step-off async: rollouts sample batch k+1 with the "
                       "previous weights while trainers train on batch k (PPO's ratio corrects the lag)."));
   s.push_back(int_key("rl.eval_problems", 100, 1, 1'000'000, "Held-out problems for the greedy accuracy."));
-  s.push_back(float_key("rl.lr", 1e-3, "RL learning rate (AdamW)."));
+  s.push_back(float_key("rl.lr", 3e-4, "RL learning rate (AdamW)."));
   s.push_back(float_key("rl.warm_start_lr", 3e-3, "Warm-start learning rate (AdamW)."));
   s.push_back(float_key("rl.clip", 0.2, "PPO clip range: ratios outside [1 - clip, 1 + clip_high] stop the gradient."));
   s.push_back(float_key("rl.clip_high", 0.28, "Upper PPO clip range (DAPO's clip-higher)."));
