@@ -476,7 +476,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         std::snprintf(buf, sizeof buf,
                       "%s{\"step\": %lld, \"reward\": %.4f, \"tokens_per_s\": %.1f, \"sync_ms\": %.2f, \"sample_s\": "
                       "%.4f, \"train_s\": %.4f, \"lag\": %lld}",
-                      steps_json.empty() ? "" : ", ", static_cast<long long>(k), reward, tps, t_sync * 1e3,
+                      steps_json.empty() ? "\n    " : ",\n    ", static_cast<long long>(k), reward, tps, t_sync * 1e3,
                       total.sample_seconds, t_train, static_cast<long long>(lag));
         steps_json += buf;
       }
@@ -505,7 +505,7 @@ Status run_grpo(const WorkloadContext& ctx) {
                   static_cast<long long>(spec.steps), rl.eval_problems, rl.max_staleness,
                   static_cast<long long>(max_lag), base_acc, *a, wall, rl_wall,
                   sum_step > 0 ? sum_tokens / sum_step : 0.0, sum_sync / n * 1e3, sum_sample / n, sum_train / n);
-    MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "]\n}\n"));
+    MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "\n  ]\n}\n"));
     // The trained policy (docs/formats/safetensors.md); trainers hold bitwise-identical replicas.
     MOBULA_RETURN_IF_ERROR(save_weights(spec.workdir + "/policy.safetensors", cfg, ts.model->params));
     spdlog::info("wrote {}/summary.json", spec.workdir);
