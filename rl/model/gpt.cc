@@ -58,6 +58,35 @@ std::vector<TensorInfo> gpt_tensors(const GptConfig& c) {
   return t;
 }
 
+GptOffsets gpt_offsets(const GptConfig& cfg) {
+  const auto table = gpt_tensors(cfg);
+  auto at = [&](const std::string& n) {
+    for (const auto& t : table)
+      if (t.name == n) return t.offset;
+    return size_t{0};  // unreachable: every name below is in the table
+  };
+  GptOffsets o{};
+  o.wte = at("wte");
+  o.wpe = at("wpe");
+  o.ln1w = at("h.0.ln1w");
+  o.ln1b = at("h.0.ln1b");
+  o.qkvw = at("h.0.qkvw");
+  o.qkvb = at("h.0.qkvb");
+  o.attprojw = at("h.0.attprojw");
+  o.attprojb = at("h.0.attprojb");
+  o.ln2w = at("h.0.ln2w");
+  o.ln2b = at("h.0.ln2b");
+  o.fcw = at("h.0.fcw");
+  o.fcb = at("h.0.fcb");
+  o.fcprojw = at("h.0.fcprojw");
+  o.fcprojb = at("h.0.fcprojb");
+  o.lnfw = at("lnfw");
+  o.lnfb = at("lnfb");
+  o.layer_stride = cfg.layers > 1 ? at("h.1.ln1w") - o.ln1w : 0;
+  o.count = table.back().offset + table.back().size();
+  return o;
+}
+
 int bucket_length(int t, int max_seq) {
   int b = 8;
   while (b < t) b *= 2;
@@ -163,30 +192,13 @@ struct Gpt<Exec>::P {
       *lnfw, *lnfb;
 };
 
-// Layer l's tensor of a per-layer parameter: base + l * (size of one layer's tensor).
+// Layer-0 pointers into a flat buffer; layer l's per-layer tensor is at + l * off_.layer_stride.
 template <class Exec>
 typename Gpt<Exec>::P Gpt<Exec>::param_ptrs(float* base) const {
-  // The table interleaves layers (h.0.* then h.1.* ...); P holds layer-0 pointers and the layer
-  // stride is the size of one layer block.
-  P p{};
-  auto at = [&](const std::string& n) { return base + tensor(n)->offset; };
-  p.wte = at("wte");
-  p.wpe = at("wpe");
-  p.ln1w = at("h.0.ln1w");
-  p.ln1b = at("h.0.ln1b");
-  p.qkvw = at("h.0.qkvw");
-  p.qkvb = at("h.0.qkvb");
-  p.attprojw = at("h.0.attprojw");
-  p.attprojb = at("h.0.attprojb");
-  p.ln2w = at("h.0.ln2w");
-  p.ln2b = at("h.0.ln2b");
-  p.fcw = at("h.0.fcw");
-  p.fcb = at("h.0.fcb");
-  p.fcprojw = at("h.0.fcprojw");
-  p.fcprojb = at("h.0.fcprojb");
-  p.lnfw = at("lnfw");
-  p.lnfb = at("lnfb");
-  return p;
+  const GptOffsets& o = off_;
+  return P{base + o.wte,      base + o.wpe,      base + o.ln1w, base + o.ln1b, base + o.qkvw, base + o.qkvb,
+           base + o.attprojw, base + o.attprojb, base + o.ln2w, base + o.ln2b, base + o.fcw,  base + o.fcb,
+           base + o.fcprojw,  base + o.fcprojb,  base + o.lnfw, base + o.lnfb};
 }
 
 template <class Exec>
@@ -198,7 +210,8 @@ Result<Gpt<Exec>> Gpt<Exec>::create(const GptConfig& cfg, int max_batch, bool re
   g.max_batch_ = max_batch;
   g.recompute_ = recompute;
   g.tensors_ = gpt_tensors(cfg);
-  g.num_params_ = g.tensors_.back().offset + g.tensors_.back().size();
+  g.off_ = gpt_offsets(cfg);
+  g.num_params_ = g.off_.count;
   g.params = Buffer("gpt_params", g.num_params_);
   g.grads = Buffer("gpt_grads", g.num_params_);
   g.acts_ =
@@ -304,7 +317,7 @@ void Gpt<Exec>::layer_forward(int l, int B, int T) {
   const P p = param_ptrs(params.data());
   const Scratch s = scratch_layout(cfg_, max_batch_);
   float* S = scratch_.data();
-  const size_t pl = tensor("h.1.ln1w") ? tensor("h.1.ln1w")->offset - tensor("h.0.ln1w")->offset : 0;  // layer stride
+  const size_t pl = off_.layer_stride;
   const int li = recompute_ ? 0 : l;  // slot of this layer's internal activations
   const size_t o = size_t(l) * pl;
   const float* residual = l == 0 ? A + a.encoded : A + a.residual3 + size_t(l - 1) * a.btc;
@@ -350,7 +363,7 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
   float* S = scratch_.data();
   const P p = param_ptrs(params.data());
   const P g = param_ptrs(grads.data());
-  const size_t pl = tensor("h.1.ln1w") ? tensor("h.1.ln1w")->offset - tensor("h.0.ln1w")->offset : 0;
+  const size_t pl = off_.layer_stride;
   float* dres = S + s.dresidual;
   float* dln = S + s.dln;
 

@@ -40,6 +40,16 @@ struct TensorInfo {
 // The parameter table of a config (names, shapes, offsets); same order as the flat buffer.
 std::vector<TensorInfo> gpt_tensors(const GptConfig& cfg);
 
+// Where every parameter tensor starts in the flat buffer (in floats), read off the table once:
+// per-layer tensors give layer 0's offset, layer l's is that + l * layer_stride. Used by the
+// training model and the sampler alike, so neither looks tensors up by name on a hot path.
+struct GptOffsets {
+  size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
+  size_t layer_stride;
+  size_t count;  // floats in the whole buffer
+};
+GptOffsets gpt_offsets(const GptConfig& cfg);
+
 // Smallest bucket >= t from {8, 16, 32, 64, 128, ...} capped at max_seq.
 int bucket_length(int t, int max_seq);
 
@@ -89,6 +99,7 @@ class Gpt {
   bool recompute_ = false;
   size_t num_params_ = 0;
   std::vector<TensorInfo> tensors_;
+  GptOffsets off_{};
   Buffer acts_;     // activations, sized for (max_batch, max_seq)
   Buffer scratch_;  // attention scratch and activation gradients
   Kokkos::View<int*, Mem> tokens_, targets_;

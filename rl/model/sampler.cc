@@ -99,6 +99,7 @@ Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, 
   s.cfg_ = cfg;
   s.max_rows_ = max_rows;
   s.max_len_ = max_len;
+  s.off_ = gpt_offsets(cfg);
   const size_t cache = size_t(cfg.layers) * max_rows * max_len * cfg.d_model;
   s.kcache_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "kv_k"), cache);
   s.vcache_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "kv_v"), cache);
@@ -124,12 +125,8 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
   Kokkos::deep_copy(tok_, tok_h_);
   Kokkos::deep_copy(pos_, pos_h_);
   Kokkos::deep_copy(slot_, slot_h_);
-  if (tensors_.empty()) tensors_ = gpt_tensors(cfg_);
-  auto at = [&](const std::string& n) {
-    for (const auto& t : tensors_)
-      if (t.name == n) return params.data() + t.offset;
-    return static_cast<float*>(nullptr);
-  };
+  const GptOffsets& o = off_;
+  float* const P = params.data();
   const Work w = work_layout(cfg_, R, max_len_);
   float* W = work_.data();
   float *x = W + w.x, *ln = W + w.ln, *qkv = W + w.qkv, *atty = W + w.atty, *res = W + w.res, *fch = W + w.fch,
@@ -137,8 +134,8 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
   const int* tok = tok_.data();
   const int* pos = pos_.data();
   const int* slot = slot_.data();
-  const float* wte = at("wte");
-  const float* wpe = at("wpe");
+  const float* wte = P + o.wte;
+  const float* wpe = P + o.wpe;
   Kokkos::parallel_for(
       "decode_embed", Range(0, R), KOKKOS_LAMBDA(long r) {
         const float* e = wte + long(tok[r]) * C;
@@ -147,11 +144,11 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
       });
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int l = 0; l < cfg_.layers; ++l) {
-    const std::string p = "h." + std::to_string(l) + ".";
+    const size_t lo = size_t(l) * o.layer_stride;              // this layer's offset from layer 0
     float* kc = kcache_.data() + size_t(l) * Rmax * Lmax * C;  // (Rmax, NH, Lmax, hs)
     float* vc = vcache_.data() + size_t(l) * Rmax * Lmax * C;
-    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, at(p + "ln1w"), at(p + "ln1b"), R, C);
-    K::matmul_forward<Exec>(qkv, ln, at(p + "qkvw"), at(p + "qkvb"), R, C, 3 * C);
+    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, P + o.ln1w + lo, P + o.ln1b + lo, R, C);
+    K::matmul_forward<Exec>(qkv, ln, P + o.qkvw + lo, P + o.qkvb + lo, R, C, 3 * C);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
     // (a transposed K made every store a cache miss: 35% of a decode step). The q.k dot products
     // use 16 independent partial sums, so they vectorize without reassociating (deterministic).
@@ -198,15 +195,15 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
             for (int d = 0; d < hs; ++d) y[d] += a * vrow[d];
           }
         });
-    K::matmul_forward<Exec>(res, atty, at(p + "attprojw"), at(p + "attprojb"), R, C, C);
+    K::matmul_forward<Exec>(res, atty, P + o.attprojw + lo, P + o.attprojb + lo, R, C, C);
     K::add_inplace<Exec>(res, x, long(R) * C);
-    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, res, at(p + "ln2w"), at(p + "ln2b"), R, C);
-    K::matmul_forward<Exec>(fch, ln, at(p + "fcw"), at(p + "fcb"), R, C, H);
+    K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, res, P + o.ln2w + lo, P + o.ln2b + lo, R, C);
+    K::matmul_forward<Exec>(fch, ln, P + o.fcw + lo, P + o.fcb + lo, R, C, H);
     K::gelu_forward<Exec>(fchg, fch, long(R) * H);
-    K::matmul_forward<Exec>(x, fchg, at(p + "fcprojw"), at(p + "fcprojb"), R, H, C);
+    K::matmul_forward<Exec>(x, fchg, P + o.fcprojw + lo, P + o.fcprojb + lo, R, H, C);
     K::add_inplace<Exec>(x, res, long(R) * C);
   }
-  K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, at("lnfw"), at("lnfb"), R, C);
+  K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, P + o.lnfw, P + o.lnfb, R, C);
   K::matmul_forward<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
   Kokkos::deep_copy(logits_h_, logits_);
   row_steps_ += R;
@@ -230,7 +227,7 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
   if (static_cast<int>(seeds.size()) != R)
     return Status::invalid_argument("Sampler: need one seed per row (" + std::to_string(R) + "), got " +
                                     std::to_string(seeds.size()));
-  if (params.extent(0) < gpt_tensors(cfg_).back().offset + gpt_tensors(cfg_).back().size())
+  if (params.extent(0) < off_.count)
     return Status::invalid_argument("Sampler: parameter buffer smaller than the model");
   for (int p = 0; p < P; ++p) {
     const auto& pr = prompts[size_t(p)];

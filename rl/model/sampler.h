@@ -73,7 +73,7 @@ class Sampler {
   Buffer logits_;
   typename Buffer::HostMirror logits_h_;
   long row_steps_ = 0;
-  std::vector<TensorInfo> tensors_;
+  GptOffsets off_{};
 };
 
 extern template class Sampler<Kokkos::DefaultExecutionSpace>;
