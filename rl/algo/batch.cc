@@ -5,6 +5,24 @@
 
 namespace mobula::rl {
 
+Datum completion_datum(std::span<const int> seq, size_t first, std::span<const float> logp_old, float advantage) {
+  Datum d;
+  d.tokens.assign(seq.begin(), seq.end() - 1);
+  d.target_tokens.assign(seq.begin() + 1, seq.end());
+  const size_t T = d.tokens.size();
+  d.weights.assign(T, 0.f);
+  for (size_t t = first - 1; t < T; ++t) d.weights[t] = 1.f;
+  if (!logp_old.empty()) {
+    d.logprobs_old.assign(T, 0.f);
+    d.advantages.assign(T, 0.f);
+    for (size_t k = 0; k < logp_old.size(); ++k) {
+      d.logprobs_old[first - 1 + k] = logp_old[k];
+      d.advantages[first - 1 + k] = advantage;
+    }
+  }
+  return d;
+}
+
 Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::vector<Datum>& batch,
                                                      const LossConfig& loss, double* tokens) {
   const int Tmax = model.config().max_seq;
@@ -87,6 +105,14 @@ Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::ve
   }
   *tokens = n_total;
   return out;
+}
+
+float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens) {
+  const float scale = static_cast<float>(1.0 / tokens);
+  float* g = model.grads.data();
+  Kokkos::parallel_for(
+      "scale_grads", Kokkos::RangePolicy<>(0, model.grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
+  return opt.step(model.params, model.grads);
 }
 
 }  // namespace mobula::rl

@@ -2,10 +2,12 @@
 // weights, backward. Shared by the local TrainingClient and the SPMD trainer role.
 #pragma once
 
+#include <span>
 #include <vector>
 
 #include "rl/algo/losses.h"
 #include "rl/model/gpt.h"
+#include "rl/optim/adamw.h"
 
 namespace mobula::rl {
 
@@ -35,10 +37,23 @@ struct ForwardBackwardOutput {
   std::vector<std::vector<float>> logprobs;  // per datum, per position (current policy)
 };
 
+// The datum that trains on seq[first..]: inputs seq[0..n-2], targets seq[1..n-1], weight 1 on the
+// positions that predict seq[first..] (first >= 1). When logp_old is given (one per trained
+// token, the behaviour policy's) it fills logprobs_old and every trained position gets `advantage`;
+// otherwise both stay empty (cross-entropy).
+Datum completion_datum(std::span<const int> seq, size_t first, std::span<const float> logp_old = {},
+                       float advantage = 0.0f);
+
 // Forward + backward of `batch` in microbatches of at most model.max_batch() rows. Gradients of the
 // loss's TOKEN SUM accumulate into model.grads (the caller divides by all tokens before the
 // optimizer step); *tokens receives the number of trained tokens. The returned stats are means.
 Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::vector<Datum>& batch,
                                                      const LossConfig& loss, double* tokens);
+
+// The optimizer step that goes with forward_backward_batch: divides the accumulated gradient token
+// sums by `tokens` (all trained tokens since the last step, over every replica) and applies `opt`
+// with its current config. Returns the gradient norm before clipping. The gradients are left
+// scaled; the caller zeroes them before the next accumulation.
+float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens);
 
 }  // namespace mobula::rl

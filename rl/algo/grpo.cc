@@ -11,11 +11,12 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+}  // namespace
+
 std::string completion_text(const Tokenizer& tok, std::vector<int> ids) {
   if (!ids.empty() && ids.back() == tok.eos()) ids.pop_back();
   return tok.decode(ids);
 }
-}  // namespace
 
 Result<Datum> sft_datum(const Tokenizer& tok, const TaskExample& ex) {
   auto p = tok.encode(ex.prompt);
@@ -25,12 +26,7 @@ Result<Datum> sft_datum(const Tokenizer& tok, const TaskExample& ex) {
   std::vector<int> seq = *p;
   seq.insert(seq.end(), a->begin(), a->end());
   seq.push_back(tok.eos());
-  Datum d;
-  d.tokens.assign(seq.begin(), seq.end() - 1);
-  d.target_tokens.assign(seq.begin() + 1, seq.end());
-  d.weights.assign(d.tokens.size(), 0.f);
-  for (size_t t = p->size() - 1; t < d.tokens.size(); ++t) d.weights[t] = 1.f;
-  return d;
+  return completion_datum(seq, p->size());
 }
 
 Result<GrpoStepStats> grpo_step(TrainingClient& client, const Task& task, const Tokenizer& tok, const GrpoConfig& cfg,
@@ -76,20 +72,10 @@ Result<GrpoStepStats> grpo_step(TrainingClient& client, const Task& task, const 
       if (s.tokens.empty()) continue;
       std::vector<int> seq = prompts[size_t(p)];
       seq.insert(seq.end(), s.tokens.begin(), s.tokens.end());
-      Datum d;
-      d.tokens.assign(seq.begin(), seq.end() - 1);
-      d.target_tokens.assign(seq.begin() + 1, seq.end());
-      const size_t T = d.tokens.size(), first = prompts[size_t(p)].size() - 1;
-      d.weights.assign(T, 0.f);
-      d.logprobs_old.assign(T, 0.f);
-      d.advantages.assign(T, 0.f);
-      for (size_t k = 0; k < s.tokens.size(); ++k) {
-        d.weights[first + k] = 1.f;
-        d.logprobs_old[first + k] = cfg.temperature == 1.0f ? s.model_logprobs[k] : s.logprobs[k];
-        d.advantages[first + k] = (*adv)[size_t(p * G + g)];
-      }
+      batch.push_back(completion_datum(seq, prompts[size_t(p)].size(),
+                                       cfg.temperature == 1.0f ? s.model_logprobs : s.logprobs,
+                                       (*adv)[size_t(p * G + g)]));
       st.completion_tokens += static_cast<long>(s.tokens.size());
-      batch.push_back(std::move(d));
     }
   LossConfig loss;
   loss.fn = LossFn::kPpo;

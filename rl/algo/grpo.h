@@ -45,6 +45,9 @@ Result<double> evaluate(TrainingClient& client, const Task& task, const Tokenize
 Result<double> evaluate_params(Sampler<>& sampler, const Kokkos::View<float*>& params, const Task& task,
                                const Tokenizer& tok, int n, int max_new_tokens);
 
+// The text of a completion: its tokens up to (not including) a final eos, decoded.
+std::string completion_text(const Tokenizer& tok, std::vector<int> ids);
+
 // Supervised datum: prompt + answer + eos, training the answer and eos positions.
 Result<Datum> sft_datum(const Tokenizer& tok, const TaskExample& ex);
 

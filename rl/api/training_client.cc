@@ -78,12 +78,8 @@ Future<OptimStepOutput> TrainingClient::optim_step(AdamParams p) {
     c.weight_decay = p.weight_decay;
     c.grad_clip = p.grad_clip;
     opt_->set_config(c);
-    const float scale = static_cast<float>(1.0 / tokens_since_step_);
-    float* g = model_->grads.data();
-    Kokkos::parallel_for(
-        "scale_grads", Kokkos::RangePolicy<>(0, model_->grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
     OptimStepOutput out;
-    out.grad_norm = opt_->step(model_->params, model_->grads);
+    out.grad_norm = step_token_mean(*model_, *opt_, tokens_since_step_);
     out.step = opt_->steps_done();
     model_->zero_grad();
     tokens_since_step_ = 0;

@@ -121,23 +121,6 @@ Status decode(const std::vector<uint8_t>& bytes, RolloutStats* st, std::vector<R
   return Status::ok();
 }
 
-Datum to_datum(const Record& r) {
-  Datum d;
-  d.tokens.assign(r.seq.begin(), r.seq.end() - 1);
-  d.target_tokens.assign(r.seq.begin() + 1, r.seq.end());
-  const size_t T = d.tokens.size();
-  d.weights.assign(T, 0.f);
-  d.logprobs_old.assign(T, 0.f);
-  d.advantages.assign(T, 0.f);
-  for (size_t k = 0; k < r.logp_old.size(); ++k) {
-    const size_t t = static_cast<size_t>(r.first) - 1 + k;
-    d.weights[t] = 1.f;
-    d.logprobs_old[t] = r.logp_old[k];
-    d.advantages[t] = r.advantage;
-  }
-  return d;
-}
-
 // ---- trainer: one data-parallel optimizer step over whatever batch this rank holds ------------
 struct TrainerState {
   std::unique_ptr<Gpt<>> model;
@@ -168,15 +151,10 @@ Result<StepResult> train_step(TrainerState& ts, const std::vector<Datum>& batch,
   if (sums[0] <= 0) return out;  // nothing to learn from (every group had equal rewards)
   out.loss = sums[1] / sums[0];
   out.clip_fraction = sums[2] / sums[0];
-  const float scale = static_cast<float>(1.0 / sums[0]);
-  float* gp = ts.model->grads.data();
-  Kokkos::parallel_for(
-      "grpo_scale_grads", Kokkos::RangePolicy<>(0, ts.model->grads.extent(0)),
-      KOKKOS_LAMBDA(long i) { gp[i] *= scale; });
   AdamWConfig c = ts.opt->config();
   c.lr = lr;
   ts.opt->set_config(c);
-  out.grad_norm = ts.opt->step(ts.model->params, ts.model->grads);
+  out.grad_norm = step_token_mean(*ts.model, *ts.opt, sums[0]);
   return out;
 }
 
@@ -377,9 +355,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       std::vector<float> rewards;
       for (size_t i = 0; i < prompts.size(); ++i)
         for (int g = 0; g < G; ++g) {
-          std::vector<int> ids = (*out)[i * size_t(G) + size_t(g)].tokens;
-          if (!ids.empty() && ids.back() == tok.eos()) ids.pop_back();
-          rewards.push_back(task.reward(ex[i], tok.decode(ids)));
+          rewards.push_back(task.reward(ex[i], completion_text(tok, (*out)[i * size_t(G) + size_t(g)].tokens)));
         }
       auto adv = group_advantages(rewards, G, true);
       if (!adv) return adv.status();
@@ -450,7 +426,8 @@ Status run_grpo(const WorkloadContext& ctx) {
         total.version = st.version;
       }
       std::vector<Datum> batch;
-      for (const auto& r : recs) batch.push_back(to_datum(r));
+      for (const auto& r : recs)
+        batch.push_back(completion_datum(r.seq, static_cast<size_t>(r.first), r.logp_old, r.advantage));
       const double tt0 = now();
       auto st = train_step(ts, batch, loss, static_cast<float>(rl.lr));
       if (!st) return st.status();

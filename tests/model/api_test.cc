@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "io/safetensors.h"
+#include "rl/algo/grpo.h"
 #include "rl/model/tokenizer.h"
 #include "rl/tasks/task.h"
 
@@ -25,20 +26,6 @@ ClientOptions opts(uint64_t seed = 3) {
   o.max_batch = 4;
   o.sample_rows = 16;
   return o;
-}
-
-// Supervised datum: prompt + answer + eos; trains the answer tokens and the eos.
-Datum sft_datum(const CharTokenizer& tok, const TaskExample& ex) {
-  std::vector<int> p = *tok.encode(ex.prompt), a = *tok.encode(ex.answer);
-  std::vector<int> seq = p;
-  seq.insert(seq.end(), a.begin(), a.end());
-  seq.push_back(tok.eos());
-  Datum d;
-  d.tokens.assign(seq.begin(), seq.end() - 1);
-  d.target_tokens.assign(seq.begin() + 1, seq.end());
-  d.weights.assign(d.tokens.size(), 0.f);
-  for (size_t t = p.size() - 1; t < d.tokens.size(); ++t) d.weights[t] = 1.f;
-  return d;
 }
 
 std::vector<float> weights_of(TrainingClient& c, const std::string& path) {
@@ -61,7 +48,7 @@ TEST(TrainingClient, CallsRunInSubmissionOrder) {
   std::vector<Future<ForwardBackwardOutput>> fbs;
   std::vector<Future<OptimStepOutput>> steps;
   for (int s = 0; s < 3; ++s) {
-    fbs.push_back((*c)->forward_backward({sft_datum(tok, (*task)->example(0, uint64_t(s)))}, {}));
+    fbs.push_back((*c)->forward_backward({*sft_datum(tok, (*task)->example(0, uint64_t(s)))}, {}));
     steps.push_back((*c)->optim_step({}));
   }
   auto last = (*c)->save_weights_for_sampler(testing::TempDir() + "/order.safetensors");
@@ -81,8 +68,8 @@ TEST(TrainingClient, TwoForwardBackwardsEqualOneOnTheConcatenation) {
   auto task = make_task("addition", 2);
   CharTokenizer tok((*task)->alphabet());
   std::vector<Datum> first, second;
-  for (int i = 0; i < 3; ++i) first.push_back(sft_datum(tok, (*task)->example(1, uint64_t(i))));
-  for (int i = 3; i < 8; ++i) second.push_back(sft_datum(tok, (*task)->example(1, uint64_t(i))));  // other size
+  for (int i = 0; i < 3; ++i) first.push_back(*sft_datum(tok, (*task)->example(1, uint64_t(i))));
+  for (int i = 3; i < 8; ++i) second.push_back(*sft_datum(tok, (*task)->example(1, uint64_t(i))));  // other size
   std::vector<Datum> all = first;
   all.insert(all.end(), second.begin(), second.end());
   ASSERT_TRUE((*a)->forward_backward(first, {}).get().is_ok());
@@ -107,7 +94,7 @@ TEST(TrainingClient, StateRoundTripIsBitwise) {
   CharTokenizer tok((*task)->alphabet());
   auto train = [&](TrainingClient& c, int from, int to) {
     for (int s = from; s < to; ++s) {
-      ASSERT_TRUE(c.forward_backward({sft_datum(tok, (*task)->example(2, uint64_t(s)))}, {}).get().is_ok());
+      ASSERT_TRUE(c.forward_backward({*sft_datum(tok, (*task)->example(2, uint64_t(s)))}, {}).get().is_ok());
       ASSERT_TRUE(c.optim_step({}).get().is_ok());
     }
   };
@@ -158,7 +145,7 @@ TEST(TrainingClient, SftLearnsAddition) {
   double first = 0, last = 0;
   for (int s = 0; s < 400; ++s) {
     std::vector<Datum> batch;
-    for (int i = 0; i < 32; ++i) batch.push_back(sft_datum(tok, (*task)->example(5, uint64_t(s * 32 + i))));
+    for (int i = 0; i < 32; ++i) batch.push_back(*sft_datum(tok, (*task)->example(5, uint64_t(s * 32 + i))));
     auto fb = (*c)->forward_backward(batch, {});
     auto st = (*c)->optim_step(ap);
     ASSERT_TRUE(fb.get().is_ok() && st.get().is_ok());
