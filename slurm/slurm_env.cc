@@ -13,11 +13,7 @@ std::string env(const char* n) {
   return v ? v : "";
 }
 int env_int(const char* n, int def) {
-  const std::string v = env(n);
-  if (v.empty()) return def;
-  char* end = nullptr;
-  const long x = std::strtol(v.c_str(), &end, 10);
-  return (end && *end == '\0') ? static_cast<int>(x) : def;
+  return static_cast<int>(env_long(n, def));
 }
 }  // namespace
 

@@ -30,7 +30,6 @@ std::string host_name() {
   return buf;
 }
 
-namespace {
 long env_long(const std::string& name, long def) {
   const char* v = std::getenv(name.c_str());
   if (!v || !*v) return def;
@@ -38,7 +37,6 @@ long env_long(const std::string& name, long def) {
   const long x = std::strtol(v, &end, 10);
   return (end && *end == '\0') ? x : def;
 }
-}  // namespace
 
 int slurm_het_group() {
   // Explicit override (e.g. from a wrapper script) wins.

@@ -36,6 +36,8 @@ class Environment {
 
 // Node name as described above; usable without MPI.
 std::string host_name();
+// Integer value of environment variable `name`; `def` when unset, empty or not an integer.
+long env_long(const std::string& name, long def);
 // Slurm heterogeneous-job component of this process (-1 if none); usable without MPI.
 int slurm_het_group();
 
