@@ -3,6 +3,7 @@
 
 #include "core/config.h"
 #include "launch/commands.h"
+#include "launch/step.h"
 
 namespace mobula::launch {
 
@@ -40,6 +41,19 @@ int mobula_main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "What every rank runs under mpirun/srun (not started by hand)");
   add_spec_args(worker, &worker_a);
 
+  double step_grace = 15;
+  std::string step_record_dir;
+  std::vector<std::string> step_cmd;
+  auto* step = app.add_subcommand(
+      "step",
+      "Run a job step from a batch script (mobula step -- srun ...) and return its exit code even if srun "
+      "hangs after the step ended");
+  step->add_option("--grace", step_grace, "Seconds srun may outlive its finished step (default 15)")
+      ->check(CLI::PositiveNumber);
+  step->add_option("--record-dir", step_record_dir,
+                   "Shared directory for the ranks' exit records (default: ./.mobula-step-JOBID-PID)");
+  step->add_option("command", step_cmd, "The srun command line, after --")->required()->expected(-1);
+
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
   try {
@@ -55,6 +69,7 @@ int mobula_main(int argc, char** argv) {
   if (check->parsed()) return cmd_check(check_a, check_np, check_all);
   if (run->parsed()) return cmd_run(run_a, run_np, run_mpiexec);
   if (worker->parsed()) return cmd_worker(worker_a, argc, argv);
+  if (step->parsed()) return cmd_step(step_grace, step_record_dir, step_cmd);
   return cmd_version();
 }
 

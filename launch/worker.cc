@@ -11,6 +11,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -22,6 +23,7 @@
 #include "core/runtime/spec.h"
 #include "core/transport/choice.h"
 #include "launch/commands.h"
+#include "launch/step.h"
 #include "rl/roles/workload.h"
 
 namespace mobula::launch {
@@ -99,23 +101,35 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
 }  // namespace
 
 int cmd_worker(const SpecArgs& a, int argc, char** argv) {
-  auto env = Environment::init(&argc, &argv);
-  if (!env) {
-    std::fprintf(stderr, "mobula worker: %s\n", env.status().message().c_str());
+  int rank = -1, size = 0;
+  const int rc = [&] {
+    auto env = Environment::init(&argc, &argv);
+    if (!env) {
+      std::fprintf(stderr, "mobula worker: %s\n", env.status().message().c_str());
+      return 1;
+    }
+    rank = (*env)->rank();
+    size = (*env)->size();
+    init_logging("rank " + std::to_string(rank) + "/" + std::to_string(size) + " " + (*env)->host());
+    const Status st = run_rank(a, **env);
+    if (st.is_ok()) return 0;
+    if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {
+      // Deterministic on every rank: one line from rank 0, clean exit everywhere.
+      if (rank == 0) std::fprintf(stderr, "%s\n", st.message().c_str());
+      return st.exit_code();
+    }
+    spdlog::error("{}", st.message());
+    spdlog::shutdown();
+    MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
+  }();  // MPI_Finalize ran here (Environment's destructor)
+  if (rank >= 0) {
+    if (const char* dir = std::getenv(kStepRecordDirEnv); dir && *dir) {
+      const Status st = write_step_record(dir, {rank, size, rc});
+      if (!st.is_ok()) std::fprintf(stderr, "mobula worker: rank %d: %s\n", rank, st.message().c_str());
+    }
   }
-  init_logging("rank " + std::to_string((*env)->rank()) + "/" + std::to_string((*env)->size()) + " " + (*env)->host());
-  const Status st = run_rank(a, **env);
-  if (st.is_ok()) return 0;
-  if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {
-    // Deterministic on every rank: one line from rank 0, clean exit everywhere.
-    if ((*env)->rank() == 0) std::fprintf(stderr, "%s\n", st.message().c_str());
-    return st.exit_code();
-  }
-  spdlog::error("{}", st.message());
-  spdlog::shutdown();
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  return 1;
+  return rc;
 }
 
 }  // namespace mobula::launch

@@ -88,6 +88,23 @@ Result<JobInfo> show_job(const std::string& id) {
   return parse_job_line(leader);
 }
 
+Result<std::vector<std::string>> job_steps(const std::string& id) {
+  auto out = checked({"squeue", "-h", "-s", "-j", id, "-o", "%i"}, 30);
+  if (!out) return out.status();
+  std::vector<std::string> steps;
+  std::istringstream in(*out);
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+    const auto dot = line.rfind('.');
+    if (dot == std::string::npos) continue;
+    const std::string step = line.substr(dot + 1);
+    if (step == "batch" || step == "extern" || step == "interactive") continue;
+    steps.push_back(line);
+  }
+  return steps;
+}
+
 Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {

@@ -27,6 +27,9 @@ Result<JobInfo> show_job(const std::string& id);
 // Polls show_job every poll_s until the job is in a terminal state; Status::timeout after timeout_s.
 // (sbatch --wait backs off to 10+ s between polls, which made short test jobs take 40 s.)
 Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s = 0.25);
+// `squeue -h -s -j ID -o %i`: the job's running steps that run user tasks (ids like "84.0" or,
+// for a het step, "84+1.0"); the batch, extern and interactive steps are left out.
+Result<std::vector<std::string>> job_steps(const std::string& id);
 // Parses one `scontrol -o show job` line; exposed for tests.
 Result<JobInfo> parse_job_line(const std::string& line);
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 extern char** environ;
 
@@ -113,7 +114,13 @@ Result<ProcessResult> run_capture(const std::vector<std::string>& argv, double t
 }
 
 Result<int> run_inherit(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env) {
+  return run_inherit_watched(argv, extra_env, Watch{});
+}
+
+Result<int> run_inherit_watched(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                                const Watch& watch) {
   if (argv.empty()) return Status::invalid_argument("run_inherit: empty command");
+  if (watch.killed) *watch.killed = false;
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     const std::string kv(*e);
@@ -140,7 +147,34 @@ Result<int> run_inherit(const std::vector<std::string>& argv, const std::vector<
   } else {
     g_child = pid;
     int ws = 0;
-    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    if (!watch.should_kill) {
+      while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+      }
+    } else {
+      using clock = std::chrono::steady_clock;
+      const auto poll = std::chrono::duration<double>(watch.poll_s);
+      auto next = clock::now() + poll;
+      std::optional<clock::time_point> kill_at;
+      bool terminated = false;
+      for (;;) {
+        const pid_t w = waitpid(pid, &ws, WNOHANG);
+        if (w == pid || (w < 0 && errno != EINTR)) break;
+        if (kill_at && clock::now() >= *kill_at) {
+          kill(pid, SIGKILL);
+          kill_at.reset();
+        }
+        if (!terminated && clock::now() >= next) {
+          next = clock::now() + poll;
+          if (watch.should_kill()) {
+            terminated = true;
+            if (watch.killed) *watch.killed = true;
+            kill(pid, SIGTERM);
+            kill_at = clock::now() +
+                      std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(watch.kill_grace_s));
+          }
+        }
+        usleep(50 * 1000);
+      }
     }
     g_child = 0;
     out = decode(ws);

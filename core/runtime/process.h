@@ -3,6 +3,7 @@
 // whose MPI forbids fork() (the launcher calls these before starting MPI).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +25,17 @@ Result<ProcessResult> run_capture(const std::vector<std::string>& argv, double t
 // Runs argv with inherited stdio and extra environment (NAME=VALUE), forwarding SIGINT/SIGTERM/
 // SIGUSR1 to the child; returns its exit code (128 + signal when killed).
 Result<int> run_inherit(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {});
+
+// As run_inherit, and every poll_s seconds while the child runs, calls watch(); when it returns
+// true the child gets SIGTERM, then SIGKILL after kill_grace_s. `*killed` says whether that happened.
+struct Watch {
+  std::function<bool()> should_kill;
+  double poll_s = 1.0;
+  double kill_grace_s = 5.0;
+  bool* killed = nullptr;
+};
+Result<int> run_inherit_watched(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                                const Watch& watch);
 
 // "a b 'c d'" for messages.
 std::string join_command(const std::vector<std::string>& argv);

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "core/runtime/process.h"
@@ -84,12 +85,13 @@ TEST_F(Sbatch, MpiJobAcrossTwoNodes) {
 TEST_F(Sbatch, HetJobGroupsDefineRoles) {
   // Component 0 (cpu partition, n3) hosts the embed rank, component 1 (gpu partition, n1+n2) the
   // trainers. World rank 0 is therefore on n3 and must become the embed rank, not a trainer.
+  // `mobula step` guards against Slurm 22.05's srun hanging after a het PMIx step has ended.
   const std::string script =
       "#!/bin/bash\n"
       "#SBATCH -J mobula-het -t 5 -p cpu -N 1 -n 1\n"
       "#SBATCH hetjob\n"
       "#SBATCH -p gpu -N 2 -n 2 --ntasks-per-node=1\n" +
-      std::string(kMpiEnv) + "srun --het-group=0,1 --mpi=pmix " + kExe + " worker " + kSrc +
+      std::string(kMpiEnv) + kExe + " step -- srun --het-group=0,1 --mpi=pmix " + kExe + " worker " + kSrc +
       "/examples/hetjob.toml --set roles.embed.het_group=0 --set roles.trainer.het_group=1 --set job.workdir=" +
       dir_.string() + "/run\n";
   const auto [rc, out] = run_job(script);
@@ -98,6 +100,31 @@ TEST_F(Sbatch, HetJobGroupsDefineRoles) {
   EXPECT_NE(out.find("   1  trainer   0/2          1  n1"), std::string::npos) << out;
   EXPECT_NE(out.find("   2  trainer   1/2          1  n2"), std::string::npos) << out;
   EXPECT_NE(out.find("layout check passed: 3 ranks, 2 roles, 1 links, 2 steps"), std::string::npos) << out;
+}
+
+TEST_F(Sbatch, StepGuardEndsAnSrunThatOutlivesItsStep) {
+  // Stand-in for the hung srun: the step ends, then the guarded command keeps running. The guard
+  // stops it after --grace and returns the exit code the 4 workers recorded.
+  const auto [rc, out] =
+      run_job("#!/bin/bash\n#SBATCH -p gpu -N 2 -n 4 --ntasks-per-node=2 -t 5\n" + std::string(kMpiEnv) + kExe +
+              " step --grace 2 -- bash -c 'srun --mpi=pmix " + kExe + " worker " + kSrc +
+              "/examples/minimal.toml --set job.workdir=" + dir_.string() + "/run; exec sleep 600'\n");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("layout check passed"), std::string::npos) << out;
+  EXPECT_NE(out.find("has not exited"), std::string::npos) << out;
+  EXPECT_NE(out.find("all ranks recorded their exit codes; step exit code 0"), std::string::npos) << out;
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 3) << "record dir left behind";
+}
+
+TEST_F(Sbatch, StepGuardFailsWithoutRecords) {
+  // A step whose tasks record nothing (not mobula workers) cannot be vouched for: exit 1.
+  const auto [rc, out] =
+      run_job("#!/bin/bash\n#SBATCH -p gpu -N 1 -n 1 -t 5\n" + kExe +
+              " step --grace 2 -- bash -c 'srun -n 1 sleep 2; exec sleep 600'\necho \"after step $?\"\n");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("has not exited"), std::string::npos) << out;
+  EXPECT_NE(out.find("no rank recorded an exit code; the step failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("after step 1"), std::string::npos) << out;
 }
 
 TEST_F(Sbatch, GrpoAcrossTwoNodes) {

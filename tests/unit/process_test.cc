@@ -45,6 +45,47 @@ TEST(Process, InheritPassesEnvironment) {
   EXPECT_EQ(*r2, 7);
 }
 
+TEST(Process, WatchStopsAChildOnRequest) {
+  // The watch says "stop" on its third poll: SIGTERM ends `sleep`, reported as 128 + 15.
+  int polls = 0;
+  bool killed = false;
+  Watch w;
+  w.poll_s = 0.05;
+  w.killed = &killed;
+  w.should_kill = [&] { return ++polls == 3; };
+  auto rc = run_inherit_watched({"sleep", "30"}, {}, w);
+  ASSERT_TRUE(rc.is_ok()) << rc.status().message();
+  EXPECT_EQ(*rc, 128 + 15);
+  EXPECT_TRUE(killed);
+  EXPECT_EQ(polls, 3);
+}
+
+TEST(Process, WatchEscalatesToSigkill) {
+  // A child that ignores SIGTERM gets SIGKILL after kill_grace_s.
+  bool killed = false;
+  Watch w;
+  w.poll_s = 0.05;
+  w.kill_grace_s = 0.3;
+  w.killed = &killed;
+  w.should_kill = [] { return true; };
+  auto rc = run_inherit_watched({"sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"}, {}, w);
+  ASSERT_TRUE(rc.is_ok()) << rc.status().message();
+  EXPECT_EQ(*rc, 128 + 9);
+  EXPECT_TRUE(killed);
+}
+
+TEST(Process, WatchLeavesAFinishingChildAlone) {
+  bool killed = true;
+  Watch w;
+  w.poll_s = 0.05;
+  w.killed = &killed;
+  w.should_kill = [] { return false; };
+  auto rc = run_inherit_watched({"sh", "-c", "sleep 0.2; exit 4"}, {}, w);
+  ASSERT_TRUE(rc.is_ok()) << rc.status().message();
+  EXPECT_EQ(*rc, 4);
+  EXPECT_FALSE(killed);
+}
+
 TEST(Process, JoinQuotes) {
   EXPECT_EQ(join_command({"a", "b c", "it's"}), "a 'b c' 'it'\\''s'");
 }

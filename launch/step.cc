@@ -1,0 +1,166 @@
+#include "launch/step.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "core/runtime/process.h"
+#include "slurm/jobs.h"
+
+namespace mobula::launch {
+
+namespace fs = std::filesystem;
+
+Status write_step_record(const std::string& dir, const StepRecord& r) {
+  const fs::path final_path = fs::path(dir) / ("rank-" + std::to_string(r.rank) + ".rc");
+  const fs::path tmp = fs::path(dir) / (".rank-" + std::to_string(r.rank) + ".rc.tmp");
+  {
+    std::ofstream out(tmp);
+    out << r.rank << ' ' << r.size << ' ' << r.exit_code << '\n';
+    out.close();
+    if (!out) return Status::io(tmp.string() + ": cannot write the step record");
+  }
+  std::error_code ec;
+  fs::rename(tmp, final_path, ec);
+  if (ec) return Status::io("rename " + tmp.string() + " -> " + final_path.string() + ": " + ec.message());
+  return Status::ok();
+}
+
+Result<std::vector<StepRecord>> read_step_records(const std::string& dir) {
+  std::vector<StepRecord> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("rank-", 0) != 0 || e.path().extension() != ".rc") continue;
+    std::ifstream in(e.path());
+    StepRecord r;
+    std::string rest;
+    if (!(in >> r.rank >> r.size >> r.exit_code) || (in >> rest) || r.rank < 0 || r.size <= 0 || r.rank >= r.size)
+      return Status::io(e.path().string() + ": malformed step record (want 'rank size exit_code')");
+    out.push_back(r);
+  }
+  if (ec) return Status::io(dir + ": " + ec.message());
+  return out;
+}
+
+Result<int> combine_step_records(const std::vector<StepRecord>& records) {
+  if (records.empty()) return Status::not_found("no rank recorded an exit code");
+  const int size = records.front().size;
+  std::set<int> seen;
+  int code = 0;
+  for (const auto& r : records) {
+    if (r.size != size)
+      return Status::io("step records disagree on the world size (" + std::to_string(size) + " vs " +
+                        std::to_string(r.size) + ")");
+    seen.insert(r.rank);
+    code = std::max(code, r.exit_code);
+  }
+  if (static_cast<int>(seen.size()) != size) {
+    std::string missing;
+    int listed = 0;
+    for (int r = 0; r < size && listed < 8; ++r)
+      if (!seen.count(r)) {
+        missing += (missing.empty() ? "" : ",") + std::to_string(r);
+        ++listed;
+      }
+    return Status::not_found(std::to_string(size - static_cast<int>(seen.size())) + " of " + std::to_string(size) +
+                             " ranks recorded no exit code (ranks " + missing + (listed == 8 ? ",..." : "") + ")");
+  }
+  return code;
+}
+
+int cmd_step(double grace_s, const std::string& record_dir, const std::vector<std::string>& command) {
+  const char* job = std::getenv("SLURM_JOB_ID");
+  if (!job || !*job) {
+    std::fprintf(stderr, "mobula step: SLURM_JOB_ID is not set; run it inside an sbatch script or salloc\n");
+    return 2;
+  }
+  if (command.empty()) {
+    std::fprintf(stderr, "mobula step: no command; usage: mobula step -- srun ARGS...\n");
+    return 2;
+  }
+  const std::string dir =
+      record_dir.empty()
+          ? (fs::current_path() / (".mobula-step-" + std::string(job) + "-" + std::to_string(getpid()))).string()
+          : record_dir;
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  fs::create_directories(dir, ec);
+  if (ec) {
+    std::fprintf(stderr,
+                 "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
+                 dir.c_str(), ec.message().c_str());
+    return 1;
+  }
+
+  // Steps already running (another step of the same job) are not ours.
+  std::set<std::string> before;
+  if (auto s = slurm::job_steps(job)) before.insert(s->begin(), s->end());
+
+  using clock = std::chrono::steady_clock;
+  bool seen = false;
+  std::optional<clock::time_point> done_since;
+  std::string ours;
+  Watch watch;
+  bool killed = false;
+  watch.killed = &killed;
+  watch.poll_s = std::min(2.0, std::max(0.2, grace_s / 4));
+  watch.should_kill = [&] {
+    auto steps = slurm::job_steps(job);
+    if (!steps) return false;  // squeue trouble is not evidence of a hang
+    bool running = false;
+    for (const auto& s : *steps)
+      if (!before.count(s)) {
+        running = true;
+        if (ours.empty()) ours = s;
+      }
+    if (running) {
+      seen = true;
+      done_since.reset();
+      return false;
+    }
+    // A step shorter than one poll may never be listed; complete records prove it ran and ended.
+    if (!seen) {
+      auto records = read_step_records(dir);
+      if (!records || !combine_step_records(*records)) return false;
+    }
+    const auto now = clock::now();
+    if (!done_since) done_since = now;
+    if (std::chrono::duration<double>(now - *done_since).count() >= grace_s) {
+      std::fprintf(stderr,
+                   "mobula step: step %s ended %.0f s ago but '%s' has not exited (Slurm's srun can hang after a "
+                   "heterogeneous PMIx step); stopping it and taking the exit code from the ranks' records\n",
+                   ours.empty() ? "(not seen)" : ours.c_str(), grace_s, command.front().c_str());
+      return true;
+    }
+    return false;
+  };
+  auto rc = run_inherit_watched(command, {std::string(kStepRecordDirEnv) + "=" + dir}, watch);
+  int code = 1;
+  if (!rc) {
+    std::fprintf(stderr, "mobula step: %s\n", rc.status().message().c_str());
+  } else if (!killed) {
+    code = *rc;
+  } else {
+    auto records = read_step_records(dir);
+    auto combined = records ? combine_step_records(*records) : Result<int>(records.status());
+    if (combined) {
+      code = *combined;
+      std::fprintf(stderr, "mobula step: all ranks recorded their exit codes; step exit code %d\n", code);
+    } else {
+      std::fprintf(stderr, "mobula step: %s; the step failed\n", combined.status().message().c_str());
+    }
+  }
+  fs::remove_all(dir, ec);
+  return code;
+}
+
+}  // namespace mobula::launch

@@ -1,0 +1,37 @@
+// `mobula step [--grace S] -- srun ARGS...`: runs one job step from a batch script and returns its
+// exit code, also when srun itself does not exit after the step has ended.
+//
+// Why: Slurm 22.05's srun sometimes hangs after a heterogeneous step with --mpi=pmix has ended
+// (every task exited, slurmctld no longer lists the step, srun stays blocked joining its PMIx
+// abort-agent thread; seen ~1 in 6 het steps on the local test cluster). The batch script would
+// then sit until the time limit. The guard watches the job's steps with squeue; once the step it
+// started has been gone for `grace` seconds and srun is still alive, srun is stopped and the exit
+// code comes from the per-rank records the workers write after MPI_Finalize.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/runtime/status.h"
+
+namespace mobula::launch {
+
+// Set by `mobula step` for the workers: where each rank records its exit code.
+inline constexpr const char* kStepRecordDirEnv = "MOBULA_STEP_RECORD_DIR";
+
+struct StepRecord {
+  int rank = 0;
+  int size = 0;
+  int exit_code = 0;
+};
+
+// DIR/rank-<rank>.rc, "rank size exit_code", written under a temporary name and renamed.
+Status write_step_record(const std::string& dir, const StepRecord& r);
+// Every rank-*.rc in dir; a malformed file is an error naming it.
+Result<std::vector<StepRecord>> read_step_records(const std::string& dir);
+// The step's exit code from the records (the largest one), or an error naming the missing ranks.
+Result<int> combine_step_records(const std::vector<StepRecord>& records);
+
+int cmd_step(double grace_s, const std::string& record_dir, const std::vector<std::string>& command);
+
+}  // namespace mobula::launch
