@@ -41,6 +41,12 @@ int mobula_main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "What every rank runs under mpirun/srun (not started by hand)");
   add_spec_args(worker, &worker_a);
 
+  SpecArgs submit_a;
+  bool submit_dry = false;
+  auto* submit = app.add_subcommand("submit", "Render the job's sbatch script into its work dir and submit it");
+  add_spec_args(submit, &submit_a);
+  submit->add_flag("--dry-run", submit_dry, "Print the batch script; write and submit nothing");
+
   double step_grace = 15;
   std::string step_record_dir;
   std::vector<std::string> step_cmd;
@@ -69,6 +75,7 @@ int mobula_main(int argc, char** argv) {
   if (check->parsed()) return cmd_check(check_a, check_np, check_all);
   if (run->parsed()) return cmd_run(run_a, run_np, run_mpiexec);
   if (worker->parsed()) return cmd_worker(worker_a, argc, argv);
+  if (submit->parsed()) return cmd_submit(submit_a, submit_dry);
   if (step->parsed()) return cmd_step(step_grace, step_record_dir, step_cmd);
   return cmd_version();
 }

@@ -15,6 +15,7 @@ struct SpecArgs {
 int cmd_check(const SpecArgs& a, int np, bool all_keys);
 int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
 int cmd_worker(const SpecArgs& a, int argc, char** argv);
+int cmd_submit(const SpecArgs& a, bool dry_run);
 int cmd_version();
 
 // Entry point of the `mobula` executable.

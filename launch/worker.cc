@@ -10,6 +10,7 @@
 // with MPI_Abort so the job never hangs.
 #include <mpi.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -100,7 +101,17 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
 
 }  // namespace
 
+namespace {
+// Slurm's pre-timeout signal (slurm.signal, default USR1) must not kill the rank (the default
+// action); until checkpoint-on-signal exists the worker notes it and runs on.
+volatile std::sig_atomic_t g_pre_timeout_signal = 0;
+void on_pre_timeout_signal(int sig) {
+  g_pre_timeout_signal = sig;
+}
+}  // namespace
+
 int cmd_worker(const SpecArgs& a, int argc, char** argv) {
+  for (int sig : {SIGUSR1, SIGUSR2}) std::signal(sig, on_pre_timeout_signal);
   int rank = -1, size = 0;
   const int rc = [&] {
     auto env = Environment::init(&argc, &argv);
@@ -112,6 +123,11 @@ int cmd_worker(const SpecArgs& a, int argc, char** argv) {
     size = (*env)->size();
     init_logging("rank " + std::to_string(rank) + "/" + std::to_string(size) + " " + (*env)->host());
     const Status st = run_rank(a, **env);
+    if (g_pre_timeout_signal)
+      spdlog::warn(
+          "received signal {} (Slurm's pre-timeout signal?) during the run; checkpoint-on-signal is not "
+          "built yet, so the job ran on",
+          static_cast<int>(g_pre_timeout_signal));
     if (st.is_ok()) return 0;
     if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {
       // Deterministic on every rank: one line from rank 0, clean exit everywhere.

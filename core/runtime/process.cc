@@ -20,7 +20,8 @@ std::string join_command(const std::vector<std::string>& argv) {
   std::string out;
   for (const auto& a : argv) {
     if (!out.empty()) out += ' ';
-    if (a.find_first_of(" \t'\"$") == std::string::npos && !a.empty()) {
+    if (!a.empty() && a.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./=:,+-@%") ==
+                          std::string::npos) {
       out += a;
     } else {
       out += '\'';

@@ -37,7 +37,8 @@ struct Watch {
 Result<int> run_inherit_watched(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
                                 const Watch& watch);
 
-// "a b 'c d'" for messages.
+// "a b 'c d'": POSIX-shell quoting (every character outside [A-Za-z0-9_./=:,+-@%] is quoted), for
+// messages and rendered scripts.
 std::string join_command(const std::vector<std::string>& argv);
 
 }  // namespace mobula

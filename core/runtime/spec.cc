@@ -4,6 +4,7 @@
 
 #include <toml++/toml.h>
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -235,6 +236,18 @@ const T& get(const std::map<std::string, std::pair<SpecValue, std::string>>& m, 
 
 }  // namespace
 
+SlurmResources SlurmResources::inherit(const SlurmResources& g) const {
+  SlurmResources r = *this;
+  for (auto [mine, theirs] :
+       {std::pair{&r.partition, &g.partition}, std::pair{&r.account, &g.account}, std::pair{&r.qos, &g.qos},
+        std::pair{&r.constraint, &g.constraint}, std::pair{&r.gres, &g.gres}})
+    if (mine->empty()) *mine = *theirs;
+  for (auto [mine, theirs] : {std::pair{&r.nodes, &g.nodes}, std::pair{&r.tasks_per_node, &g.tasks_per_node},
+                              std::pair{&r.gpus_per_node, &g.gpus_per_node}})
+    if (*mine == 0) *mine = *theirs;
+  return r;
+}
+
 int JobSpec::total_ranks() const {
   int n = 0;
   for (const auto& r : roles) n += r.ranks;
@@ -337,6 +350,58 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   for (const char* k : {"rl.lr", "rl.warm_start_lr", "rl.clip", "rl.clip_high", "rl.temperature"})
     if (!(get<double>(L.set, k) >= 0) || !std::isfinite(get<double>(L.set, k)))
       return Status::invalid_spec(L.where_of(k) + ": " + k + ": must be a finite number >= 0");
+  {
+    auto& sl = spec.slurm;
+    const auto res = [&](const std::string& prefix) {
+      SlurmResources r;
+      r.partition = get<std::string>(L.set, prefix + "partition");
+      r.account = get<std::string>(L.set, prefix + "account");
+      r.qos = get<std::string>(L.set, prefix + "qos");
+      r.constraint = get<std::string>(L.set, prefix + "constraint");
+      r.gres = get<std::string>(L.set, prefix + "gres");
+      r.nodes = static_cast<int>(get<int64_t>(L.set, prefix + "nodes"));
+      r.tasks_per_node = static_cast<int>(get<int64_t>(L.set, prefix + "tasks_per_node"));
+      r.gpus_per_node = static_cast<int>(get<int64_t>(L.set, prefix + "gpus_per_node"));
+      return r;
+    };
+    sl.job = res("slurm.");
+    for (const auto& r : known_roles()) sl.role[r] = res("slurm." + r + ".");
+    sl.time = get<std::string>(L.set, "slurm.time");
+    sl.extra = get<std::vector<std::string>>(L.set, "slurm.extra");
+    sl.env = get<std::vector<std::string>>(L.set, "slurm.env");
+    sl.requeue = get<bool>(L.set, "slurm.requeue");
+    sl.signal = get<std::string>(L.set, "slurm.signal");
+    sl.signal_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.signal_grace_s"));
+    sl.mpi = get<std::string>(L.set, "slurm.mpi");
+    sl.step_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.step_grace_s"));
+    // Values end up in a shell script: no newlines, no quotes where Slurm never needs them.
+    for (const auto& k : spec.keys_) {
+      if (k.def->path.rfind("slurm.", 0) != 0) continue;
+      std::vector<std::string> vals;
+      if (const auto* v = std::get_if<std::string>(&k.value)) vals.push_back(*v);
+      if (const auto* v = std::get_if<std::vector<std::string>>(&k.value)) vals = *v;
+      for (const auto& v : vals)
+        if (v.find_first_of("\n\r") != std::string::npos ||
+            (k.def->path != "slurm.env" && k.def->path != "slurm.extra" &&
+             v.find_first_of("'\"`$\\ ") != std::string::npos))
+          return Status::invalid_spec(L.where_of(k.def->path) + ": " + k.def->path + ": \"" + v +
+                                      "\" contains a character that cannot go into a batch script");
+    }
+    if (sl.time.find_first_not_of("0123456789:-") != std::string::npos)
+      return Status::invalid_spec(L.where_of("slurm.time") + ": slurm.time: \"" + sl.time +
+                                  "\" is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)");
+    for (const auto& e : sl.env) {
+      const auto eq = e.find('=');
+      const std::string name = e.substr(0, eq);
+      if (eq == std::string::npos || name.empty() || std::isdigit(static_cast<unsigned char>(name[0])) ||
+          name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+              std::string::npos)
+        return Status::invalid_spec(L.where_of("slurm.env") + ": slurm.env: \"" + e + "\" is not NAME=VALUE");
+    }
+    if (sl.mpi.empty() || sl.mpi.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") != std::string::npos)
+      return Status::invalid_spec(L.where_of("slurm.mpi") + ": slurm.mpi: \"" + sl.mpi +
+                                  "\" is not an srun --mpi plugin name");
+  }
   if (spec.workload == "grpo" && (!spec.role("rollout")))
     return Status::invalid_spec(L.where_of("roles.rollout.ranks") +
                                 ": roles.rollout.ranks: workload \"grpo\" needs at least 1 rollout rank");

@@ -70,6 +70,28 @@ struct RlSpec {
   double lr = 3e-4, warm_start_lr = 3e-3, clip = 0.2, clip_high = 0.28, temperature = 1.0;
 };
 
+// Slurm resources of the whole job or of one role ([slurm] / [slurm.ROLE]); ""/0 = unset.
+struct SlurmResources {
+  std::string partition, account, qos, constraint, gres;
+  int nodes = 0, tasks_per_node = 0, gpus_per_node = 0;
+  bool operator==(const SlurmResources&) const = default;
+  // This role's values where set, the global ones elsewhere.
+  SlurmResources inherit(const SlurmResources& global) const;
+};
+
+struct SlurmSpec {
+  SlurmResources job;
+  std::map<std::string, SlurmResources> role;  // every known role, raw (not yet inherited)
+  std::string time;
+  std::vector<std::string> extra, env;
+  bool requeue = true;
+  std::string signal = "USR1";
+  int signal_grace_s = 120;
+  std::string mpi = "pmix";
+  int step_grace_s = 15;
+  SlurmResources for_role(const std::string& r) const { return role.at(r).inherit(job); }
+};
+
 struct ResolvedKey {
   const KeyDef* def;
   SpecValue value;
@@ -88,6 +110,7 @@ class JobSpec {
   TransportSpec transport;
   ModelSpec model;
   RlSpec rl;
+  SlurmSpec slurm;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

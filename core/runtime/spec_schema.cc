@@ -28,6 +28,17 @@ KeyDef str_key(std::string path, std::string def, std::vector<std::string> choic
   return k;
 }
 
+KeyDef bool_key(std::string path, bool def, std::string doc) {
+  KeyDef k{std::move(path), ValueType::kBool, def, false, INT64_MIN, INT64_MAX, {}, std::move(doc)};
+  return k;
+}
+
+KeyDef list_key(std::string path, std::string doc) {
+  KeyDef k{std::move(path), ValueType::kStringList, std::vector<std::string>{}, false, INT64_MIN, INT64_MAX, {},
+           std::move(doc)};
+  return k;
+}
+
 KeyDef float_key(std::string path, double def, std::string doc) {
   KeyDef k{std::move(path), ValueType::kFloat, def, false, INT64_MIN, INT64_MAX, {}, std::move(doc)};
   return k;
@@ -87,6 +98,41 @@ std::vector<KeyDef> build_schema() {
   s.push_back(
       str_key("transport.rollouts", "auto", transports, "Transport for rollouts from rollout ranks to trainers."));
   s.push_back(str_key("transport.gradients", "auto", transports, "Transport for gradient reduction among trainers."));
+
+  // [slurm]: what `mobula submit` renders into the batch script. Resource keys exist globally and
+  // per role ([slurm.trainer] ...); a role's empty/0 value inherits the global one.
+  const auto resources = [&](const std::string& prefix, const std::string& who, const std::string& inherit) {
+    s.push_back(str_key(prefix + "partition", "", {}, "Partition (--partition) of " + who + inherit));
+    s.push_back(str_key(prefix + "account", "", {}, "Account (--account) of " + who + inherit));
+    s.push_back(str_key(prefix + "qos", "", {}, "QOS (--qos) of " + who + inherit));
+    s.push_back(str_key(prefix + "constraint", "", {}, "Node features (--constraint) of " + who + inherit));
+    s.push_back(
+        str_key(prefix + "gres", "", {}, "Generic resources per node (--gres), e.g. gpu:4, of " + who + inherit));
+    s.push_back(
+        int_key(prefix + "nodes", 0, 0, 1 << 20, "Nodes (--nodes) of " + who + "; 0 = let Slurm decide" + inherit));
+    s.push_back(int_key(prefix + "tasks_per_node", 0, 0, 4096,
+                        "Ranks per node (--ntasks-per-node) of " + who + "; 0 = unset" + inherit));
+    s.push_back(int_key(prefix + "gpus_per_node", 0, 0, 64,
+                        "GPUs per node (--gpus-per-node) of " + who + "; 0 = none" + inherit));
+  };
+  resources("slurm.", "the job", ".");
+  for (const auto& r : known_roles())
+    resources("slurm." + r + ".", "the " + r + " ranks",
+              "; empty/0 inherits the global slurm key. Roles whose resources differ run as separate components "
+              "of a heterogeneous job.");
+  s.push_back(str_key("slurm.time", "", {},
+                      "Time limit (--time), e.g. \"02:00:00\" or \"1-00:00:00\"; empty = partition default."));
+  s.push_back(
+      list_key("slurm.extra", "Extra #SBATCH lines, without the \"#SBATCH \" prefix, e.g. [\"--mail-type=END\"]."));
+  s.push_back(list_key("slurm.env", "NAME=VALUE pairs exported in the batch script before srun."));
+  s.push_back(bool_key("slurm.requeue", true, "Render --requeue so Slurm may requeue the job after a node failure."));
+  s.push_back(str_key("slurm.signal", "USR1", {"USR1", "USR2", "TERM", "INT"},
+                      "Signal sent to the batch shell signal_grace_s before the time limit (--signal=B:SIG@GRACE)."));
+  s.push_back(
+      int_key("slurm.signal_grace_s", 120, 0, 86400, "Seconds before the time limit for slurm.signal; 0 = none."));
+  s.push_back(str_key("slurm.mpi", "pmix", {}, "srun --mpi plugin that starts the ranks."));
+  s.push_back(int_key("slurm.step_grace_s", 15, 1, 3600,
+                      "Seconds srun may outlive its finished step before `mobula step` stops it (docs/slurm.md)."));
   return s;
 }
 

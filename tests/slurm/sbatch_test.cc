@@ -127,6 +127,36 @@ TEST_F(Sbatch, StepGuardFailsWithoutRecords) {
   EXPECT_NE(out.find("after step 1"), std::string::npos) << out;
 }
 
+TEST_F(Sbatch, SubmitRendersAHetJobFromRoleResources) {
+  // `mobula submit`: trainers on the gpu partition one per node, the embed rank on cpu. Different
+  // resources make a het job; submit pins each role to its component.
+  const std::string work = (dir_ / "run").string();
+  auto sub = run_capture(
+      {kExe, "submit", kSrc + "/examples/hetjob.toml", "--set", "job.workdir=" + work, "--set", "slurm.partition=gpu",
+       "--set", "slurm.trainer.tasks_per_node=1", "--set", "slurm.embed.partition=cpu", "--set", "slurm.time=5",
+       "--set", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"},
+      60);
+  ASSERT_TRUE(sub.is_ok()) << sub.status().message();
+  ASSERT_EQ(sub->exit_code, 0) << sub->err;
+  const std::string pre = "submitted job ";
+  ASSERT_EQ(sub->out.rfind(pre, 0), 0u) << sub->out;
+  const std::string id = sub->out.substr(pre.size(), sub->out.find(' ', pre.size()) - pre.size());
+  EXPECT_NE(sub->out.find("(2 components)"), std::string::npos) << sub->out;
+  EXPECT_TRUE(fs::exists(fs::path(work) / "sbatch.sh"));
+  EXPECT_TRUE(fs::exists(fs::path(work) / "spec.toml"));
+  auto end = slurm::wait_job(id, 240);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  std::ifstream in(fs::path(work) / ("slurm-" + id + ".out"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string out = ss.str();
+  EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("   0  trainer   0/2          0  n1"), std::string::npos) << out;
+  EXPECT_NE(out.find("   1  trainer   1/2          0  n2"), std::string::npos) << out;
+  EXPECT_NE(out.find("   2  embed     0/1          1  n3"), std::string::npos) << out;
+  EXPECT_NE(out.find("layout check passed: 3 ranks, 2 roles, 1 links, 2 steps"), std::string::npos) << out;
+}
+
 TEST_F(Sbatch, GrpoAcrossTwoNodes) {
   // The demo's spec, shortened, as 2 trainers on n1 and 1 rollout on n2: weight sync, rollouts and
   // gradients cross emulated nodes (TCP).

@@ -101,3 +101,28 @@ TEST(Cli, VersionListsComponents) {
 
 }  // namespace
 }  // namespace mobula
+
+namespace mobula {
+namespace {
+
+TEST(CliSubmit, DryRunPrintsAHetScriptAndWritesNothing) {
+  const auto dir = std::filesystem::temp_directory_path() / ("mobula_cli_submit_" + std::to_string(getpid()));
+  auto r = mobula({"submit", kSrc + "/examples/hetjob.toml", "--dry-run", "--set", "job.workdir=" + dir.string(),
+                   "--set", "slurm.embed.partition=cpu", "--set", "slurm.trainer.partition=gpu"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("#SBATCH hetjob\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--het-group=0,1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" worker " + dir.string() + "/spec.toml "), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "--dry-run created the work dir";
+}
+
+TEST(CliSubmit, BadSlurmKeyIsOneLine) {
+  auto r = mobula({"submit", kSrc + "/examples/hetjob.toml", "--dry-run", "--set", "slurm.partiton=gpu"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("--set:1: slurm.partiton"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("slurm.partition"), std::string::npos) << "no did-you-mean: " << r.err;
+}
+
+}  // namespace
+}  // namespace mobula

@@ -88,6 +88,7 @@ TEST(Process, WatchLeavesAFinishingChildAlone) {
 
 TEST(Process, JoinQuotes) {
   EXPECT_EQ(join_command({"a", "b c", "it's"}), "a 'b c' 'it'\\''s'");
+  EXPECT_EQ(join_command({"--set", "job.workdir=/x/y", "a;b", "*", ""}), "--set job.workdir=/x/y 'a;b' '*' ''");
 }
 
 TEST(SlurmEnv, TasksPerNode) {

@@ -1,0 +1,98 @@
+// `mobula submit SPEC [--dry-run] [--set k=v]...`: renders the batch script into the job's work dir
+// and hands it to sbatch. See slurm/batch_script.h for the rendering and docs/slurm.md for use.
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/runtime/spec.h"
+#include "launch/commands.h"
+#include "slurm/batch_script.h"
+#include "slurm/jobs.h"
+
+namespace mobula::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Writes `text` to `path` under a temporary name, then renames it: a reader sees the old file or
+// the new one, never half of one.
+Status write_atomically(const fs::path& path, const std::string& text, fs::perms perms) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) return Status::io(tmp.string() + ": cannot write");
+  }
+  std::error_code ec;
+  fs::permissions(tmp, perms, ec);
+  if (!ec) fs::rename(tmp, path, ec);
+  if (ec) return Status::io(path.string() + ": " + ec.message());
+  return Status::ok();
+}
+
+}  // namespace
+
+int cmd_submit(const SpecArgs& a, bool dry_run) {
+  auto spec = load_spec(a.spec, a.sets);
+  if (!spec) {
+    std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+    return 2;
+  }
+  std::error_code ec;
+  const fs::path workdir = fs::absolute(spec->workdir, ec).lexically_normal();
+  const fs::path exe = fs::canonical("/proc/self/exe", ec);
+  if (ec) {
+    std::fprintf(stderr, "mobula submit: cannot resolve the mobula executable: %s\n", ec.message().c_str());
+    return 1;
+  }
+  slurm::RenderOptions opt;
+  opt.mobula_exe = exe.string();
+  opt.spec_copy = (workdir / "spec.toml").string();
+  opt.sets = a.sets;
+  opt.workdir = workdir.string();
+  opt.origin = fs::absolute(a.spec).lexically_normal().string();
+  auto script = slurm::render_batch_script(*spec, opt);
+  if (!script) {
+    std::fprintf(stderr, "%s\n", script.status().message().c_str());
+    return 2;
+  }
+  if (dry_run) {
+    std::fputs(script->text.c_str(), stdout);
+    return 0;
+  }
+
+  std::ifstream in(a.spec, std::ios::binary);
+  std::stringstream spec_text;
+  spec_text << in.rdbuf();
+  fs::create_directories(workdir, ec);
+  if (ec || !in) {
+    std::fprintf(stderr, "mobula submit: %s: %s\n", (ec ? workdir.string() : a.spec).c_str(),
+                 ec ? ec.message().c_str() : "cannot read the spec");
+    return 1;
+  }
+  const auto rw = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read;
+  Status st = write_atomically(opt.spec_copy, spec_text.str(), rw);
+  if (st.is_ok())
+    st = write_atomically(workdir / "sbatch.sh", script->text,
+                          rw | fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec);
+  if (!st.is_ok()) {
+    std::fprintf(stderr, "mobula submit: %s\n", st.message().c_str());
+    return 1;
+  }
+  auto id = slurm::sbatch({(workdir / "sbatch.sh").string()});
+  if (!id) {
+    std::fprintf(stderr, "mobula submit: %s\n", id.status().message().c_str());
+    return 1;
+  }
+  std::printf("submitted job %s (%zu component%s); work dir %s, output %s/slurm-%s.out\n", id->c_str(),
+              script->components.size(), script->components.size() > 1 ? "s" : "", workdir.c_str(), workdir.c_str(),
+              id->c_str());
+  return 0;
+}
+
+}  // namespace mobula::launch
