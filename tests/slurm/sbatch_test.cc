@@ -2,11 +2,13 @@
 // emulated nodes with srun --mpi=pmix, and a heterogeneous job whose het groups define the roles.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <thread>
 
 #include "core/runtime/process.h"
 #include "slurm/jobs.h"
@@ -155,6 +157,38 @@ TEST_F(Sbatch, SubmitRendersAHetJobFromRoleResources) {
   EXPECT_NE(out.find("   1  trainer   1/2          0  n2"), std::string::npos) << out;
   EXPECT_NE(out.find("   2  embed     0/1          1  n3"), std::string::npos) << out;
   EXPECT_NE(out.find("layout check passed: 3 ranks, 2 roles, 1 links, 2 steps"), std::string::npos) << out;
+}
+
+TEST_F(Sbatch, PreTimeoutSignalReachesTheRanksWithoutKillingThem) {
+  // The batch shell gets the pre-timeout signal (here sent at once with scancel --batch): mobula
+  // step forwards it to srun, srun to the ranks, which note it and finish the run.
+  const std::string work = (dir_ / "run").string();
+  auto sub = run_capture({kExe, "submit", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work,
+                          "--set", "job.steps=5", "--set", "rl.warm_start_steps=300", "--set", "rl.eval_problems=20",
+                          "--set", "slurm.partition=gpu", "--set", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"},
+                         60);
+  ASSERT_TRUE(sub.is_ok() && sub->exit_code == 0) << (sub ? sub->err : sub.status().message());
+  const std::string id = sub->out.substr(14, sub->out.find(' ', 14) - 14);
+  const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
+  auto read_log = [&] {
+    std::ifstream in(log);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  // Signal once every rank is running (the layout is printed after all ranks joined).
+  for (int i = 0; i < 600 && read_log().find("transport.gradients") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 30);
+  ASSERT_TRUE(sig.is_ok() && sig->exit_code == 0) << (sig ? sig->err : sig.status().message());
+  auto end = slurm::wait_job(id, 240);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const std::string out = read_log();
+  EXPECT_EQ(end->state, "COMPLETED") << out;
+  size_t n = 0;
+  for (auto p = out.find("received signal 10"); p != std::string::npos; p = out.find("received signal 10", p + 1)) ++n;
+  EXPECT_EQ(n, 3u) << out;
+  EXPECT_NE(out.find("held-out accuracy, after GRPO"), std::string::npos) << out;
 }
 
 TEST_F(Sbatch, GrpoAcrossTwoNodes) {
