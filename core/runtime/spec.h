@@ -92,6 +92,12 @@ struct SlurmSpec {
   SlurmResources for_role(const std::string& r) const { return role.at(r).inherit(job); }
 };
 
+struct CheckpointSpec {
+  int every = 0;
+  int keep = 3;
+  std::string dir;  // resolved against job.workdir
+};
+
 struct ResolvedKey {
   const KeyDef* def;
   SpecValue value;
@@ -111,6 +117,7 @@ class JobSpec {
   ModelSpec model;
   RlSpec rl;
   SlurmSpec slurm;
+  CheckpointSpec checkpoint;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

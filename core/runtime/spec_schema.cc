@@ -99,6 +99,13 @@ std::vector<KeyDef> build_schema() {
       str_key("transport.rollouts", "auto", transports, "Transport for rollouts from rollout ranks to trainers."));
   s.push_back(str_key("transport.gradients", "auto", transports, "Transport for gradient reduction among trainers."));
 
+  s.push_back(int_key("checkpoint.every", 0, 0, 1'000'000,
+                      "Save a checkpoint every N RL steps (and resume from the newest on start); 0 = never save. "
+                      "Existing checkpoints are always resumed from."));
+  s.push_back(int_key("checkpoint.keep", 3, 1, 1'000'000, "Checkpoints kept; older ones are deleted after a save."));
+  s.push_back(str_key("checkpoint.dir", "checkpoints", {},
+                      "Checkpoint directory; relative paths are relative to job.workdir."));
+
   // [slurm]: what `mobula submit` renders into the batch script. Resource keys exist globally and
   // per role ([slurm.trainer] ...); a role's empty/0 value inherits the global one.
   const auto resources = [&](const std::string& prefix, const std::string& who, const std::string& inherit) {

@@ -12,17 +12,20 @@
 //      bitwise identical.
 // Trainer 0 (world rank 0) prints one line per step and writes summary.json in the work dir.
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 
+#include "core/runtime/environment.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "core/transport/gradients.h"
 #include "core/transport/transport.h"
 #include "core/transport/weight_sync.h"
+#include "io/checkpoint.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
 #include "rl/model/weights.h"
@@ -256,8 +259,48 @@ Status run_grpo(const WorkloadContext& ctx) {
   const bool lead = trainer && me.role_rank == 0;
   const double t_start = now();
 
-  // ---- warm start (trainers): cross-entropy on noisy-labeler data, data-parallel --------------
+  // ---- resume (trainers read the newest checkpoint that verifies; everyone learns the step) ----
+  int64_t start = 0;
+  double base_acc = 0;
+  auto ckpt_state = [&] {
+    io::CheckpointState c;
+    c.buffers = {{"params", {ts.model->params.data(), nparams}},
+                 {"adam_m", {ts.opt->m.data(), nparams}},
+                 {"adam_v", {ts.opt->v.data(), nparams}}};
+    return c;
+  };
+  Status resume = Status::ok();
   if (trainer) {
+    io::CheckpointState c = ckpt_state();
+    std::vector<std::string> rejected;
+    auto found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
+    if (lead)
+      for (const auto& r : rejected) spdlog::warn("checkpoint rejected: {}", r);
+    if (!found) {
+      resume = found.status();
+    } else if (*found && rl.max_staleness > 0) {
+      resume = Status::invalid_spec(spec.where("rl.max_staleness") +
+                                    ": rl.max_staleness: cannot resume one-step-off async GRPO from " + **found);
+    } else if (*found) {
+      start = c.step;
+      base_acc = c.scalar;
+      ts.opt->set_steps_done(static_cast<int>(c.optimizer_steps));
+      if (lead)
+        spdlog::info("resumed from {} (step {}, written by spec {}{})", **found, start, c.spec_hash,
+                     c.spec_hash == spec.hash() ? "" : ", not this spec's hash " + spec.hash());
+    }
+  }
+  // The trainers' verdict reaches every rank (start = -1: no usable checkpoint), so all of them
+  // stop with the same one-line error instead of the rollouts waiting forever.
+  int64_t verdict = resume.is_ok() ? start : -1;
+  MOBULA_MPI(MPI_Bcast(&verdict, 1, MPI_INT64_T, 0, link));  // link rank 0 = trainer 0
+  if (verdict < 0)
+    return Status::invalid_argument(resume.is_ok() ? "grpo: the trainers could not resume (see trainer 0's error)"
+                                                   : resume.message());
+  start = verdict;
+
+  // ---- warm start (trainers): cross-entropy on noisy-labeler data, data-parallel --------------
+  if (trainer && start == 0) {
     const int B = rl.warm_start_batch;
     for (int s = 0; s < rl.warm_start_steps; ++s) {
       std::vector<Datum> batch;
@@ -273,14 +316,15 @@ Status run_grpo(const WorkloadContext& ctx) {
         spdlog::info("warm start {}/{}: loss {:.4f}", s + 1, rl.warm_start_steps, st->loss);
     }
   }
-  double base_acc = 0;
-  if (lead) {
+  if (lead && start == 0) {
     auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
     base_acc = *a;
     spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start,
                  base_acc, rl.eval_problems);
   }
+  // Every trainer holds the warm-start accuracy: it goes into checkpoints (a collective attribute).
+  if (trainer) MOBULA_MPI(MPI_Bcast(&base_acc, 1, MPI_DOUBLE, 0, ctx.comms.role()));
 
   // ---- RL ------------------------------------------------------------------------------------
   LossConfig loss;
@@ -311,9 +355,11 @@ Status run_grpo(const WorkloadContext& ctx) {
     return sync_weights(**wt, groups, src, store.get(), v);
   };
   int64_t max_lag = 0;
-  for (int64_t k = 0; k < spec.steps; ++k) {
+  const long kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
+  const long kill_rank = env_long("MOBULA_FAULT_KILL_RANK", 0);
+  for (int64_t k = start; k < spec.steps; ++k) {
     const double t0 = now();
-    if (k == 0 || !async) MOBULA_RETURN_IF_ERROR(sync_version(k));
+    if (k == start || !async) MOBULA_RETURN_IF_ERROR(sync_version(k));
     if (async && rollout && k >= 2) MOBULA_RETURN_IF_ERROR(sync_version(k - 1));
     const double t_sync = now() - t0;
     const int64_t expect_version = async ? std::max<int64_t>(0, k - 1) : k;
@@ -431,6 +477,16 @@ Status run_grpo(const WorkloadContext& ctx) {
       const double tt0 = now();
       auto st = train_step(ts, batch, loss, static_cast<float>(rl.lr));
       if (!st) return st.status();
+      if (spec.checkpoint.every > 0 && (k + 1) % spec.checkpoint.every == 0) {
+        const double tc = now();
+        io::CheckpointState c = ckpt_state();
+        c.step = k + 1;
+        c.optimizer_steps = ts.opt->steps_done();
+        c.scalar = base_acc;
+        c.spec_hash = spec.hash();
+        MOBULA_RETURN_IF_ERROR(io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role()));
+        if (lead) spdlog::info("checkpoint after step {} published in {:.3f} s", k, now() - tc);
+      }
       // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
       if (async && k + 2 < spec.steps) MOBULA_RETURN_IF_ERROR(sync_version(k + 1));
       const double t_train = now() - tt0, t_step = now() - t0;
@@ -457,6 +513,12 @@ Status run_grpo(const WorkloadContext& ctx) {
                       total.sample_seconds, t_train, static_cast<long long>(lag));
         steps_json += buf;
       }
+    }
+    // Fault injection for the restart tests (docs/testing.md): this rank dies after step k.
+    if (kill_after == k && kill_rank == ctx.rank) {
+      spdlog::warn("fault injection: SIGKILL after step {}", k);
+      spdlog::shutdown();
+      std::raise(SIGKILL);
     }
   }
   if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));

@@ -60,9 +60,20 @@ TEST(Spec, UnknownTableHasSuggestion) {
 }
 
 TEST(Spec, KeyInAnEmptySectionSaysSo) {
-  const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[checkpoint]\nevery = 4\n");
-  EXPECT_NE(m.find("job.toml:6: checkpoint.every: unknown key (section [checkpoint] has no keys"), std::string::npos)
-      << m;
+  const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[metrics]\nport = 4\n");
+  EXPECT_NE(m.find("job.toml:6: metrics.port: unknown key (section [metrics] has no keys"), std::string::npos) << m;
+}
+
+TEST(Spec, CheckpointKeys) {
+  auto s = load_spec_from_string(
+      "[job]\nname = \"t\"\nworkdir = \"/w\"\n[roles.trainer]\nranks = 1\n[checkpoint]\nevery = 4\n", "job.toml");
+  ASSERT_TRUE(s.is_ok()) << s.status().message();
+  EXPECT_EQ(s->checkpoint.every, 4);
+  EXPECT_EQ(s->checkpoint.keep, 3);
+  EXPECT_EQ(s->checkpoint.dir, "/w/checkpoints");
+  const std::string m =
+      err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[rl]\nmax_staleness = 1\n[checkpoint]\nevery = 4\n");
+  EXPECT_TRUE(m.starts_with("job.toml:8: checkpoint.every: checkpoints of one-step-off async GRPO")) << m;
 }
 
 TEST(Spec, WrongTypeNamesExpectedAndActual) {

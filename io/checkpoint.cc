@@ -1,0 +1,257 @@
+#include "io/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/config.h"
+#include "core/runtime/mpi.h"
+#include "io/hdf5.h"
+
+namespace mobula::io {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string ckpt_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "ckpt-%08lld.h5", static_cast<long long>(step));
+  return buf;
+}
+
+std::string hex64(uint64_t h) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+uint64_t hash_of(std::span<const float> b) {
+  return XXH64(b.data(), b.size_bytes(), 0);
+}
+
+Status fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::io("open " + path + " for fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::io("fsync " + path + ": " + std::strerror(err));
+  return Status::ok();
+}
+
+// Replaces `path` with `text` durably: temporary file, fsync, rename, fsync of the directory.
+Status replace_file(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir + "/" + name, tmp = dir + "/." + name + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) return Status::io(tmp + ": cannot write");
+  }
+  MOBULA_RETURN_IF_ERROR(fsync_path(tmp, false));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return Status::io("rename " + tmp + " -> " + path + ": " + std::strerror(errno));
+  return fsync_path(dir, true);
+}
+
+// Rank r's share [lo, hi) of n elements.
+std::pair<size_t, size_t> share(size_t n, int rank, int size) {
+  return {n * size_t(rank) / size_t(size), n * size_t(rank + 1) / size_t(size)};
+}
+
+// Every rank's status becomes the worst one; returns the local status if it failed, else a
+// generic one naming the rank count that failed.
+Status vote(const Status& local, MPI_Comm comm, const std::string& what) {
+  int ok = local.is_ok() ? 1 : 0, all = 0;
+  MOBULA_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm));
+  if (all) return Status::ok();
+  if (!local.is_ok()) return local;
+  return Status::io(what + ": failed on another rank");
+}
+
+Status write_file(const std::string& tmp, const CheckpointState& s, MPI_Comm comm) {
+  int rank = 0, size = 1;
+  MOBULA_MPI(MPI_Comm_rank(comm, &rank));
+  MOBULA_MPI(MPI_Comm_size(comm, &size));
+  auto f = H5File::create(tmp, comm);
+  if (!f) return f.status();
+  std::string names;
+  for (const auto& [name, buf] : s.buffers) {
+    const auto [lo, hi] = share(buf.size(), rank, size);
+    MOBULA_RETURN_IF_ERROR(f->write_slices(name, buf.subspan(lo, hi - lo), comm));
+    MOBULA_RETURN_IF_ERROR(f->set_attr("xxh64:" + name, hex64(hash_of(buf))));
+    names += (names.empty() ? "" : ",") + name;
+  }
+  char when[32];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  char scalar[40];
+  std::snprintf(scalar, sizeof scalar, "%.17g", s.scalar);
+  for (const auto& [k, v] :
+       std::vector<std::pair<std::string, std::string>>{{"format", "mobula-checkpoint"},
+                                                        {"format_version", std::to_string(kCheckpointFormatVersion)},
+                                                        {"mobula_version", MOBULA_VERSION},
+                                                        {"created", when},
+                                                        {"spec_hash", s.spec_hash},
+                                                        {"writers", std::to_string(size)},
+                                                        {"buffers", names},
+                                                        {"step", std::to_string(s.step)},
+                                                        {"optimizer_steps", std::to_string(s.optimizer_steps)},
+                                                        {"scalar", scalar}})
+    MOBULA_RETURN_IF_ERROR(f->set_attr(k, v));
+  return f->close();
+}
+
+Result<int64_t> parse_i64(const std::string& v, const std::string& what) {
+  try {
+    size_t used = 0;
+    const long long x = std::stoll(v, &used);
+    if (used == v.size()) return static_cast<int64_t>(x);
+  } catch (...) {
+  }
+  return Status::io("attribute " + what + " = '" + v + "' is not an integer");
+}
+
+Status read_file(const std::string& path, CheckpointState* s, MPI_Comm comm) {
+  int rank = 0, size = 1;
+  MOBULA_MPI(MPI_Comm_rank(comm, &rank));
+  MOBULA_MPI(MPI_Comm_size(comm, &size));
+  auto f = H5File::open(path, comm);
+  if (!f) return f.status();
+  auto format = f->get_attr("format");
+  if (!format) return format.status();
+  if (*format != "mobula-checkpoint") return Status::io("not a mobula checkpoint (format '" + *format + "')");
+  auto version = f->get_attr("format_version");
+  if (!version) return version.status();
+  if (*version != std::to_string(kCheckpointFormatVersion))
+    return Status::io("format version " + *version + ", this mobula reads " + std::to_string(kCheckpointFormatVersion));
+  for (auto& [name, buf] : s->buffers) {
+    auto n = f->dataset_size(name);
+    if (!n) return n.status();
+    if (*n != buf.size())
+      return Status::io(name + " has " + std::to_string(*n) + " elements, the job expects " +
+                        std::to_string(buf.size()) + " (different model?)");
+    const auto [lo, hi] = share(buf.size(), rank, size);
+    MOBULA_RETURN_IF_ERROR(f->read_slices(name, buf.subspan(lo, hi - lo), comm));
+    std::vector<int> counts(static_cast<size_t>(size)), displs(static_cast<size_t>(size));
+    for (int r = 0; r < size; ++r) {
+      const auto [a, b] = share(buf.size(), r, size);
+      if (b - a > size_t(INT_MAX)) return Status::io(name + ": share too large for MPI_Allgatherv");
+      counts[size_t(r)] = int(b - a);
+      displs[size_t(r)] = int(std::min<size_t>(a, size_t(INT_MAX)));
+    }
+    if (buf.size() > size_t(INT_MAX)) return Status::io(name + ": buffer too large for MPI_Allgatherv offsets");
+    MOBULA_MPI(
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf.data(), counts.data(), displs.data(), MPI_FLOAT, comm));
+    auto want = f->get_attr("xxh64:" + name);
+    if (!want) return want.status();
+    if (hex64(hash_of(buf)) != *want)
+      return Status::io(name + ": checksum mismatch (xxh64 " + hex64(hash_of(buf)) + ", recorded " + *want + ")");
+  }
+  auto step = f->get_attr("step");
+  auto opt = f->get_attr("optimizer_steps");
+  auto scalar = f->get_attr("scalar");
+  auto hash = f->get_attr("spec_hash");
+  if (!step || !opt || !scalar || !hash) return (!step ? step : !opt ? opt : !scalar ? scalar : hash).status();
+  auto st = parse_i64(*step, "step");
+  auto ot = parse_i64(*opt, "optimizer_steps");
+  if (!st) return st.status();
+  if (!ot) return ot.status();
+  s->step = *st;
+  s->optimizer_steps = *ot;
+  s->scalar = std::strtod(scalar->c_str(), nullptr);
+  s->spec_hash = *hash;
+  return f->close();
+}
+
+}  // namespace
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.size() == 16 && n.rfind("ckpt-", 0) == 0 && n.substr(13) == ".h5" &&
+        n.substr(5, 8).find_first_not_of("0123456789") == std::string::npos)
+      out.push_back(n);
+  }
+  std::sort(out.rbegin(), out.rend());  // fixed-width numbers: lexicographic = numeric
+  return out;
+}
+
+Status save_checkpoint(const std::string& dir, const CheckpointState& state, int keep, MPI_Comm comm) {
+  int rank = 0;
+  MOBULA_MPI(MPI_Comm_rank(comm, &rank));
+  const std::string name = ckpt_name(state.step);
+  const std::string tmp = dir + "/." + name + ".tmp", final_path = dir + "/" + name;
+  Status local = Status::ok();
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) local = Status::io("checkpoint dir " + dir + ": " + ec.message());
+  }
+  MOBULA_RETURN_IF_ERROR(vote(local, comm, "checkpoint dir " + dir));
+  MOBULA_RETURN_IF_ERROR(vote(write_file(tmp, state, comm), comm, "writing " + tmp));
+  Status published = Status::ok();
+  if (rank == 0) {
+    published = fsync_path(tmp, false);
+    if (published.is_ok() && std::rename(tmp.c_str(), final_path.c_str()) != 0)
+      published = Status::io("rename " + tmp + " -> " + final_path + ": " + std::strerror(errno));
+    if (published.is_ok()) published = fsync_path(dir, true);
+    if (published.is_ok()) published = replace_file(dir, "latest", name + "\n");
+    if (published.is_ok()) {
+      // Retention: the newest `keep` stay; leftovers of crashed saves go.
+      const auto all = list_checkpoints(dir);
+      for (size_t i = size_t(std::max(keep, 1)); i < all.size(); ++i) fs::remove(dir + "/" + all[i]);
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string n = e.path().filename().string();
+        if (n.rfind(".ckpt-", 0) == 0 && n != "." + name + ".tmp") fs::remove(e.path(), ec);
+      }
+    } else {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+  }
+  return vote(published, comm, "publishing " + final_path);
+}
+
+Result<std::optional<std::string>> load_latest_checkpoint(const std::string& dir, CheckpointState* state, MPI_Comm comm,
+                                                          std::vector<std::string>* rejected) {
+  int rank = 0;
+  MOBULA_MPI(MPI_Comm_rank(comm, &rank));
+  // Rank 0's listing is everyone's: the candidates must be the same on every rank.
+  std::string joined;
+  if (rank == 0)
+    for (const auto& n : list_checkpoints(dir)) joined += n + "\n";
+  int len = static_cast<int>(joined.size());
+  MOBULA_MPI(MPI_Bcast(&len, 1, MPI_INT, 0, comm));
+  joined.resize(size_t(len));
+  MOBULA_MPI(MPI_Bcast(joined.data(), len, MPI_CHAR, 0, comm));
+  std::vector<std::string> names;
+  std::istringstream in(joined);
+  for (std::string n; std::getline(in, n);) names.push_back(n);
+  if (names.empty()) return std::optional<std::string>{};
+  for (const auto& n : names) {
+    const std::string path = dir + "/" + n;
+    const Status st = vote(read_file(path, state, comm), comm, path);
+    if (st.is_ok()) return std::optional<std::string>{path};
+    if (rejected) rejected->push_back(path + ": " + st.message());
+  }
+  return Status::io(dir + ": " + std::to_string(names.size()) + " checkpoint(s) and none verifies (newest: " +
+                    (rejected && !rejected->empty() ? rejected->front() : names.front()) +
+                    "); refusing to start from scratch. Move the directory away to start over");
+}
+
+}  // namespace mobula::io

@@ -1,0 +1,55 @@
+// Checkpoints: one HDF5 file per saved step, written collectively by a group of ranks that hold
+// identical replicas of the state (the data-parallel trainers), published atomically.
+//
+// Layout of DIR:
+//   ckpt-00000012.h5       a published checkpoint (state after 12 steps)
+//   .ckpt-00000013.h5.tmp  a save in progress (or left by a crash; ignored, removed by the next save)
+//   latest                 "ckpt-00000012.h5\n", replaced by rename after the file is durable
+// File contents: docs/formats/checkpoint.md.
+//
+// Contract
+//  * save_checkpoint and load_latest_checkpoint are collective over `comm`.
+//  * Publish order: write the temporary file (every rank its share of each buffer), close, every
+//    rank votes (MPI_Allreduce), rank 0 fsyncs the file, renames it to its final name, fsyncs the
+//    directory, then replaces `latest` (write + fsync + rename + fsync). A crash at any point
+//    leaves the previous checkpoint or the new one, never a half one under a final name.
+//  * Every buffer carries an xxh64 of its bytes; load verifies it. load_latest_checkpoint tries
+//    published checkpoints newest first, reports each that fails (truncated, checksum, wrong sizes)
+//    and uses the next; if checkpoints exist and none verifies it is an error, never a fresh start.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/runtime/status.h"
+
+namespace mobula::io {
+
+inline constexpr int kCheckpointFormatVersion = 1;
+
+struct CheckpointState {
+  int64_t step = 0;             // steps completed: the job resumes at this step
+  int64_t optimizer_steps = 0;  // AdamW's t
+  double scalar = 0;            // one workload-defined number (GRPO: warm-start accuracy)
+  std::string spec_hash;        // of the job that wrote it (informational)
+  // Named flat float32 buffers, identical on every rank of comm; load fills them (sizes must match).
+  std::vector<std::pair<std::string, std::span<float>>> buffers;
+};
+
+// Saves `state` as DIR/ckpt-<step>.h5 and keeps the newest `keep` checkpoints (keep >= 1).
+Status save_checkpoint(const std::string& dir, const CheckpointState& state, int keep, MPI_Comm comm);
+
+// Loads the newest checkpoint that verifies into `state` and returns its path; std::nullopt when
+// DIR holds no published checkpoint. `rejected` collects one line per checkpoint skipped.
+Result<std::optional<std::string>> load_latest_checkpoint(const std::string& dir, CheckpointState* state, MPI_Comm comm,
+                                                          std::vector<std::string>* rejected);
+
+// Published checkpoints in DIR, newest first (file names); exposed for tests and tools.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+}  // namespace mobula::io
