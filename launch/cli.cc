@@ -47,17 +47,21 @@ int mobula_main(int argc, char** argv) {
   add_spec_args(submit, &submit_a);
   submit->add_flag("--dry-run", submit_dry, "Print the batch script; write and submit nothing");
 
-  double step_grace = 15;
-  std::string step_record_dir;
+  StepOptions step_o;
   std::vector<std::string> step_cmd;
   auto* step = app.add_subcommand(
       "step",
       "Run a job step from a batch script (mobula step -- srun ...) and return its exit code even if srun "
       "hangs after the step ended");
-  step->add_option("--grace", step_grace, "Seconds srun may outlive its finished step (default 15)")
+  step->add_option("--grace", step_o.grace_s, "Seconds srun may outlive its finished step (default 15)")
       ->check(CLI::PositiveNumber);
-  step->add_option("--record-dir", step_record_dir,
+  step->add_option("--record-dir", step_o.record_dir,
                    "Shared directory for the ranks' exit records (default: ./.mobula-step-JOBID-PID)");
+  step->add_option("--max-restarts", step_o.max_restarts, "Relaunch a failed step up to N times (default 0)")
+      ->check(CLI::Range(0, 100));
+  step->add_option("--restart-delay", step_o.restart_delay_s,
+                   "Seconds before the first relaunch, doubling each time (default 5)")
+      ->check(CLI::NonNegativeNumber);
   step->add_option("command", step_cmd, "The srun command line, after --")->required()->expected(-1);
 
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
@@ -76,7 +80,7 @@ int mobula_main(int argc, char** argv) {
   if (run->parsed()) return cmd_run(run_a, run_np, run_mpiexec);
   if (worker->parsed()) return cmd_worker(worker_a, argc, argv);
   if (submit->parsed()) return cmd_submit(submit_a, submit_dry);
-  if (step->parsed()) return cmd_step(step_grace, step_record_dir, step_cmd);
+  if (step->parsed()) return cmd_step(step_o, step_cmd);
   return cmd_version();
 }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "core/runtime/process.h"
 #include "slurm/jobs.h"
@@ -77,30 +78,12 @@ Result<int> combine_step_records(const std::vector<StepRecord>& records) {
   return code;
 }
 
-int cmd_step(double grace_s, const std::string& record_dir, const std::vector<std::string>& command) {
-  const char* job = std::getenv("SLURM_JOB_ID");
-  if (!job || !*job) {
-    std::fprintf(stderr, "mobula step: SLURM_JOB_ID is not set; run it inside an sbatch script or salloc\n");
-    return 2;
-  }
-  if (command.empty()) {
-    std::fprintf(stderr, "mobula step: no command; usage: mobula step -- srun ARGS...\n");
-    return 2;
-  }
-  const std::string dir =
-      record_dir.empty()
-          ? (fs::current_path() / (".mobula-step-" + std::string(job) + "-" + std::to_string(getpid()))).string()
-          : record_dir;
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  fs::create_directories(dir, ec);
-  if (ec) {
-    std::fprintf(stderr,
-                 "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
-                 dir.c_str(), ec.message().c_str());
-    return 1;
-  }
+namespace {
 
+// One launch of the command: its exit code, or the ranks' combined record when srun outlived the
+// step and was stopped.
+int run_once(const char* job, const std::string& dir, double grace_s, const std::vector<std::string>& command,
+             int attempt) {
   // Steps already running (another step of the same job) are not ours.
   std::set<std::string> before;
   if (auto s = slurm::job_steps(job)) before.insert(s->begin(), s->end());
@@ -143,7 +126,8 @@ int cmd_step(double grace_s, const std::string& record_dir, const std::vector<st
     }
     return false;
   };
-  auto rc = run_inherit_watched(command, {std::string(kStepRecordDirEnv) + "=" + dir}, watch);
+  auto rc = run_inherit_watched(
+      command, {std::string(kStepRecordDirEnv) + "=" + dir, "MOBULA_STEP_ATTEMPT=" + std::to_string(attempt)}, watch);
   int code = 1;
   if (!rc) {
     std::fprintf(stderr, "mobula step: %s\n", rc.status().message().c_str());
@@ -158,6 +142,47 @@ int cmd_step(double grace_s, const std::string& record_dir, const std::vector<st
     } else {
       std::fprintf(stderr, "mobula step: %s; the step failed\n", combined.status().message().c_str());
     }
+  }
+  return code;
+}
+
+}  // namespace
+
+int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
+  const char* job = std::getenv("SLURM_JOB_ID");
+  if (!job || !*job) {
+    std::fprintf(stderr, "mobula step: SLURM_JOB_ID is not set; run it inside an sbatch script or salloc\n");
+    return 2;
+  }
+  if (command.empty()) {
+    std::fprintf(stderr, "mobula step: no command; usage: mobula step -- srun ARGS...\n");
+    return 2;
+  }
+  const std::string dir =
+      o.record_dir.empty()
+          ? (fs::current_path() / (".mobula-step-" + std::string(job) + "-" + std::to_string(getpid()))).string()
+          : o.record_dir;
+  std::error_code ec;
+  int code = 1;
+  for (int attempt = 0; attempt <= o.max_restarts; ++attempt) {
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir, ec);
+    if (ec) {
+      std::fprintf(stderr,
+                   "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
+                   dir.c_str(), ec.message().c_str());
+      return 1;
+    }
+    code = run_once(job, dir, o.grace_s, command, attempt);
+    // 0: done. 2: bad input (spec, arguments), identical on a relaunch.
+    if (code == 0 || code == 2 || attempt == o.max_restarts) break;
+    const double delay = std::min(o.restart_delay_s * double(1 << std::min(attempt, 10)), 300.0);
+    std::fprintf(stderr,
+                 "mobula step: the step failed with exit code %d; relaunching in %.0f s (restart %d of %d); the job "
+                 "resumes from its newest checkpoint\n",
+                 code, delay, attempt + 1, o.max_restarts);
+    std::fflush(stderr);
+    std::this_thread::sleep_for(std::chrono::duration<double>(delay));
   }
   fs::remove_all(dir, ec);
   return code;

@@ -32,6 +32,15 @@ Result<std::vector<StepRecord>> read_step_records(const std::string& dir);
 // The step's exit code from the records (the largest one), or an error naming the missing ranks.
 Result<int> combine_step_records(const std::vector<StepRecord>& records);
 
-int cmd_step(double grace_s, const std::string& record_dir, const std::vector<std::string>& command);
+struct StepOptions {
+  double grace_s = 15;         // how long srun may outlive its finished step
+  std::string record_dir;      // default ./.mobula-step-JOBID-PID
+  int max_restarts = 0;        // relaunches after a failed step (exit code other than 0 and 2)
+  double restart_delay_s = 5;  // before the first relaunch; doubles each time, capped at 300 s
+};
+
+// Runs the step; a failed step is relaunched up to max_restarts times (the workers resume from
+// the newest checkpoint; MOBULA_STEP_ATTEMPT = 0, 1, ... tells them which launch they are).
+int cmd_step(const StepOptions& o, const std::vector<std::string>& command);
 
 }  // namespace mobula::launch

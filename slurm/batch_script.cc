@@ -110,6 +110,7 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
     srun.push_back("--het-group=" + groups);
   }
   srun.push_back("--mpi=" + sl.mpi);
+  srun.push_back("--kill-on-bad-exit=1");  // one dead rank ends the step, so it can be relaunched
   srun.insert(srun.end(), {opt.mobula_exe, "worker", opt.spec_copy});
   for (const auto& s : opt.sets) srun.insert(srun.end(), {"--set", s});
   srun.insert(srun.end(), {"--set", "job.workdir=" + opt.workdir});
@@ -117,7 +118,15 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
     for (size_t g = 0; g < bs.components.size(); ++g)
       for (const auto& r : bs.components[g].roles)
         srun.insert(srun.end(), {"--set", "roles." + r + ".het_group=" + std::to_string(g)});
-  std::vector<std::string> step = {opt.mobula_exe, "step", "--grace", std::to_string(sl.step_grace_s), "--"};
+  std::vector<std::string> step = {opt.mobula_exe,
+                                   "step",
+                                   "--grace",
+                                   std::to_string(sl.step_grace_s),
+                                   "--max-restarts",
+                                   std::to_string(sl.max_restarts),
+                                   "--restart-delay",
+                                   std::to_string(sl.restart_delay_s),
+                                   "--"};
   step.insert(step.end(), srun.begin(), srun.end());
   t += "exec " + join_command(step) + "\n";
   bs.text = std::move(t);

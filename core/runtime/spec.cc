@@ -374,6 +374,8 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
     sl.signal_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.signal_grace_s"));
     sl.mpi = get<std::string>(L.set, "slurm.mpi");
     sl.step_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.step_grace_s"));
+    sl.max_restarts = static_cast<int>(get<int64_t>(L.set, "fault.max_restarts"));
+    sl.restart_delay_s = static_cast<int>(get<int64_t>(L.set, "fault.restart_delay_s"));
     // Values end up in a shell script: no newlines, no quotes where Slurm never needs them.
     for (const auto& k : spec.keys_) {
       if (k.def->path.rfind("slurm.", 0) != 0) continue;

@@ -89,6 +89,8 @@ struct SlurmSpec {
   int signal_grace_s = 120;
   std::string mpi = "pmix";
   int step_grace_s = 15;
+  int max_restarts = 2;     // fault.max_restarts
+  int restart_delay_s = 5;  // fault.restart_delay_s
   SlurmResources for_role(const std::string& r) const { return role.at(r).inherit(job); }
 };
 

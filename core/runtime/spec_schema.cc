@@ -106,6 +106,12 @@ std::vector<KeyDef> build_schema() {
   s.push_back(str_key("checkpoint.dir", "checkpoints", {},
                       "Checkpoint directory; relative paths are relative to job.workdir."));
 
+  s.push_back(int_key("fault.max_restarts", 2, 0, 100,
+                      "Under Slurm (`mobula submit`): relaunch a failed step inside the allocation up to N times; "
+                      "the job resumes from its newest checkpoint."));
+  s.push_back(int_key("fault.restart_delay_s", 5, 0, 3600,
+                      "Seconds before the first relaunch; doubles with every further one (capped at 300)."));
+
   // [slurm]: what `mobula submit` renders into the batch script. Resource keys exist globally and
   // per role ([slurm.trainer] ...); a role's empty/0 value inherits the global one.
   const auto resources = [&](const std::string& prefix, const std::string& who, const std::string& inherit) {

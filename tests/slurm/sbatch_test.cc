@@ -191,6 +191,32 @@ TEST_F(Sbatch, PreTimeoutSignalReachesTheRanksWithoutKillingThem) {
   EXPECT_NE(out.find("held-out accuracy, after GRPO"), std::string::npos) << out;
 }
 
+TEST_F(Sbatch, FailedStepIsRelaunchedAndResumesFromTheCheckpoint) {
+  // Rank 0 is SIGKILLed after step 4 of the first launch; --kill-on-bad-exit ends the step, mobula
+  // step relaunches it (fault.max_restarts) and the job resumes from the checkpoint of step 4.
+  const std::string work = (dir_ / "run").string();
+  auto sub =
+      run_capture({kExe, "submit", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set",
+                   "job.steps=8", "--set", "rl.warm_start_steps=30", "--set", "rl.eval_problems=8", "--set",
+                   "checkpoint.every=2", "--set", "fault.restart_delay_s=0", "--set", "slurm.partition=gpu", "--set",
+                   "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_KILL_AFTER_STEP=4\"]"},
+                  60);
+  ASSERT_TRUE(sub.is_ok() && sub->exit_code == 0) << (sub ? sub->err : sub.status().message());
+  const std::string id = sub->out.substr(14, sub->out.find(' ', 14) - 14);
+  auto end = slurm::wait_job(id, 240);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  std::ifstream in(fs::path(work) / ("slurm-" + id + ".out"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string out = ss.str();
+  EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("fault injection: SIGKILL after step 4"), std::string::npos) << out;
+  EXPECT_NE(out.find("relaunching in 0 s (restart 1 of 2)"), std::string::npos) << out;
+  EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-00000004.h5"), std::string::npos) << out;
+  EXPECT_NE(out.find("held-out accuracy, after GRPO"), std::string::npos) << out;
+  EXPECT_EQ(out.find("restart 2 of 2"), std::string::npos) << out;
+}
+
 TEST_F(Sbatch, GrpoAcrossTwoNodes) {
   // The demo's spec, shortened, as 2 trainers on n1 and 1 rollout on n2: weight sync, rollouts and
   // gradients cross emulated nodes (TCP).

@@ -52,7 +52,8 @@ env = ["OMPI_MCA_btl=self,tcp", "NOTE=two words"]
   EXPECT_EQ(t.find("hetjob"), std::string::npos) << t;
   EXPECT_EQ(t.find("--nodes"), std::string::npos) << "nodes = 0 must not be rendered\n" << t;
   // The step: guarded srun, the user's overrides quoted, the absolute work dir last.
-  EXPECT_NE(t.find("exec /opt/mobula/bin/mobula step --grace 15 -- srun --mpi=pmix /opt/mobula/bin/mobula worker "
+  EXPECT_NE(t.find("exec /opt/mobula/bin/mobula step --grace 15 --max-restarts 2 --restart-delay 5 -- srun --mpi=pmix "
+                   "--kill-on-bad-exit=1 /opt/mobula/bin/mobula worker "
                    "/scratch/runs/t/spec.toml --set job.steps=7 --set 'rl.task=reverse words' --set "
                    "job.workdir=/scratch/runs/t\n"),
             std::string::npos)
@@ -97,7 +98,7 @@ gpus_per_node = 4
                     "#SBATCH --gpus-per-node=4\n"),
             std::string::npos)
       << t;
-  EXPECT_NE(t.find("srun --het-group=0,1 --mpi=pmix"), std::string::npos) << t;
+  EXPECT_NE(t.find("srun --het-group=0,1 --mpi=pmix --kill-on-bad-exit=1"), std::string::npos) << t;
   EXPECT_NE(t.find("--set roles.trainer.het_group=0 --set roles.rollout.het_group=0 --set roles.embed.het_group=1\n"),
             std::string::npos)
       << t;
