@@ -1,4 +1,5 @@
 #include "launch/commands.h"
+#include "launch/step.h"
 
 #include <unistd.h>
 
@@ -105,10 +106,17 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   if (geteuid() == 0) env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
   if (!std::getenv("OPENBLAS_NUM_THREADS")) env.emplace_back("OPENBLAS_NUM_THREADS=1");
   std::fprintf(stderr, "mobula run: %s\n", join_command(argv).c_str());
-  auto rc = run_inherit(argv, env);
-  if (!rc) return fail(rc.status());
-  if (*rc != 0) std::fprintf(stderr, "mobula run: job %s exited with %d\n", spec->name.c_str(), *rc);
-  return *rc;
+  return with_restarts("mobula run", spec->slurm.max_restarts, spec->slurm.restart_delay_s, [&](int attempt) {
+    auto e = env;
+    e.push_back("MOBULA_STEP_ATTEMPT=" + std::to_string(attempt));
+    auto rc = run_inherit(argv, e);
+    if (!rc) {
+      fail(rc.status());
+      return 2;  // mpiexec could not start: no relaunch
+    }
+    if (*rc != 0) std::fprintf(stderr, "mobula run: job %s exited with %d\n", spec->name.c_str(), *rc);
+    return *rc;
+  });
 }
 
 int cmd_version() {

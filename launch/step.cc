@@ -148,6 +148,22 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
 
 }  // namespace
 
+int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch) {
+  int code = 1;
+  for (int attempt = 0; attempt <= max_restarts; ++attempt) {
+    code = launch(attempt);
+    if (code == 0 || code == 2 || attempt == max_restarts) break;
+    const double delay = std::min(delay_s * double(1 << std::min(attempt, 10)), 300.0);
+    std::fprintf(stderr,
+                 "%s: the job failed with exit code %d; relaunching in %.0f s (restart %d of %d); it resumes from its "
+                 "newest checkpoint\n",
+                 who, code, delay, attempt + 1, max_restarts);
+    std::fflush(stderr);
+    std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+  }
+  return code;
+}
+
 int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
   const char* job = std::getenv("SLURM_JOB_ID");
   if (!job || !*job) {
@@ -163,27 +179,18 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
           ? (fs::current_path() / (".mobula-step-" + std::string(job) + "-" + std::to_string(getpid()))).string()
           : o.record_dir;
   std::error_code ec;
-  int code = 1;
-  for (int attempt = 0; attempt <= o.max_restarts; ++attempt) {
-    fs::remove_all(dir, ec);
-    fs::create_directories(dir, ec);
-    if (ec) {
+  const int code = with_restarts("mobula step", o.max_restarts, o.restart_delay_s, [&](int attempt) {
+    std::error_code e;
+    fs::remove_all(dir, e);
+    fs::create_directories(dir, e);
+    if (e) {
       std::fprintf(stderr,
                    "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
-                   dir.c_str(), ec.message().c_str());
-      return 1;
+                   dir.c_str(), e.message().c_str());
+      return 2;
     }
-    code = run_once(job, dir, o.grace_s, command, attempt);
-    // 0: done. 2: bad input (spec, arguments), identical on a relaunch.
-    if (code == 0 || code == 2 || attempt == o.max_restarts) break;
-    const double delay = std::min(o.restart_delay_s * double(1 << std::min(attempt, 10)), 300.0);
-    std::fprintf(stderr,
-                 "mobula step: the step failed with exit code %d; relaunching in %.0f s (restart %d of %d); the job "
-                 "resumes from its newest checkpoint\n",
-                 code, delay, attempt + 1, o.max_restarts);
-    std::fflush(stderr);
-    std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-  }
+    return run_once(job, dir, o.grace_s, command, attempt);
+  });
   fs::remove_all(dir, ec);
   return code;
 }

@@ -9,6 +9,7 @@
 // code comes from the per-rank records the workers write after MPI_Finalize.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,11 @@ Status write_step_record(const std::string& dir, const StepRecord& r);
 Result<std::vector<StepRecord>> read_step_records(const std::string& dir);
 // The step's exit code from the records (the largest one), or an error naming the missing ranks.
 Result<int> combine_step_records(const std::vector<StepRecord>& records);
+
+// Runs launch(attempt) for attempt = 0, 1, ... until it returns 0 or 2 (bad input, identical on a
+// relaunch) or max_restarts relaunches are spent, sleeping delay_s * 2^k (capped at 300 s) before
+// relaunch k+1 and saying so on stderr as "WHO: ...". Returns the last exit code.
+int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch);
 
 struct StepOptions {
   double grace_s = 15;         // how long srun may outlive its finished step

@@ -107,8 +107,9 @@ std::vector<KeyDef> build_schema() {
                       "Checkpoint directory; relative paths are relative to job.workdir."));
 
   s.push_back(int_key("fault.max_restarts", 2, 0, 100,
-                      "Under Slurm (`mobula submit`): relaunch a failed step inside the allocation up to N times; "
-                      "the job resumes from its newest checkpoint."));
+                      "Relaunch a failed job up to N times (`mobula run`: mpiexec again; `mobula submit`: srun "
+                      "again inside the allocation); it resumes from its newest checkpoint. Exit code 2 (bad input) "
+                      "is never retried."));
   s.push_back(int_key("fault.restart_delay_s", 5, 0, 3600,
                       "Seconds before the first relaunch; doubles with every further one (capped at 300)."));
 

@@ -357,7 +357,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   int64_t max_lag = 0;
   const long kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
   const long kill_rank = env_long("MOBULA_FAULT_KILL_RANK", 0);
-  const long kill_attempt = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);  // MOBULA_STEP_ATTEMPT it applies to
+  const long kill_attempt = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);  // launch it applies to; -1: all
   const long attempt = env_long("MOBULA_STEP_ATTEMPT", 0);
   for (int64_t k = start; k < spec.steps; ++k) {
     const double t0 = now();
@@ -517,7 +517,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       }
     }
     // Fault injection for the restart tests (docs/testing.md): this rank dies after step k.
-    if (kill_after == k && kill_rank == ctx.rank && kill_attempt == attempt) {
+    if (kill_after == k && kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt)) {
       spdlog::warn("fault injection: SIGKILL after step {}", k);
       spdlog::shutdown();
       std::raise(SIGKILL);

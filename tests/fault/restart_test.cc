@@ -3,9 +3,12 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
+#include <vector>
 
 #include "core/runtime/process.h"
 
@@ -37,17 +40,34 @@ class Restart : public ::testing::Test {
   // A short GRPO job (2 trainers, 1 rollout) in root_/name, saving every 2 steps; returns
   // (exit code, stdout + stderr).
   std::pair<int, std::string> run(const std::string& name, const std::string& kill_after = "",
-                                  const std::string& kill_rank = "0") {
+                                  const std::string& kill_rank = "0", std::vector<std::string> sets = {},
+                                  const std::string& kill_attempt = "0") {
     if (kill_after.empty()) {
       unsetenv("MOBULA_FAULT_KILL_AFTER_STEP");
     } else {
       setenv("MOBULA_FAULT_KILL_AFTER_STEP", kill_after.c_str(), 1);
       setenv("MOBULA_FAULT_KILL_RANK", kill_rank.c_str(), 1);
+      setenv("MOBULA_FAULT_KILL_ATTEMPT", kill_attempt.c_str(), 1);
     }
-    auto r = run_capture({kExe, "run", kSrc + "/examples/grpo-addition.toml", "--set", "job.steps=9", "--set",
-                          "rl.warm_start_steps=30", "--set", "rl.eval_problems=8", "--set", "checkpoint.every=2",
-                          "--set", "checkpoint.keep=2", "--set", "job.workdir=" + (root_ / name).string()},
-                         200);
+    std::vector<std::string> argv = {kExe,
+                                     "run",
+                                     kSrc + "/examples/grpo-addition.toml",
+                                     "--set",
+                                     "job.steps=9",
+                                     "--set",
+                                     "rl.warm_start_steps=30",
+                                     "--set",
+                                     "rl.eval_problems=8",
+                                     "--set",
+                                     "checkpoint.every=2",
+                                     "--set",
+                                     "checkpoint.keep=2",
+                                     "--set",
+                                     "fault.restart_delay_s=0",
+                                     "--set",
+                                     "job.workdir=" + (root_ / name).string()};
+    for (const auto& x : sets) argv.insert(argv.end(), {"--set", x});
+    auto r = run_capture(argv, 200);
     unsetenv("MOBULA_FAULT_KILL_AFTER_STEP");
     EXPECT_TRUE(r.is_ok()) << r.status().message();
     if (!r) return {-1, ""};
@@ -56,37 +76,46 @@ class Restart : public ::testing::Test {
   fs::path root_;
 };
 
-TEST_F(Restart, KilledJobResumesBitwiseIdentical) {
+TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
   const auto [rc0, out0] = run("clean");
   ASSERT_EQ(rc0, 0) << out0;
   const std::string want = slurp(root_ / "clean" / "policy.safetensors");
   ASSERT_GT(want.size(), 1000u);
 
-  // A trainer dies after step 4 (checkpoints after steps 1 and 3 = "4 steps done"), and a rollout
-  // rank after step 6: the job fails each time; the third run finishes from the checkpoint.
-  const auto [rc1, out1] = run("killed", "4", "1");
-  EXPECT_NE(rc1, 0) << out1;
-  EXPECT_NE(out1.find("fault injection: SIGKILL after step 4"), std::string::npos) << out1;
-  const auto [rc2, out2] = run("killed", "6", "2");
-  EXPECT_NE(rc2, 0) << out2;
-  EXPECT_NE(out2.find("resumed from " + (root_ / "killed" / "checkpoints" / "ckpt-00000004.h5").string()),
-            std::string::npos)
-      << out2;
-  const auto [rc3, out3] = run("killed");
-  ASSERT_EQ(rc3, 0) << out3;
-  EXPECT_NE(out3.find("ckpt-00000006.h5 (step 6"), std::string::npos) << out3;
-  EXPECT_EQ(slurp(root_ / "killed" / "policy.safetensors"), want) << "weights differ from the run that never failed";
+  // A trainer (world rank 1), then a rollout rank (2) dies after step 4: `mobula run`
+  // relaunches, the job resumes from the checkpoint of 4 steps and ends as if nothing happened.
+  for (const auto& [rank, step, resumed] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"1", "4", "ckpt-00000004.h5"}, {"2", "4", "ckpt-00000004.h5"}}) {
+    const std::string name = "killed-rank" + rank;
+    const auto [rc, out] = run(name, step, rank);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("fault injection: SIGKILL after step " + step), std::string::npos) << out;
+    EXPECT_NE(out.find("mobula run: the job failed with exit code"), std::string::npos) << out;
+    EXPECT_NE(out.find("relaunching in 0 s (restart 1 of 2)"), std::string::npos) << out;
+    EXPECT_NE(out.find("resumed from " + (root_ / name / "checkpoints" / resumed).string()), std::string::npos) << out;
+    EXPECT_EQ(slurp(root_ / name / "policy.safetensors"), want) << name << ": weights differ from the clean run";
+  }
   // Retention keeps the newest 2; no temporary files remain.
   std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(root_ / "killed" / "checkpoints"))
+  for (const auto& e : fs::directory_iterator(root_ / "killed-rank1" / "checkpoints"))
     files.push_back(e.path().filename().string());
   std::sort(files.begin(), files.end());
   EXPECT_EQ(files, (std::vector<std::string>{"ckpt-00000006.h5", "ckpt-00000008.h5", "latest"}));
-  EXPECT_EQ(slurp(root_ / "killed" / "checkpoints" / "latest"), "ckpt-00000008.h5\n");
+  EXPECT_EQ(slurp(root_ / "killed-rank1" / "checkpoints" / "latest"), "ckpt-00000008.h5\n");
+}
+
+TEST_F(Restart, AlwaysFailingJobStopsAtTheRestartLimit) {
+  const auto [rc, out] = run("doomed", "4", "0", {"fault.max_restarts=1"}, "-1");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("(restart 1 of 1)"), std::string::npos) << out;
+  EXPECT_EQ(out.find("(restart 2 of"), std::string::npos) << out;
+  size_t kills = 0;
+  for (auto p = out.find("fault injection"); p != std::string::npos; p = out.find("fault injection", p + 1)) ++kills;
+  EXPECT_EQ(kills, 2u) << out;
 }
 
 TEST_F(Restart, CorruptNewestCheckpointFallsBackAndAllCorruptRefusesToStart) {
-  const auto [rc1, out1] = run("job", "5", "0");
+  const auto [rc1, out1] = run("job", "5", "0", {"fault.max_restarts=0"});
   ASSERT_NE(rc1, 0) << out1;
   const fs::path dir = root_ / "job" / "checkpoints";
   ASSERT_TRUE(fs::exists(dir / "ckpt-00000006.h5")) << out1;
@@ -103,7 +132,7 @@ TEST_F(Restart, CorruptNewestCheckpointFallsBackAndAllCorruptRefusesToStart) {
   EXPECT_NE(dump->out.find("\"mobula-checkpoint\""), std::string::npos) << dump->out;
   EXPECT_NE(dump->out.find("DATASET \"adam_v\""), std::string::npos) << dump->out;
 
-  const auto [rc2, out2] = run("job", "6", "0");  // resumes from 4, dies again after step 6
+  const auto [rc2, out2] = run("job", "6", "0", {"fault.max_restarts=0"});  // resumes from 4, dies after step 6
   EXPECT_NE(out2.find("checkpoint rejected: " + (dir / "ckpt-00000006.h5").string()), std::string::npos) << out2;
   EXPECT_NE(out2.find("resumed from " + (dir / "ckpt-00000004.h5").string()), std::string::npos) << out2;
   EXPECT_NE(rc2, 0);
@@ -111,7 +140,7 @@ TEST_F(Restart, CorruptNewestCheckpointFallsBackAndAllCorruptRefusesToStart) {
   // Now truncate every checkpoint: the job must refuse to start from scratch.
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().extension() == ".h5") fs::resize_file(e.path(), 1000);
-  const auto [rc3, out3] = run("job");
+  const auto [rc3, out3] = run("job");  // exit 2: not retried
   EXPECT_NE(rc3, 0) << out3;
   EXPECT_NE(out3.find("none verifies"), std::string::npos) << out3;
   EXPECT_NE(out3.find("refusing to start from scratch"), std::string::npos) << out3;
