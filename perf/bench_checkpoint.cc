@@ -1,0 +1,113 @@
+// Checkpoint save and restore (io/checkpoint.h: collective HDF5, checksums, vote, fsync, rename,
+// `latest`) against the same bytes written sequentially by one process with write + fsync (what
+// `dd conv=fsync` does) and read back with read, in the same run and directory. The state is three
+// flat buffers (params, adam_m, adam_v) replicated on every rank, like the data-parallel trainers.
+// Restore reads come from the page cache in both rows (no cache drop without root rights).
+//
+//   mpirun -np 2 perf/bench_checkpoint [MiB-per-buffer=64] [iters=5] [dir=.]
+#include <fcntl.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/runtime/environment.h"
+#include "io/checkpoint.h"
+#include "perf/harness.h"
+
+using namespace mobula;
+
+namespace {
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "bench_checkpoint: %s\n", msg.c_str());
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto env = Environment::init(&argc, &argv);
+  if (!env) die(env.status().message());
+  const int rank = (*env)->rank(), size = (*env)->size();
+  const size_t mib = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 64;
+  const int iters = argc > 2 ? std::atoi(argv[2]) : 5;
+  const std::string dir = (argc > 3 ? std::string(argv[3]) : std::string(".")) + "/bench_checkpoint.d";
+  const size_t n = mib * (1 << 20) / sizeof(float);
+  std::vector<std::vector<float>> state(3, std::vector<float>(n)), back(3, std::vector<float>(n));
+  for (size_t b = 0; b < 3; ++b)
+    for (size_t i = 0; i < n; ++i) state[b][i] = static_cast<float>((b * 7919 + i) % 16777216) * 0.5f;
+  const char* names[3] = {"params", "adam_m", "adam_v"};
+  const double bytes = 3.0 * static_cast<double>(n * sizeof(float));
+  if (rank == 0) std::filesystem::create_directories(dir);
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  int64_t step = 0;
+  perf::Row save{"checkpoint save", bytes, {}, perf::Pattern::kIo, 0};
+  save.s = perf::time_iterations(MPI_COMM_WORLD, 1, iters, [&] {
+    io::CheckpointState c;
+    c.step = ++step;
+    for (size_t b = 0; b < 3; ++b) c.buffers.push_back({names[b], state[b]});
+    if (Status s = io::save_checkpoint(dir, c, 1, MPI_COMM_WORLD); !s) die(s.message());
+  });
+  perf::Row load{"checkpoint restore", bytes, {}, perf::Pattern::kIo, 0};
+  load.s = perf::time_iterations(MPI_COMM_WORLD, 1, iters, [&] {
+    io::CheckpointState c;
+    for (size_t b = 0; b < 3; ++b) c.buffers.push_back({names[b], back[b]});
+    auto found = io::load_latest_checkpoint(dir, &c, MPI_COMM_WORLD, nullptr);
+    if (!found || !*found) die("restore found nothing: " + (found ? std::string() : found.status().message()));
+  });
+  long long wrong = 0;
+  for (size_t b = 0; b < 3; ++b)
+    for (size_t i = 0; i < n; ++i) wrong += back[b][i] != state[b][i];
+  MPI_Allreduce(&wrong, &load.wrong, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+
+  const std::string raw = dir + "/raw.bin";
+  perf::Row wrow{"write+fsync 1 proc (dd)", bytes, {}, perf::Pattern::kIo, 0};
+  wrow.s = perf::time_iterations(MPI_COMM_WORLD, 1, iters, [&] {
+    if (rank != 0) return;
+    const int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die("open " + raw);
+    for (size_t b = 0; b < 3; ++b) {
+      const char* p = reinterpret_cast<const char*>(state[b].data());
+      for (size_t left = n * sizeof(float); left > 0;) {
+        const ssize_t w = ::write(fd, p, left);
+        if (w <= 0) die("write " + raw);
+        p += w, left -= static_cast<size_t>(w);
+      }
+    }
+    if (::fsync(fd) != 0) die("fsync " + raw);
+    ::close(fd);
+  });
+  perf::Row rrow{"read 1 proc (baseline)", bytes, {}, perf::Pattern::kIo, 0};
+  rrow.s = perf::time_iterations(MPI_COMM_WORLD, 1, iters, [&] {
+    if (rank != 0) return;
+    const int fd = ::open(raw.c_str(), O_RDONLY);
+    if (fd < 0) die("open " + raw);
+    for (size_t b = 0; b < 3; ++b) {
+      char* p = reinterpret_cast<char*>(back[b].data());
+      for (size_t left = n * sizeof(float); left > 0;) {
+        const ssize_t r = ::read(fd, p, left);
+        if (r <= 0) die("read " + raw);
+        p += r, left -= static_cast<size_t>(r);
+      }
+    }
+    ::close(fd);
+  });
+  if (rank == 0) {
+    std::printf("# bench_checkpoint: %d ranks, 3 buffers x %zu MiB (replicated), %d iterations (median), dir %s\n",
+                size, mib, iters, dir.c_str());
+    perf::print_header();
+    perf::print_row(wrow, size, nullptr);
+    perf::print_row(save, size, &wrow);
+    perf::print_row(rrow, size, nullptr);
+    perf::print_row(load, size, &rrow);
+    std::filesystem::remove_all(dir);
+  }
+  return load.wrong ? 1 : 0;
+}
