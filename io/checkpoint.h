@@ -1,5 +1,5 @@
-// Checkpoints: one HDF5 file per saved step, written collectively by a group of ranks that hold
-// identical replicas of the state (the data-parallel trainers), published atomically.
+// Checkpoints: one HDF5 file per saved step, saved by a group of ranks that hold
+// identical replicas of the state (the data-parallel trainers) and published atomically.
 //
 // Layout of DIR:
 //   ckpt-00000012.h5       a published checkpoint (state after 12 steps)
@@ -9,7 +9,7 @@
 //
 // Contract
 //  * save_checkpoint and load_latest_checkpoint are collective over `comm`.
-//  * Publish order: write the temporary file (every rank its share of each buffer), close, every
+//  * Publish order: rank 0 writes the temporary file (the replicas are identical), closes it, every
 //    rank votes (MPI_Allreduce), rank 0 fsyncs the file, renames it to its final name, fsyncs the
 //    directory, then replaces `latest` (write + fsync + rename + fsync). A crash at any point
 //    leaves the previous checkpoint or the new one, never a half one under a final name.
