@@ -1,7 +1,5 @@
 #include "io/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -14,6 +12,7 @@
 #include <sstream>
 
 #include "core/config.h"
+#include "core/runtime/files.h"
 #include "core/runtime/mpi.h"
 #include "io/hdf5.h"
 
@@ -37,31 +36,6 @@ std::string hex64(uint64_t h) {
 
 uint64_t hash_of(std::span<const float> b) {
   return XXH64(b.data(), b.size_bytes(), 0);
-}
-
-Status fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::io("open " + path + " for fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) return Status::io("fsync " + path + ": " + std::strerror(err));
-  return Status::ok();
-}
-
-// Replaces `path` with `text` durably: temporary file, fsync, rename, fsync of the directory.
-Status replace_file(const std::string& dir, const std::string& name, const std::string& text) {
-  const std::string path = dir + "/" + name, tmp = dir + "/." + name + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    out.close();
-    if (!out) return Status::io(tmp + ": cannot write");
-  }
-  MOBULA_RETURN_IF_ERROR(fsync_path(tmp, false));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    return Status::io("rename " + tmp + " -> " + path + ": " + std::strerror(errno));
-  return fsync_path(dir, true);
 }
 
 // Every rank's status becomes the worst one; returns the local status if it failed, else a
@@ -195,7 +169,7 @@ Status save_checkpoint(const std::string& dir, const CheckpointState& state, int
     if (published.is_ok() && std::rename(tmp.c_str(), final_path.c_str()) != 0)
       published = Status::io("rename " + tmp + " -> " + final_path + ": " + std::strerror(errno));
     if (published.is_ok()) published = fsync_path(dir, true);
-    if (published.is_ok()) published = replace_file(dir, "latest", name + "\n");
+    if (published.is_ok()) published = write_file_atomically(dir + "/latest", name + "\n", /*durable=*/true);
     if (published.is_ok()) {
       // Retention: the newest `keep` stay; leftovers of crashed saves go.
       const auto all = list_checkpoints(dir);

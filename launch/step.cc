@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/runtime/files.h"
 #include "core/runtime/process.h"
 #include "slurm/jobs.h"
 
@@ -21,18 +22,9 @@ namespace mobula::launch {
 namespace fs = std::filesystem;
 
 Status write_step_record(const std::string& dir, const StepRecord& r) {
-  const fs::path final_path = fs::path(dir) / ("rank-" + std::to_string(r.rank) + ".rc");
-  const fs::path tmp = fs::path(dir) / (".rank-" + std::to_string(r.rank) + ".rc.tmp");
-  {
-    std::ofstream out(tmp);
-    out << r.rank << ' ' << r.size << ' ' << r.exit_code << '\n';
-    out.close();
-    if (!out) return Status::io(tmp.string() + ": cannot write the step record");
-  }
-  std::error_code ec;
-  fs::rename(tmp, final_path, ec);
-  if (ec) return Status::io("rename " + tmp.string() + " -> " + final_path.string() + ": " + ec.message());
-  return Status::ok();
+  return write_file_atomically(
+      fs::path(dir) / ("rank-" + std::to_string(r.rank) + ".rc"),
+      std::to_string(r.rank) + " " + std::to_string(r.size) + " " + std::to_string(r.exit_code) + "\n");
 }
 
 Result<std::vector<StepRecord>> read_step_records(const std::string& dir) {

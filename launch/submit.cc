@@ -1,12 +1,11 @@
 // `mobula submit SPEC [--dry-run] [--set k=v]...`: renders the batch script into the job's work dir
 // and hands it to sbatch. See slurm/batch_script.h for the rendering and docs/slurm.md for use.
-#include <sys/stat.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "core/runtime/files.h"
 #include "core/runtime/spec.h"
 #include "launch/commands.h"
 #include "slurm/batch_script.h"
@@ -15,27 +14,6 @@
 namespace mobula::launch {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// Writes `text` to `path` under a temporary name, then renames it: a reader sees the old file or
-// the new one, never half of one.
-Status write_atomically(const fs::path& path, const std::string& text, fs::perms perms) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.close();
-    if (!out) return Status::io(tmp.string() + ": cannot write");
-  }
-  std::error_code ec;
-  fs::permissions(tmp, perms, ec);
-  if (!ec) fs::rename(tmp, path, ec);
-  if (ec) return Status::io(path.string() + ": " + ec.message());
-  return Status::ok();
-}
-
-}  // namespace
 
 int cmd_submit(const SpecArgs& a, bool dry_run) {
   auto spec = load_spec(a.spec, a.sets);
@@ -76,10 +54,11 @@ int cmd_submit(const SpecArgs& a, bool dry_run) {
     return 1;
   }
   const auto rw = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read;
-  Status st = write_atomically(opt.spec_copy, spec_text.str(), rw);
+  Status st = write_file_atomically(opt.spec_copy, spec_text.str(), /*durable=*/false, rw);
   if (st.is_ok())
-    st = write_atomically(workdir / "sbatch.sh", script->text,
-                          rw | fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec);
+    st = write_file_atomically(workdir / "sbatch.sh", script->text,
+                               /*durable=*/false,
+                               rw | fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec);
   if (!st.is_ok()) {
     std::fprintf(stderr, "mobula submit: %s\n", st.message().c_str());
     return 1;

@@ -15,11 +15,10 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include "core/runtime/environment.h"
+#include "core/runtime/files.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "core/transport/gradients.h"
@@ -162,16 +161,7 @@ Result<StepResult> train_step(TrainerState& ts, const std::vector<Datum>& batch,
 }
 
 Status write_summary(const std::string& dir, const std::string& text) {
-  const std::string path = dir + "/summary.json", tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << text;
-    if (!f) return Status::io(tmp + ": write failed");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Status::io(path + ": rename failed: " + ec.message());
-  return Status::ok();
+  return write_file_atomically(dir + "/summary.json", text);
 }
 
 }  // namespace
