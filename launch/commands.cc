@@ -106,7 +106,7 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   if (geteuid() == 0) env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
   if (!std::getenv("OPENBLAS_NUM_THREADS")) env.emplace_back("OPENBLAS_NUM_THREADS=1");
   std::fprintf(stderr, "mobula run: %s\n", join_command(argv).c_str());
-  return with_restarts("mobula run", spec->slurm.max_restarts, spec->slurm.restart_delay_s, [&](int attempt) {
+  return with_restarts("mobula run", spec->fault.max_restarts, spec->fault.restart_delay_s, [&](int attempt) {
     auto e = env;
     e.push_back("MOBULA_STEP_ATTEMPT=" + std::to_string(attempt));
     auto rc = run_inherit(argv, e);

@@ -123,9 +123,9 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
                                    "--grace",
                                    std::to_string(sl.step_grace_s),
                                    "--max-restarts",
-                                   std::to_string(sl.max_restarts),
+                                   std::to_string(spec.fault.max_restarts),
                                    "--restart-delay",
-                                   std::to_string(sl.restart_delay_s),
+                                   std::to_string(spec.fault.restart_delay_s),
                                    "--"};
   step.insert(step.end(), srun.begin(), srun.end());
   t += "exec " + join_command(step) + "\n";

@@ -374,8 +374,6 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
     sl.signal_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.signal_grace_s"));
     sl.mpi = get<std::string>(L.set, "slurm.mpi");
     sl.step_grace_s = static_cast<int>(get<int64_t>(L.set, "slurm.step_grace_s"));
-    sl.max_restarts = static_cast<int>(get<int64_t>(L.set, "fault.max_restarts"));
-    sl.restart_delay_s = static_cast<int>(get<int64_t>(L.set, "fault.restart_delay_s"));
     // Values end up in a shell script: no newlines, no quotes where Slurm never needs them.
     for (const auto& k : spec.keys_) {
       if (k.def->path.rfind("slurm.", 0) != 0) continue;
@@ -404,6 +402,8 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
       return Status::invalid_spec(L.where_of("slurm.mpi") + ": slurm.mpi: \"" + sl.mpi +
                                   "\" is not an srun --mpi plugin name");
   }
+  spec.fault.max_restarts = static_cast<int>(get<int64_t>(L.set, "fault.max_restarts"));
+  spec.fault.restart_delay_s = static_cast<int>(get<int64_t>(L.set, "fault.restart_delay_s"));
   spec.checkpoint.every = static_cast<int>(get<int64_t>(L.set, "checkpoint.every"));
   spec.checkpoint.keep = static_cast<int>(get<int64_t>(L.set, "checkpoint.keep"));
   spec.checkpoint.dir = get<std::string>(L.set, "checkpoint.dir");

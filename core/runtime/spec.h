@@ -89,9 +89,13 @@ struct SlurmSpec {
   int signal_grace_s = 120;
   std::string mpi = "pmix";
   int step_grace_s = 15;
-  int max_restarts = 2;     // fault.max_restarts
-  int restart_delay_s = 5;  // fault.restart_delay_s
   SlurmResources for_role(const std::string& r) const { return role.at(r).inherit(job); }
+};
+
+// Relaunch of a failed job, by `mobula run` and by `mobula step` (submit).
+struct FaultSpec {
+  int max_restarts = 2;
+  int restart_delay_s = 5;
 };
 
 struct CheckpointSpec {
@@ -120,6 +124,7 @@ class JobSpec {
   RlSpec rl;
   SlurmSpec slurm;
   CheckpointSpec checkpoint;
+  FaultSpec fault;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;
