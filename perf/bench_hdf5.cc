@@ -21,9 +21,7 @@ using namespace mobula;
 namespace {
 
 [[noreturn]] void die(const std::string& msg) {
-  std::fprintf(stderr, "bench_hdf5: %s\n", msg.c_str());
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  std::exit(1);
+  perf::die("bench_hdf5", msg);
 }
 
 void fsync_path(const std::string& path) {

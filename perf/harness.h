@@ -17,12 +17,20 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 namespace mobula::perf {
 
 enum class Pattern { kPointToPoint, kBroadcast, kIo, kAllReduce, kAllGather };
+
+// Fatal benchmark error: "BENCH: msg" on stderr, then the whole job ends.
+[[noreturn]] inline void die(const char* bench, const std::string& msg) {
+  std::fprintf(stderr, "%s: %s\n", bench, msg.c_str());
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
+}
 
 inline double bus_factor(Pattern p, int n) {
   switch (p) {

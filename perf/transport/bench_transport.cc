@@ -32,9 +32,7 @@ using namespace mobula;
 namespace {
 
 [[noreturn]] void die(const std::string& msg) {
-  std::fprintf(stderr, "bench_transport: %s\n", msg.c_str());
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  std::exit(1);
+  perf::die("bench_transport", msg);
 }
 void check(const Status& s) {
   if (!s) die(s.message());
