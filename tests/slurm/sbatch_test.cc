@@ -48,6 +48,28 @@ class Sbatch : public ::testing::Test {
     fs::create_directories(dir_);
   }
 
+  static std::string slurp(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+  // `mobula submit ARGS...`: expects success and stdout starting with "submitted job ID ";
+  // returns ID ("" after a failed expectation); *out receives stdout.
+  std::string submit(const std::vector<std::string>& args, std::string* out = nullptr) {
+    std::vector<std::string> argv = {kExe, "submit"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto sub = run_capture(argv, 60);
+    EXPECT_TRUE(sub.is_ok() && sub->exit_code == 0) << (sub ? sub->err : sub.status().message());
+    if (!sub || sub->exit_code != 0) return "";
+    const std::string pre = "submitted job ";
+    EXPECT_EQ(sub->out.rfind(pre, 0), 0u) << sub->out;
+    if (out) *out = sub->out;
+    if (sub->out.rfind(pre, 0) != 0) return "";
+    return sub->out.substr(pre.size(), sub->out.find(' ', pre.size()) - pre.size());
+  }
+
   // Writes `script`, submits it, waits for the end; returns (batch script exit code, job output).
   std::pair<int, std::string> run_job(const std::string& script) {
     const auto path = dir_ / "job.sh";
@@ -57,12 +79,10 @@ class Sbatch : public ::testing::Test {
     if (!id) return {-1, ""};
     auto end = slurm::wait_job(*id, 240);
     EXPECT_TRUE(end.is_ok()) << end.status().message();
-    std::ifstream in(dir_ / "out.txt");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (!end) return {-1, ss.str()};
-    EXPECT_EQ(end->state, end->exit_code == 0 ? "COMPLETED" : "FAILED") << ss.str();
-    return {end->exit_code, ss.str()};
+    const std::string out = slurp(dir_ / "out.txt");
+    if (!end) return {-1, out};
+    EXPECT_EQ(end->state, end->exit_code == 0 ? "COMPLETED" : "FAILED") << out;
+    return {end->exit_code, out};
   }
 
   fs::path dir_;
@@ -133,25 +153,19 @@ TEST_F(Sbatch, SubmitRendersAHetJobFromRoleResources) {
   // `mobula submit`: trainers on the gpu partition one per node, the embed rank on cpu. Different
   // resources make a het job; submit pins each role to its component.
   const std::string work = (dir_ / "run").string();
-  auto sub = run_capture(
-      {kExe, "submit", kSrc + "/examples/hetjob.toml", "--set", "job.workdir=" + work, "--set", "slurm.partition=gpu",
-       "--set", "slurm.trainer.tasks_per_node=1", "--set", "slurm.embed.partition=cpu", "--set", "slurm.time=5",
-       "--set", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"},
-      60);
-  ASSERT_TRUE(sub.is_ok()) << sub.status().message();
-  ASSERT_EQ(sub->exit_code, 0) << sub->err;
-  const std::string pre = "submitted job ";
-  ASSERT_EQ(sub->out.rfind(pre, 0), 0u) << sub->out;
-  const std::string id = sub->out.substr(pre.size(), sub->out.find(' ', pre.size()) - pre.size());
-  EXPECT_NE(sub->out.find("(2 components)"), std::string::npos) << sub->out;
+  std::string printed;
+  const std::string id =
+      submit({kSrc + "/examples/hetjob.toml", "--set", "job.workdir=" + work, "--set", "slurm.partition=gpu", "--set",
+              "slurm.trainer.tasks_per_node=1", "--set", "slurm.embed.partition=cpu", "--set", "slurm.time=5", "--set",
+              "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"},
+             &printed);
+  ASSERT_FALSE(id.empty());
+  EXPECT_NE(printed.find("(2 components)"), std::string::npos) << printed;
   EXPECT_TRUE(fs::exists(fs::path(work) / "sbatch.sh"));
   EXPECT_TRUE(fs::exists(fs::path(work) / "spec.toml"));
   auto end = slurm::wait_job(id, 240);
   ASSERT_TRUE(end.is_ok()) << end.status().message();
-  std::ifstream in(fs::path(work) / ("slurm-" + id + ".out"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string out = ss.str();
+  const std::string out = slurp(fs::path(work) / ("slurm-" + id + ".out"));
   EXPECT_EQ(end->state, "COMPLETED") << out;
   EXPECT_NE(out.find("   0  trainer   0/2          0  n1"), std::string::npos) << out;
   EXPECT_NE(out.find("   1  trainer   1/2          0  n2"), std::string::npos) << out;
@@ -163,19 +177,12 @@ TEST_F(Sbatch, PreTimeoutSignalReachesTheRanksWithoutKillingThem) {
   // The batch shell gets the pre-timeout signal (here sent at once with scancel --batch): mobula
   // step forwards it to srun, srun to the ranks, which note it and finish the run.
   const std::string work = (dir_ / "run").string();
-  auto sub = run_capture({kExe, "submit", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work,
-                          "--set", "job.steps=5", "--set", "rl.warm_start_steps=300", "--set", "rl.eval_problems=20",
-                          "--set", "slurm.partition=gpu", "--set", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"},
-                         60);
-  ASSERT_TRUE(sub.is_ok() && sub->exit_code == 0) << (sub ? sub->err : sub.status().message());
-  const std::string id = sub->out.substr(14, sub->out.find(' ', 14) - 14);
+  const std::string id = submit({kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set",
+                                 "job.steps=5", "--set", "rl.warm_start_steps=300", "--set", "rl.eval_problems=20",
+                                 "--set", "slurm.partition=gpu", "--set", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"});
+  ASSERT_FALSE(id.empty());
   const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
-  auto read_log = [&] {
-    std::ifstream in(log);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
+  auto read_log = [&] { return slurp(log); };
   // Signal once every rank is running (the layout is printed after all ranks joined).
   for (int i = 0; i < 600 && read_log().find("transport.gradients") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -195,20 +202,15 @@ TEST_F(Sbatch, FailedStepIsRelaunchedAndResumesFromTheCheckpoint) {
   // Rank 0 is SIGKILLed after step 4 of the first launch; --kill-on-bad-exit ends the step, mobula
   // step relaunches it (fault.max_restarts) and the job resumes from the checkpoint of step 4.
   const std::string work = (dir_ / "run").string();
-  auto sub =
-      run_capture({kExe, "submit", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set",
-                   "job.steps=8", "--set", "rl.warm_start_steps=30", "--set", "rl.eval_problems=8", "--set",
-                   "checkpoint.every=2", "--set", "fault.restart_delay_s=0", "--set", "slurm.partition=gpu", "--set",
-                   "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_KILL_AFTER_STEP=4\"]"},
-                  60);
-  ASSERT_TRUE(sub.is_ok() && sub->exit_code == 0) << (sub ? sub->err : sub.status().message());
-  const std::string id = sub->out.substr(14, sub->out.find(' ', 14) - 14);
+  const std::string id =
+      submit({kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set", "job.steps=8", "--set",
+              "rl.warm_start_steps=30", "--set", "rl.eval_problems=8", "--set", "checkpoint.every=2", "--set",
+              "fault.restart_delay_s=0", "--set", "slurm.partition=gpu", "--set",
+              "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_KILL_AFTER_STEP=4\"]"});
+  ASSERT_FALSE(id.empty());
   auto end = slurm::wait_job(id, 240);
   ASSERT_TRUE(end.is_ok()) << end.status().message();
-  std::ifstream in(fs::path(work) / ("slurm-" + id + ".out"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string out = ss.str();
+  const std::string out = slurp(fs::path(work) / ("slurm-" + id + ".out"));
   EXPECT_EQ(end->state, "COMPLETED") << out;
   EXPECT_NE(out.find("fault injection: SIGKILL after step 4"), std::string::npos) << out;
   EXPECT_NE(out.find("relaunching in 0 s (restart 1 of 2)"), std::string::npos) << out;
