@@ -58,3 +58,19 @@ function(mobula_add_mpi_test name)
                          PROCESSORS ${np} ENVIRONMENT "${MOBULA_TEST_ENV}")
   endforeach()
 endfunction()
+
+# A single-process gtest that drives the `mobula` executable (`mobula run` starts mpiexec itself):
+# MOBULA_EXE and MOBULA_TEST_SOURCE_DIR are defined, mobula is built first, 2 processors reserved.
+function(mobula_add_launcher_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  _mobula_test_target(${name} SOURCES ${T_SOURCES} LIBS ${T_LIBS})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 300)
+  endif()
+  target_compile_definitions(${name} PRIVATE MOBULA_EXE="$<TARGET_FILE:mobula>"
+                             MOBULA_TEST_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  add_dependencies(${name} mobula)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} PROCESSORS 2
+                       ENVIRONMENT "${MOBULA_TEST_ENV}")
+endfunction()
