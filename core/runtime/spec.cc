@@ -347,7 +347,9 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.rl.clip = get<double>(L.set, "rl.clip");
   spec.rl.clip_high = get<double>(L.set, "rl.clip_high");
   spec.rl.temperature = get<double>(L.set, "rl.temperature");
-  for (const char* k : {"rl.lr", "rl.warm_start_lr", "rl.clip", "rl.clip_high", "rl.temperature"})
+  spec.rl.kl_coef = get<double>(L.set, "rl.kl_coef");
+  spec.rl.advantage_std = get<bool>(L.set, "rl.advantage_std");
+  for (const char* k : {"rl.lr", "rl.warm_start_lr", "rl.clip", "rl.clip_high", "rl.temperature", "rl.kl_coef"})
     if (!(get<double>(L.set, k) >= 0) || !std::isfinite(get<double>(L.set, k)))
       return Status::invalid_spec(L.where_of(k) + ": " + k + ": must be a finite number >= 0");
   {

@@ -67,7 +67,8 @@ struct RlSpec {
   int digits = 2;
   int warm_start_steps = 400, warm_start_batch = 64, warm_start_noise = 45;
   int prompts_per_step = 16, group_size = 8, max_new_tokens = 5, eval_problems = 100, max_staleness = 0;
-  double lr = 3e-4, warm_start_lr = 3e-3, clip = 0.2, clip_high = 0.28, temperature = 1.0;
+  double lr = 3e-4, warm_start_lr = 3e-3, clip = 0.2, clip_high = 0.28, temperature = 1.0, kl_coef = 0.0;
+  bool advantage_std = true;
 };
 
 // Slurm resources of the whole job or of one role ([slurm] / [slurm.ROLE]); ""/0 = unset.

@@ -92,6 +92,11 @@ std::vector<KeyDef> build_schema() {
   s.push_back(float_key("rl.clip", 0.2, "PPO clip range: ratios outside [1 - clip, 1 + clip_high] stop the gradient."));
   s.push_back(float_key("rl.clip_high", 0.28, "Upper PPO clip range (DAPO's clip-higher)."));
   s.push_back(float_key("rl.temperature", 1.0, "Sampling temperature of the rollouts."));
+  s.push_back(float_key("rl.kl_coef", 0.0,
+                        "Weight of the k3 KL penalty to the frozen reference policy (the weights RL starts "
+                        "from); 0 turns it off."));
+  s.push_back(bool_key("rl.advantage_std", true,
+                       "Divide group-centred rewards by the group's std (GRPO); false: Dr. GRPO's plain centring."));
   const std::vector<std::string> transports = {"auto", "mpi", "ucx", "nccl"};
   s.push_back(
       str_key("transport.weights", "auto", transports, "Transport for weight sync from trainers to rollout ranks."));

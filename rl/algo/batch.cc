@@ -107,6 +107,36 @@ Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::ve
   return out;
 }
 
+Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, const std::vector<Datum>& batch) {
+  const int Tmax = model.config().max_seq;
+  std::vector<std::vector<float>> out(batch.size());
+  const size_t mb = static_cast<size_t>(model.max_batch());
+  for (size_t b0 = 0; b0 < batch.size(); b0 += mb) {
+    const size_t B = std::min(mb, batch.size() - b0);
+    size_t maxlen = 0;
+    for (size_t k = 0; k < B; ++k) {
+      const Datum& d = batch[b0 + k];
+      if (d.tokens.empty() || static_cast<int>(d.tokens.size()) > Tmax || d.target_tokens.size() != d.tokens.size())
+        return Status::invalid_argument("forward: datum " + std::to_string(b0 + k) + ": need 1.." +
+                                        std::to_string(Tmax) + " tokens and one target per token");
+      maxlen = std::max(maxlen, d.tokens.size());
+    }
+    const int T = bucket_length(static_cast<int>(maxlen), Tmax);
+    const size_t N = B * size_t(T);
+    std::vector<int> tok(N, 0), tgt(N, -1);
+    std::vector<float> lp(N);
+    for (size_t k = 0; k < B; ++k) {
+      const Datum& d = batch[b0 + k];
+      std::copy(d.tokens.begin(), d.tokens.end(), tok.begin() + long(k * size_t(T)));
+      std::copy(d.target_tokens.begin(), d.target_tokens.end(), tgt.begin() + long(k * size_t(T)));
+    }
+    MOBULA_RETURN_IF_ERROR(model.forward(tok, tgt, int(B), T, lp));
+    for (size_t k = 0; k < B; ++k)
+      out[b0 + k].assign(lp.begin() + long(k * size_t(T)), lp.begin() + long(k * size_t(T) + batch[b0 + k].tokens.size()));
+  }
+  return out;
+}
+
 float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens) {
   const float scale = static_cast<float>(1.0 / tokens);
   float* g = model.grads.data();

@@ -50,6 +50,9 @@ Datum completion_datum(std::span<const int> seq, size_t first, std::span<const f
 Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::vector<Datum>& batch,
                                                      const LossConfig& loss, double* tokens);
 
+// Log-probs of every datum's target tokens (one per position) under the model; no backward.
+Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, const std::vector<Datum>& batch);
+
 // The optimizer step that goes with forward_backward_batch: divides the accumulated gradient token
 // sums by `tokens` (all trained tokens since the last step, over every replica) and applies `opt`
 // with its current config. Returns the gradient norm before clipping. The gradients are left

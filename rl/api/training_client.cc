@@ -23,6 +23,19 @@ Result<std::unique_ptr<TrainingClient>> TrainingClient::create_local(const Clien
   return c;
 }
 
+Result<std::unique_ptr<TrainingClient>> TrainingClient::create_spmd(const ClientOptions& opts, GradientGroup& group,
+                                                                    SamplerSink* sink) {
+  std::unique_ptr<TrainingClient> c(new TrainingClient(opts));
+  auto m = Gpt<>::create(opts.model, opts.microbatch > 0 ? opts.microbatch : opts.max_batch, opts.recompute);
+  if (!m) return m.status();
+  c->model_ = std::make_unique<Gpt<>>(std::move(m).value());
+  c->model_->init(opts.seed);  // the same seed on every member: identical replicas
+  c->opt_ = std::make_unique<AdamW<>>(AdamWConfig{}, c->model_->tensors(), c->model_->num_params());
+  c->group_ = &group;
+  c->sink_ = sink;
+  return c;  // no worker thread: calls run on the caller's thread (see the header)
+}
+
 TrainingClient::~TrainingClient() {
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -50,6 +63,10 @@ template <class T>
 Future<T> TrainingClient::submit(std::function<Result<T>()> fn) {
   auto promise = std::make_shared<std::promise<Result<T>>>();
   Future<T> fut = promise->get_future().share();
+  if (!worker_.joinable()) {  // SPMD: in order on the caller's thread
+    promise->set_value(fn());
+    return fut;
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
     queue_.emplace_back([promise, fn = std::move(fn)] { promise->set_value(fn()); });
@@ -62,14 +79,44 @@ Future<ForwardBackwardOutput> TrainingClient::forward_backward(std::vector<Datum
   return submit<ForwardBackwardOutput>([this, batch = std::move(batch), loss]() -> Result<ForwardBackwardOutput> {
     double tokens = 0;
     auto out = forward_backward_batch(*model_, batch, loss, &tokens);
-    if (out) tokens_since_step_ += tokens;
+    if (!out) return out;
+    if (group_) {
+      // The group's statistics: token-weighted sums, added up in rank order on every member.
+      LossStats& st = out->stats;
+      double sums[5] = {tokens, st.loss * tokens, st.clip_fraction * tokens, st.kl * tokens, st.mean_ratio * tokens};
+      MOBULA_RETURN_IF_ERROR(group_->sum(std::span<double>(sums, 5)));
+      tokens = sums[0];
+      st.tokens = static_cast<long>(tokens);
+      if (tokens > 0) {
+        st.loss = sums[1] / tokens;
+        st.clip_fraction = sums[2] / tokens;
+        st.kl = sums[3] / tokens;
+        st.mean_ratio = sums[4] / tokens;
+      }
+    }
+    tokens_since_step_ += tokens;
     return out;
+  });
+}
+
+Future<std::vector<std::vector<float>>> TrainingClient::forward(std::vector<Datum> batch) {
+  return submit<std::vector<std::vector<float>>>(
+      [this, batch = std::move(batch)]() { return forward_batch(*model_, batch); });
+}
+
+Future<bool> TrainingClient::with_state(std::function<Status(TrainingState&)> fn) {
+  return submit<bool>([this, fn = std::move(fn)]() -> Result<bool> {
+    TrainingState st{*model_, *opt_};
+    MOBULA_RETURN_IF_ERROR(fn(st));
+    return true;
   });
 }
 
 Future<OptimStepOutput> TrainingClient::optim_step(AdamParams p) {
   return submit<OptimStepOutput>([this, p]() -> Result<OptimStepOutput> {
     if (tokens_since_step_ <= 0) return Status::invalid_argument("optim_step: no trained tokens since the last step");
+    if (group_)  // data parallelism: the gradient token sums of the whole group
+      MOBULA_RETURN_IF_ERROR(group_->sum(std::span<float>(model_->grads.data(), model_->grads.extent(0))));
     AdamWConfig c;
     c.lr = p.lr;
     c.beta1 = p.beta1;
@@ -91,6 +138,7 @@ Future<std::vector<Sample>> TrainingClient::sample(std::vector<std::vector<int>>
                                                    SamplingParams params, uint64_t seed) {
   return submit<std::vector<Sample>>(
       [this, prompts = std::move(prompts), num_samples, params, seed]() -> Result<std::vector<Sample>> {
+        if (!sampler_) return Status::invalid_argument("sample: this client has no sampler (SPMD trainer backend)");
         if (num_samples < 1 || num_samples > opts_.sample_rows)
           return Status::invalid_argument("sample: num_samples must be 1.." + std::to_string(opts_.sample_rows));
         std::vector<Sample> out;
@@ -112,6 +160,10 @@ Future<std::vector<Sample>> TrainingClient::sample(std::vector<std::vector<int>>
 
 Future<std::string> TrainingClient::save_weights_for_sampler(std::string path) {
   return submit<std::string>([this, path]() -> Result<std::string> {
+    if (sink_) {
+      MOBULA_RETURN_IF_ERROR(sink_->publish(std::span<const float>(model_->params.data(), model_->num_params()), path));
+      return path;
+    }
     MOBULA_RETURN_IF_ERROR(save_weights(path, opts_.model, model_->params));
     return path;
   });

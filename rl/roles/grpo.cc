@@ -27,6 +27,7 @@
 #include "io/checkpoint.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
+#include "rl/api/training_client.h"
 #include "rl/model/weights.h"
 #include "rl/optim/adamw.h"
 #include "rl/roles/workload.h"
@@ -48,7 +49,9 @@ struct Record {
 };
 
 struct RolloutStats {
-  double reward_sum = 0, samples = 0, completion_tokens = 0, sample_seconds = 0;
+  double reward_sum = 0, reward_sq_sum = 0, correct = 0, samples = 0, completion_tokens = 0;
+  double neg_logp_sum = 0;  // -log p of the sampled tokens under the model: sum / tokens estimates entropy
+  double sample_seconds = 0, reward_seconds = 0;
   double version = 0;  // policy version the batch was sampled with
 };
 
@@ -123,42 +126,103 @@ Status decode(const std::vector<uint8_t>& bytes, RolloutStats* st, std::vector<R
   return Status::ok();
 }
 
-// ---- trainer: one data-parallel optimizer step over whatever batch this rank holds ------------
-struct TrainerState {
-  std::unique_ptr<Gpt<>> model;
-  std::unique_ptr<AdamW<>> opt;
-  Transport* grads = nullptr;  // over the trainer group
+// ---- trainer group hooks of the SPMD TrainingClient ---------------------------------------------
+// Gradient sums over the trainers: bucketed, in rank order (deterministic).
+class TransportGroup final : public GradientGroup {
+ public:
+  explicit TransportGroup(Transport& t) : t_(t) {}
+  Status sum(std::span<float> v) override {
+    return allreduce_bucketed(t_, {v.data(), v.size(), DType::kF32, MemoryPlace::kHost}, ReduceOp::kSum,
+                              size_t{4} << 20);
+  }
+  Status sum(std::span<double> v) override {
+    return t_.allreduce({v.data(), v.size(), DType::kF64, MemoryPlace::kHost}, ReduceOp::kSum);
+  }
+
+ private:
+  Transport& t_;
+};
+
+// save_weights_for_sampler("<version>") -> weight sync to the rollout group.
+class RolloutSink final : public SamplerSink {
+ public:
+  RolloutSink(Transport& t, const WeightGroups& g) : t_(t), g_(g) {}
+  Status publish(std::span<const float> params, const std::string& name) override {
+    int64_t version = 0;
+    try {
+      version = std::stoll(name);
+    } catch (const std::exception&) {
+      return Status::invalid_argument("grpo: weight version name '" + name + "' is not a number");
+    }
+    return sync_weights(t_, g_, params, nullptr, version);
+  }
+
+ private:
+  Transport& t_;
+  const WeightGroups& g_;
 };
 
 struct StepResult {
-  double loss = 0, tokens = 0, clip_fraction = 0, grad_norm = 0;
+  double loss = 0, tokens = 0, clip_fraction = 0, kl = 0, grad_norm = 0;
 };
 
-Result<StepResult> train_step(TrainerState& ts, const std::vector<Datum>& batch, const LossConfig& loss, float lr) {
-  ts.model->zero_grad();
-  double tokens = 0;
-  ForwardBackwardOutput fb;
-  if (!batch.empty()) {
-    auto r = forward_backward_batch(*ts.model, batch, loss, &tokens);
-    if (!r) return r.status();
-    fb = std::move(r).value();
-  }
-  // Sum gradients (token sums) and the counts over the trainers, in rank order: deterministic.
-  Buffer g{ts.model->grads.data(), ts.model->grads.extent(0), DType::kF32, MemoryPlace::kHost};
-  MOBULA_RETURN_IF_ERROR(allreduce_bucketed(*ts.grads, g, ReduceOp::kSum, size_t{4} << 20));
-  double sums[3] = {tokens, fb.stats.loss * tokens, fb.stats.clip_fraction * tokens};
-  MOBULA_RETURN_IF_ERROR(ts.grads->allreduce(host_buffer(sums, 3), ReduceOp::kSum));
+// One data-parallel optimizer step through the API: forward_backward on this trainer's share, then
+// optim_step (which sums the gradients over the group) unless the group trained no token at all
+// (every group of samples had equal rewards).
+Result<StepResult> train_step(TrainingClient& client, std::vector<Datum> batch, const LossConfig& loss, float lr) {
+  auto fb = client.forward_backward(std::move(batch), loss).get();
+  if (!fb) return fb.status();
   StepResult out;
-  out.tokens = sums[0];
-  if (sums[0] <= 0) return out;  // nothing to learn from (every group had equal rewards)
-  out.loss = sums[1] / sums[0];
-  out.clip_fraction = sums[2] / sums[0];
-  AdamWConfig c = ts.opt->config();
-  c.lr = lr;
-  ts.opt->set_config(c);
-  out.grad_norm = step_token_mean(*ts.model, *ts.opt, sums[0]);
+  out.tokens = static_cast<double>(fb->stats.tokens);
+  if (out.tokens <= 0) return out;
+  out.loss = fb->stats.loss;
+  out.clip_fraction = fb->stats.clip_fraction;
+  out.kl = fb->stats.kl;
+  AdamParams ap;
+  ap.lr = lr;
+  auto st = client.optim_step(ap).get();
+  if (!st) return st.status();
+  out.grad_norm = st->grad_norm;
   return out;
 }
+
+// Held-out greedy accuracy of the client's current weights.
+Result<double> evaluate(TrainingClient& client, Sampler<>& sampler, const Task& task, const Tokenizer& tok, int n,
+                        int max_new_tokens) {
+  double acc = 0;
+  auto done = client
+                  .with_state([&](TrainingState& st) -> Status {
+                    auto a = evaluate_params(sampler, st.model.params, task, tok, n, max_new_tokens);
+                    if (!a) return a.status();
+                    acc = *a;
+                    return Status::ok();
+                  })
+                  .get();
+  if (!done) return done.status();
+  return acc;
+}
+
+// One RL step as trainer 0 saw it: the printed line, summary.json's "steps" (docs/rl.md).
+struct StepMetrics {
+  int64_t step = 0, lag = 0;
+  double reward = 0, reward_std = 0, accuracy = 0, entropy = 0, kl = 0, clip = 0, loss = 0;
+  double trained_tokens = 0, completion_tokens = 0, tokens_per_s = 0;
+  double step_s = 0, sync_s = 0, sample_s = 0, reward_s = 0, transfer_s = 0, wait_s = 0, train_s = 0,
+         checkpoint_s = 0;
+  std::string json() const {
+    char b[768];
+    std::snprintf(b, sizeof b,
+                  "{\"step\": %lld, \"reward\": %.4f, \"reward_std\": %.4f, \"accuracy\": %.4f, \"entropy\": %.4f, "
+                  "\"kl\": %.6f, \"clip_fraction\": %.4f, \"loss\": %.5f, \"trained_tokens\": %.0f, "
+                  "\"completion_tokens\": %.0f, \"tokens_per_s\": %.1f, \"lag\": %lld, \"step_s\": %.5f, "
+                  "\"sync_ms\": %.3f, \"sample_s\": %.5f, \"reward_s\": %.5f, \"transfer_s\": %.5f, "
+                  "\"wait_s\": %.5f, \"train_s\": %.5f, \"checkpoint_s\": %.5f}",
+                  static_cast<long long>(step), reward, reward_std, accuracy, entropy, kl, clip, loss, trained_tokens,
+                  completion_tokens, tokens_per_s, static_cast<long long>(lag), step_s, sync_s * 1e3, sample_s,
+                  reward_s, transfer_s, wait_s, train_s, checkpoint_s);
+    return b;
+  }
+};
 
 Status write_summary(const std::string& dir, const std::string& text) {
   return write_file_atomically(dir + "/summary.json", text);
@@ -220,20 +284,33 @@ Status run_grpo(const WorkloadContext& ctx) {
   for (int i = 0; i < R; ++i) groups.rollouts.push_back(T + i);
   const size_t nparams = gpt_tensors(cfg).back().offset + gpt_tensors(cfg).back().size();
 
-  TrainerState ts;
+  // Trainers: a SPMD TrainingClient each (rl/api): the loop below is written on its calls.
   std::unique_ptr<Transport> gt;
+  std::unique_ptr<TransportGroup> group;
+  std::unique_ptr<RolloutSink> sink;
+  std::unique_ptr<TrainingClient> client;
+  std::unique_ptr<Gpt<>> ref;  // the frozen reference policy of the KL penalty (rl.kl_coef > 0)
   std::unique_ptr<Sampler<>> sampler, eval_sampler;
   std::unique_ptr<WeightStore> store;
+  const bool with_kl = rl.kl_coef > 0;
   if (trainer) {
     auto g = make_transport(*choose("transport.gradients", spec.transport.gradients), ctx.comms.role());
     if (!g) return g.status();
     gt = std::move(g).value();
-    ts.grads = gt.get();
-    auto m = Gpt<>::create(cfg, spec.model.microbatch);
-    if (!m) return m.status();
-    ts.model = std::make_unique<Gpt<>>(std::move(m).value());
-    ts.model->init(static_cast<uint64_t>(spec.seed));  // same seed on every trainer: identical replicas
-    ts.opt = std::make_unique<AdamW<>>(AdamWConfig{}, ts.model->tensors(), ts.model->num_params());
+    group = std::make_unique<TransportGroup>(*gt);
+    sink = std::make_unique<RolloutSink>(**wt, groups);
+    ClientOptions co;
+    co.model = cfg;
+    co.seed = static_cast<uint64_t>(spec.seed);  // same seed on every trainer: identical replicas
+    co.max_batch = spec.model.microbatch;
+    auto c = TrainingClient::create_spmd(co, *group, sink.get());
+    if (!c) return c.status();
+    client = std::move(c).value();
+    if (with_kl) {
+      auto m = Gpt<>::create(cfg, spec.model.microbatch);
+      if (!m) return m.status();
+      ref = std::make_unique<Gpt<>>(std::move(m).value());
+    }
     if (me.role_rank == 0) {
       auto s = Sampler<>::create(cfg, std::min(128, rl.eval_problems), cfg.max_seq);
       if (!s) return s.status();
@@ -252,18 +329,28 @@ Status run_grpo(const WorkloadContext& ctx) {
   // ---- resume (trainers read the newest checkpoint that verifies; everyone learns the step) ----
   int64_t start = 0;
   double base_acc = 0;
-  auto ckpt_state = [&] {
+  auto ckpt_state = [&](TrainingState& st) {
     io::CheckpointState c;
-    c.buffers = {{"params", {ts.model->params.data(), nparams}},
-                 {"adam_m", {ts.opt->m.data(), nparams}},
-                 {"adam_v", {ts.opt->v.data(), nparams}}};
+    c.buffers = {{"params", {st.model.params.data(), nparams}},
+                 {"adam_m", {st.optimizer.m.data(), nparams}},
+                 {"adam_v", {st.optimizer.v.data(), nparams}}};
+    if (with_kl) c.buffers.push_back({"ref_params", {ref->params.data(), nparams}});
     return c;
   };
   Status resume = Status::ok();
   if (trainer) {
-    io::CheckpointState c = ckpt_state();
+    io::CheckpointState c;
+    Result<std::optional<std::string>> found = std::optional<std::string>();
     std::vector<std::string> rejected;
-    auto found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
+    auto done = client
+                    ->with_state([&](TrainingState& st) -> Status {
+                      c = ckpt_state(st);
+                      found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
+                      if (found && *found) st.optimizer.set_steps_done(static_cast<int>(c.optimizer_steps));
+                      return Status::ok();
+                    })
+                    .get();
+    if (!done) return done.status();
     if (lead)
       for (const auto& r : rejected) spdlog::warn("checkpoint rejected: {}", r);
     if (!found) {
@@ -274,7 +361,6 @@ Status run_grpo(const WorkloadContext& ctx) {
     } else if (*found) {
       start = c.step;
       base_acc = c.scalar;
-      ts.opt->set_steps_done(static_cast<int>(c.optimizer_steps));
       if (lead)
         spdlog::info("resumed from {} (step {}, written by spec {}{})", **found, start, c.spec_hash,
                      c.spec_hash == spec.hash() ? "" : ", not this spec's hash " + spec.hash());
@@ -300,14 +386,14 @@ Status run_grpo(const WorkloadContext& ctx) {
         if (!d) return d.status();
         batch.push_back(std::move(d).value());
       }
-      auto st = train_step(ts, batch, {}, static_cast<float>(rl.warm_start_lr));
+      auto st = train_step(*client, std::move(batch), {}, static_cast<float>(rl.warm_start_lr));
       if (!st) return st.status();
       if (lead && (s + 1) % 100 == 0)
         spdlog::info("warm start {}/{}: loss {:.4f}", s + 1, rl.warm_start_steps, st->loss);
     }
   }
   if (lead && start == 0) {
-    auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
+    auto a = evaluate(*client, *eval_sampler, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
     base_acc = *a;
     spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start,
@@ -315,16 +401,26 @@ Status run_grpo(const WorkloadContext& ctx) {
   }
   // Every trainer holds the warm-start accuracy: it goes into checkpoints (a collective attribute).
   if (trainer) MOBULA_MPI(MPI_Bcast(&base_acc, 1, MPI_DOUBLE, 0, ctx.comms.role()));
+  // The KL reference is the policy RL starts from (after the warm start); a resumed job has it from
+  // the checkpoint.
+  if (trainer && with_kl && start == 0) {
+    auto copied = client->with_state([&](TrainingState& st) {
+                          Kokkos::deep_copy(ref->params, st.model.params);
+                          return Status::ok();
+                        })
+                      .get();
+    if (!copied) return copied.status();
+  }
 
   // ---- RL ------------------------------------------------------------------------------------
   LossConfig loss;
   loss.fn = LossFn::kPpo;
   loss.clip_low = static_cast<float>(rl.clip);
   loss.clip_high = static_cast<float>(rl.clip_high);
+  loss.kl_coef = static_cast<float>(rl.kl_coef);
   Kokkos::View<float*> rparams;
   if (rollout) rparams = Kokkos::View<float*>("rollout_params", nparams);
-  double sum_sync = 0, sum_sample = 0, sum_train = 0, sum_tokens = 0, sum_step = 0;
-  std::string steps_json;
+  std::vector<StepMetrics> history;  // trainer 0: this attempt's steps
   const double t_rl = now();
   // Versions: v_j = the weights after j optimizer steps. Synchronous (max_staleness 0): batch k is
   // sampled with v_k, synced at the start of step k. One-step-off (max_staleness 1): batch k is
@@ -340,9 +436,11 @@ Status run_grpo(const WorkloadContext& ctx) {
   };
   std::unique_ptr<Pending> pending;
   auto sync_version = [&](int64_t v) -> Status {
-    std::span<const float> src;
-    if (trainer) src = std::span<const float>(ts.model->params.data(), nparams);
-    return sync_weights(**wt, groups, src, store.get(), v);
+    if (trainer) {  // the API's save_weights_for_sampler publishes version v to the rollout group
+      auto r = client->save_weights_for_sampler(std::to_string(v)).get();
+      return r ? Status::ok() : r.status();
+    }
+    return sync_weights(**wt, groups, {}, store.get(), v);
   };
   int64_t max_lag = 0;
   const long kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
@@ -390,20 +488,25 @@ Status run_grpo(const WorkloadContext& ctx) {
                                  : sampler->sample_groups(rparams, prompts, G, seeds, sp);
       if (!out) return out.status();
       stats.sample_seconds = now() - ts0;
+      const double tr0 = now();
       std::vector<float> rewards;
       for (size_t i = 0; i < prompts.size(); ++i)
         for (int g = 0; g < G; ++g) {
           rewards.push_back(task.reward(ex[i], completion_text(tok, (*out)[i * size_t(G) + size_t(g)].tokens)));
         }
-      auto adv = group_advantages(rewards, G, true);
+      auto adv = group_advantages(rewards, G, rl.advantage_std);
       if (!adv) return adv.status();
+      stats.reward_seconds = now() - tr0;
       for (size_t i = 0; i < prompts.size(); ++i)
         for (int g = 0; g < G; ++g) {
           const size_t j = i * size_t(G) + size_t(g);
           const Sample& s = (*out)[j];
           stats.reward_sum += rewards[j];
+          stats.reward_sq_sum += double(rewards[j]) * rewards[j];
+          stats.correct += rewards[j] >= 1.0f ? 1 : 0;
           stats.samples += 1;
           stats.completion_tokens += double(s.tokens.size());
+          for (float lp : s.model_logprobs) stats.neg_logp_sum -= lp;
           if (s.tokens.empty() || (*adv)[j] == 0.f) continue;  // no learning signal
           Record r;
           r.seq.assign(prompts[i].begin(), prompts[i].end());
@@ -446,6 +549,7 @@ Status run_grpo(const WorkloadContext& ctx) {
     if (trainer) {
       std::vector<Record> recs;
       RolloutStats total;
+      const double tx0 = now();
       for (int r = 0; r < R; ++r) {
         int64_t size = 0;
         Options o;
@@ -458,30 +562,53 @@ Status run_grpo(const WorkloadContext& ctx) {
         RolloutStats st;
         MOBULA_RETURN_IF_ERROR(decode(bytes, &st, &recs));
         total.reward_sum += st.reward_sum;
+        total.reward_sq_sum += st.reward_sq_sum;
+        total.correct += st.correct;
         total.samples += st.samples;
         total.completion_tokens += st.completion_tokens;
+        total.neg_logp_sum += st.neg_logp_sum;
         total.sample_seconds = std::max(total.sample_seconds, st.sample_seconds);
+        total.reward_seconds = std::max(total.reward_seconds, st.reward_seconds);
         total.version = st.version;
       }
+      // Waiting for and receiving the batch, less the rollouts' own sampling and reward time.
+      const double t_wait = now() - tx0;
       std::vector<Datum> batch;
       for (const auto& r : recs)
         batch.push_back(completion_datum(r.seq, static_cast<size_t>(r.first), r.logp_old, r.advantage));
       const double tt0 = now();
-      auto st = train_step(ts, batch, loss, static_cast<float>(rl.lr));
+      if (with_kl && !batch.empty()) {  // log-probs under the frozen reference
+        auto lr = forward_batch(*ref, batch);
+        if (!lr) return lr.status();
+        for (size_t i = 0; i < batch.size(); ++i) batch[i].logprobs_ref = std::move((*lr)[i]);
+      }
+      auto st = train_step(*client, std::move(batch), loss, static_cast<float>(rl.lr));
       if (!st) return st.status();
+      const double t_train = now() - tt0;
+      double t_ckpt = 0;
       if (spec.checkpoint.every > 0 && (k + 1) % spec.checkpoint.every == 0) {
         const double tc = now();
-        io::CheckpointState c = ckpt_state();
-        c.step = k + 1;
-        c.optimizer_steps = ts.opt->steps_done();
-        c.scalar = base_acc;
-        c.spec_hash = spec.hash();
-        MOBULA_RETURN_IF_ERROR(io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role()));
-        if (lead) spdlog::info("checkpoint after step {} published in {:.3f} s", k, now() - tc);
+        auto saved = client
+                         ->with_state([&](TrainingState& ws) {
+                           io::CheckpointState c = ckpt_state(ws);
+                           c.step = k + 1;
+                           c.optimizer_steps = ws.optimizer.steps_done();
+                           c.scalar = base_acc;
+                           c.spec_hash = spec.hash();
+                           return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
+                         })
+                         .get();
+        if (!saved) return saved.status();
+        t_ckpt = now() - tc;
+        if (lead) spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
       }
       // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
-      if (async && k + 2 < spec.steps) MOBULA_RETURN_IF_ERROR(sync_version(k + 1));
-      const double t_train = now() - tt0, t_step = now() - t0;
+      double t_sync_after = 0;
+      if (async && k + 2 < spec.steps) {
+        const double ta = now();
+        MOBULA_RETURN_IF_ERROR(sync_version(k + 1));
+        t_sync_after = now() - ta;
+      }
       // Lag between the policy being trained (v_k) and the one that sampled the batch.
       const int64_t lag = k - static_cast<int64_t>(total.version);
       if (lag > rl.max_staleness)
@@ -489,21 +616,36 @@ Status run_grpo(const WorkloadContext& ctx) {
                                 " versions behind, over rl.max_staleness " + std::to_string(rl.max_staleness));
       max_lag = std::max(max_lag, lag);
       if (lead) {
-        const double reward = total.samples > 0 ? total.reward_sum / total.samples : 0;
-        const double tps = total.completion_tokens / t_step;
+        StepMetrics m;
+        m.step = k;
+        m.lag = lag;
+        const double ns = std::max(1.0, total.samples);
+        m.reward = total.reward_sum / ns;
+        m.reward_std = std::sqrt(std::max(0.0, total.reward_sq_sum / ns - m.reward * m.reward));
+        m.accuracy = total.correct / ns;
+        m.entropy = total.neg_logp_sum / std::max(1.0, total.completion_tokens);
+        m.kl = st->kl;
+        m.clip = st->clip_fraction;
+        m.loss = st->loss;
+        m.trained_tokens = st->tokens;
+        m.completion_tokens = total.completion_tokens;
+        m.step_s = now() - t0;
+        m.tokens_per_s = total.completion_tokens / m.step_s;
+        m.sync_s = t_sync + t_sync_after;
+        m.sample_s = total.sample_seconds;
+        m.reward_s = total.reward_seconds;
+        m.wait_s = t_wait;
+        // Synchronous: the trainers' wait covers the rollouts' sampling and rewards; the rest is
+        // the transfer. Async: sampling overlaps training, the wait is all that is left of it.
+        m.transfer_s = async ? t_wait : std::max(0.0, t_wait - m.sample_s - m.reward_s);
+        m.train_s = t_train;
+        m.checkpoint_s = t_ckpt;
         spdlog::info(
-            "step {:4d}  reward {:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.2f} s  "
-            "train {:.2f} s  clip {:.3f}  lag {}",
-            k, reward, reward, tps, t_sync * 1e3, total.sample_seconds, t_train, st->clip_fraction, lag);
-        sum_sync += t_sync, sum_sample += total.sample_seconds, sum_train += t_train;
-        sum_tokens += total.completion_tokens, sum_step += t_step;
-        char buf[256];
-        std::snprintf(buf, sizeof buf,
-                      "%s{\"step\": %lld, \"reward\": %.4f, \"tokens_per_s\": %.1f, \"sync_ms\": %.2f, \"sample_s\": "
-                      "%.4f, \"train_s\": %.4f, \"lag\": %lld}",
-                      steps_json.empty() ? "\n    " : ",\n    ", static_cast<long long>(k), reward, tps, t_sync * 1e3,
-                      total.sample_seconds, t_train, static_cast<long long>(lag));
-        steps_json += buf;
+            "step {:4d}  reward {:.3f}±{:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.3f} s  "
+            "train {:.3f} s  wait {:.3f} s  kl {:.4f}  entropy {:.3f}  clip {:.3f}  lag {}",
+            k, m.reward, m.reward_std, m.accuracy, m.tokens_per_s, m.sync_s * 1e3, m.sample_s, m.train_s, m.wait_s,
+            m.kl, m.entropy, m.clip, lag);
+        history.push_back(m);
       }
     }
     // Fault injection for the restart tests (docs/testing.md): this rank dies after step k.
@@ -515,30 +657,54 @@ Status run_grpo(const WorkloadContext& ctx) {
   }
   if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));
   if (lead) {
-    auto a = evaluate_params(*eval_sampler, ts.model->params, task, tok, rl.eval_problems, rl.max_new_tokens);
+    auto a = evaluate(*client, *eval_sampler, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
     const double wall = now() - t_start, rl_wall = now() - t_rl;
-    const double n = spec.steps > 0 ? double(spec.steps) : 1.0;
-    std::printf("\n  %-34s %8.3f\n  %-34s %8.3f\n  %-34s %8.1f\n  %-34s %8.0f\n  %-34s %8.1f / %.3f / %.3f\n\n",
-                "held-out accuracy, warm start", base_acc, "held-out accuracy, after GRPO", *a, "wall time (s)", wall,
-                "completion tokens/s (RL)", sum_step > 0 ? sum_tokens / sum_step : 0.0,
-                "mean sync ms / sample s / train s", sum_sync / n * 1e3, sum_sample / n, sum_train / n);
+    StepMetrics mean;
+    double sum_tokens = 0, sum_step = 0;
+    for (const auto& m : history) {
+      sum_tokens += m.completion_tokens, sum_step += m.step_s;
+      mean.sync_s += m.sync_s, mean.sample_s += m.sample_s, mean.reward_s += m.reward_s;
+      mean.transfer_s += m.transfer_s, mean.wait_s += m.wait_s, mean.train_s += m.train_s;
+      mean.checkpoint_s += m.checkpoint_s, mean.step_s += m.step_s;
+    }
+    const double n = std::max<double>(1, double(history.size()));
+    for (double* x : {&mean.sync_s, &mean.sample_s, &mean.reward_s, &mean.transfer_s, &mean.wait_s, &mean.train_s,
+                      &mean.checkpoint_s, &mean.step_s})
+      *x /= n;
+    const double tps = sum_step > 0 ? sum_tokens / sum_step : 0.0;
+    std::printf(
+        "\n  %-52s %8.3f\n  %-52s %8.3f\n  %-52s %8.1f\n  %-52s %8.0f\n  %-52s %8.1f\n"
+        "  %-52s %.4f / %.4f / %.4f / %.4f / %.4f\n\n",
+        "held-out accuracy, warm start", base_acc, "held-out accuracy, after GRPO", *a, "wall time (s)", wall,
+        "completion tokens/s (RL)", tps, "mean step (ms)", mean.step_s * 1e3,
+        "mean sync / sample / reward / transfer / train (s)", mean.sync_s, mean.sample_s, mean.reward_s,
+        mean.transfer_s, mean.train_s);
     std::fflush(stdout);
-    char head[1024];
+    char head[2048];
     std::snprintf(head, sizeof head,
                   "{\n  \"job\": \"%s\", \"spec_hash\": \"%s\", \"task\": \"%s\", \"trainers\": %d, \"rollouts\": %d,\n"
-                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"eval_problems\": %d, \"max_staleness\": %d, "
-                  "\"max_lag\": %lld,\n"
+                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"first_step\": %lld, \"eval_problems\": %d, "
+                  "\"max_staleness\": %d, \"max_lag\": %lld, \"kl_coef\": %g,\n"
                   "  \"base_accuracy\": %.4f, \"final_accuracy\": %.4f, \"wall_s\": %.2f, \"rl_wall_s\": %.2f,\n"
-                  "  \"tokens_per_s\": %.1f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.4f, \"mean_train_s\": %.4f,\n"
-                  "  \"steps\": [",
+                  "  \"tokens_per_s\": %.1f, \"mean_step_s\": %.5f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.5f, "
+                  "\"mean_reward_s\": %.5f,\n  \"mean_transfer_s\": %.5f, \"mean_wait_s\": %.5f, \"mean_train_s\": %.5f, "
+                  "\"mean_checkpoint_s\": %.5f,\n  \"steps\": [",
                   spec.name.c_str(), spec.hash().c_str(), rl.task.c_str(), T, R, rl.warm_start_steps,
-                  static_cast<long long>(spec.steps), rl.eval_problems, rl.max_staleness,
-                  static_cast<long long>(max_lag), base_acc, *a, wall, rl_wall,
-                  sum_step > 0 ? sum_tokens / sum_step : 0.0, sum_sync / n * 1e3, sum_sample / n, sum_train / n);
+                  static_cast<long long>(spec.steps), static_cast<long long>(start), rl.eval_problems,
+                  rl.max_staleness, static_cast<long long>(max_lag), rl.kl_coef, base_acc, *a, wall, rl_wall, tps,
+                  mean.step_s, mean.sync_s * 1e3, mean.sample_s, mean.reward_s, mean.transfer_s, mean.wait_s,
+                  mean.train_s, mean.checkpoint_s);
+    std::string steps_json;
+    for (const auto& m : history) steps_json += (steps_json.empty() ? "\n    " : ",\n    ") + m.json();
     MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "\n  ]\n}\n"));
     // The trained policy (docs/formats/safetensors.md); trainers hold bitwise-identical replicas.
-    MOBULA_RETURN_IF_ERROR(save_weights(spec.workdir + "/policy.safetensors", cfg, ts.model->params));
+    auto saved = client
+                     ->with_state([&](TrainingState& st) {
+                       return save_weights(spec.workdir + "/policy.safetensors", cfg, st.model.params);
+                     })
+                     .get();
+    if (!saved) return saved.status();
     spdlog::info("wrote {}/summary.json", spec.workdir);
   }
   return Status::ok();
