@@ -132,7 +132,8 @@ Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, const std::v
     }
     MOBULA_RETURN_IF_ERROR(model.forward(tok, tgt, int(B), T, lp));
     for (size_t k = 0; k < B; ++k)
-      out[b0 + k].assign(lp.begin() + long(k * size_t(T)), lp.begin() + long(k * size_t(T) + batch[b0 + k].tokens.size()));
+      out[b0 + k].assign(lp.begin() + long(k * size_t(T)),
+                         lp.begin() + long(k * size_t(T) + batch[b0 + k].tokens.size()));
   }
   return out;
 }

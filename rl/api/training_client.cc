@@ -79,12 +79,22 @@ Future<ForwardBackwardOutput> TrainingClient::forward_backward(std::vector<Datum
   return submit<ForwardBackwardOutput>([this, batch = std::move(batch), loss]() -> Result<ForwardBackwardOutput> {
     double tokens = 0;
     auto out = forward_backward_batch(*model_, batch, loss, &tokens);
-    if (!out) return out;
+    if (!group_ && !out) return out;
     if (group_) {
-      // The group's statistics: token-weighted sums, added up in rank order on every member.
+      // The group's statistics: token-weighted sums, added up in rank order on every member. A
+      // member whose share failed still joins the sum (so nobody waits for it) and every member
+      // returns an error.
+      const bool ok = out.is_ok();
+      const LossStats st0 = ok ? out->stats : LossStats{};
+      if (!ok) tokens = 0;
+      double sums[6] = {tokens,          st0.loss * tokens,       st0.clip_fraction * tokens,
+                        st0.kl * tokens, st0.mean_ratio * tokens, ok ? 0.0 : 1.0};
+      MOBULA_RETURN_IF_ERROR(group_->sum(std::span<double>(sums, 6)));
+      if (!ok) return out;
+      if (sums[5] > 0)
+        return Status::invalid_argument("forward_backward: " + std::to_string(static_cast<int>(sums[5])) +
+                                        " other member(s) of the trainer group failed (see their errors)");
       LossStats& st = out->stats;
-      double sums[5] = {tokens, st.loss * tokens, st.clip_fraction * tokens, st.kl * tokens, st.mean_ratio * tokens};
-      MOBULA_RETURN_IF_ERROR(group_->sum(std::span<double>(sums, 5)));
       tokens = sums[0];
       st.tokens = static_cast<long>(tokens);
       if (tokens > 0) {

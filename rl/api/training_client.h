@@ -23,8 +23,8 @@
 #include <future>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 

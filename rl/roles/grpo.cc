@@ -21,13 +21,13 @@
 #include "core/runtime/files.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
-#include "core/transport/gradients.h"
 #include "core/transport/transport.h"
 #include "core/transport/weight_sync.h"
 #include "io/checkpoint.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
 #include "rl/api/training_client.h"
+#include "rl/api/transport_group.h"
 #include "rl/model/weights.h"
 #include "rl/optim/adamw.h"
 #include "rl/roles/workload.h"
@@ -127,22 +127,6 @@ Status decode(const std::vector<uint8_t>& bytes, RolloutStats* st, std::vector<R
 }
 
 // ---- trainer group hooks of the SPMD TrainingClient ---------------------------------------------
-// Gradient sums over the trainers: bucketed, in rank order (deterministic).
-class TransportGroup final : public GradientGroup {
- public:
-  explicit TransportGroup(Transport& t) : t_(t) {}
-  Status sum(std::span<float> v) override {
-    return allreduce_bucketed(t_, {v.data(), v.size(), DType::kF32, MemoryPlace::kHost}, ReduceOp::kSum,
-                              size_t{4} << 20);
-  }
-  Status sum(std::span<double> v) override {
-    return t_.allreduce({v.data(), v.size(), DType::kF64, MemoryPlace::kHost}, ReduceOp::kSum);
-  }
-
- private:
-  Transport& t_;
-};
-
 // save_weights_for_sampler("<version>") -> weight sync to the rollout group.
 class RolloutSink final : public SamplerSink {
  public:
@@ -207,8 +191,7 @@ struct StepMetrics {
   int64_t step = 0, lag = 0;
   double reward = 0, reward_std = 0, accuracy = 0, entropy = 0, kl = 0, clip = 0, loss = 0;
   double trained_tokens = 0, completion_tokens = 0, tokens_per_s = 0;
-  double step_s = 0, sync_s = 0, sample_s = 0, reward_s = 0, transfer_s = 0, wait_s = 0, train_s = 0,
-         checkpoint_s = 0;
+  double step_s = 0, sync_s = 0, sample_s = 0, reward_s = 0, transfer_s = 0, wait_s = 0, train_s = 0, checkpoint_s = 0;
   std::string json() const {
     char b[768];
     std::snprintf(b, sizeof b,
@@ -404,10 +387,11 @@ Status run_grpo(const WorkloadContext& ctx) {
   // The KL reference is the policy RL starts from (after the warm start); a resumed job has it from
   // the checkpoint.
   if (trainer && with_kl && start == 0) {
-    auto copied = client->with_state([&](TrainingState& st) {
-                          Kokkos::deep_copy(ref->params, st.model.params);
-                          return Status::ok();
-                        })
+    auto copied = client
+                      ->with_state([&](TrainingState& st) {
+                        Kokkos::deep_copy(ref->params, st.model.params);
+                        return Status::ok();
+                      })
                       .get();
     if (!copied) return copied.status();
   }
@@ -682,19 +666,19 @@ Status run_grpo(const WorkloadContext& ctx) {
         mean.transfer_s, mean.train_s);
     std::fflush(stdout);
     char head[2048];
-    std::snprintf(head, sizeof head,
-                  "{\n  \"job\": \"%s\", \"spec_hash\": \"%s\", \"task\": \"%s\", \"trainers\": %d, \"rollouts\": %d,\n"
-                  "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"first_step\": %lld, \"eval_problems\": %d, "
-                  "\"max_staleness\": %d, \"max_lag\": %lld, \"kl_coef\": %g,\n"
-                  "  \"base_accuracy\": %.4f, \"final_accuracy\": %.4f, \"wall_s\": %.2f, \"rl_wall_s\": %.2f,\n"
-                  "  \"tokens_per_s\": %.1f, \"mean_step_s\": %.5f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.5f, "
-                  "\"mean_reward_s\": %.5f,\n  \"mean_transfer_s\": %.5f, \"mean_wait_s\": %.5f, \"mean_train_s\": %.5f, "
-                  "\"mean_checkpoint_s\": %.5f,\n  \"steps\": [",
-                  spec.name.c_str(), spec.hash().c_str(), rl.task.c_str(), T, R, rl.warm_start_steps,
-                  static_cast<long long>(spec.steps), static_cast<long long>(start), rl.eval_problems,
-                  rl.max_staleness, static_cast<long long>(max_lag), rl.kl_coef, base_acc, *a, wall, rl_wall, tps,
-                  mean.step_s, mean.sync_s * 1e3, mean.sample_s, mean.reward_s, mean.transfer_s, mean.wait_s,
-                  mean.train_s, mean.checkpoint_s);
+    std::snprintf(
+        head, sizeof head,
+        "{\n  \"job\": \"%s\", \"spec_hash\": \"%s\", \"task\": \"%s\", \"trainers\": %d, \"rollouts\": %d,\n"
+        "  \"warm_start_steps\": %d, \"rl_steps\": %lld, \"first_step\": %lld, \"eval_problems\": %d, "
+        "\"max_staleness\": %d, \"max_lag\": %lld, \"kl_coef\": %g,\n"
+        "  \"base_accuracy\": %.4f, \"final_accuracy\": %.4f, \"wall_s\": %.2f, \"rl_wall_s\": %.2f,\n"
+        "  \"tokens_per_s\": %.1f, \"mean_step_s\": %.5f, \"mean_sync_ms\": %.3f, \"mean_sample_s\": %.5f, "
+        "\"mean_reward_s\": %.5f,\n  \"mean_transfer_s\": %.5f, \"mean_wait_s\": %.5f, \"mean_train_s\": %.5f, "
+        "\"mean_checkpoint_s\": %.5f,\n  \"steps\": [",
+        spec.name.c_str(), spec.hash().c_str(), rl.task.c_str(), T, R, rl.warm_start_steps,
+        static_cast<long long>(spec.steps), static_cast<long long>(start), rl.eval_problems, rl.max_staleness,
+        static_cast<long long>(max_lag), rl.kl_coef, base_acc, *a, wall, rl_wall, tps, mean.step_s, mean.sync_s * 1e3,
+        mean.sample_s, mean.reward_s, mean.transfer_s, mean.wait_s, mean.train_s, mean.checkpoint_s);
     std::string steps_json;
     for (const auto& m : history) steps_json += (steps_json.empty() ? "\n    " : ",\n    ") + m.json();
     MOBULA_RETURN_IF_ERROR(write_summary(spec.workdir, std::string(head) + steps_json + "\n  ]\n}\n"));

@@ -1,0 +1,15 @@
+#include "rl/api/transport_group.h"
+
+#include "core/transport/gradients.h"
+
+namespace mobula::rl {
+
+Status TransportGroup::sum(std::span<float> v) {
+  return allreduce_bucketed(t_, {v.data(), v.size(), DType::kF32, MemoryPlace::kHost}, ReduceOp::kSum, bucket_bytes_);
+}
+
+Status TransportGroup::sum(std::span<double> v) {
+  return t_.allreduce({v.data(), v.size(), DType::kF64, MemoryPlace::kHost}, ReduceOp::kSum);
+}
+
+}  // namespace mobula::rl
