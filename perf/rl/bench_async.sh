@@ -13,14 +13,17 @@ MOBULA="$BUILD/launch/mobula"
 [[ -x "$MOBULA" ]] || { echo "bench_async: $MOBULA not built" >&2; exit 2; }
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-COMMON=(--set rl.warm_start_steps=100 --set job.steps=40 --set rl.group_size=16 --set rl.prompts_per_step=16 "$@")
+# 1 trainer + 1 rollout: one rank per core, so the overlap has a core to run on (3 ranks on 2
+# cores would measure oversubscription instead).
+COMMON=(--set roles.trainer.ranks=1 --set rl.warm_start_steps=100 --set job.steps=40 --set rl.group_size=16
+  --set rl.prompts_per_step=32 "$@")
 declare -a SYNC ASYNC
 for r in $(seq "$ROUNDS"); do
   for mode in 0 1; do
     dir="$WORK/m$mode-r$r"
     "$MOBULA" run "$ROOT/examples/grpo-addition.toml" "${COMMON[@]}" --set rl.max_staleness=$mode \
       --set job.workdir="$dir" > "$dir.log" 2>&1 || { echo "bench_async: run failed, see below" >&2; tail -20 "$dir.log" >&2; exit 1; }
-    tps=$(sed -n 's/.*"tokens_per_s": \([0-9.]*\), "mean_sync_ms".*/\1/p' "$dir/summary.json")
+    tps=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["tokens_per_s"])' "$dir/summary.json")
     if [[ $mode == 0 ]]; then SYNC+=("$tps"); else ASYNC+=("$tps"); fi
   done
 done

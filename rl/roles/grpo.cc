@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 
+#include "core/objects/object_store.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/log.h"
@@ -262,6 +263,14 @@ Status run_grpo(const WorkloadContext& ctx) {
     rt_own = std::move(r).value();
     rt = rt_own.get();
   }
+  // Rollout batches travel as object refs (core/objects) over the same link communicator.
+  // Its server threads sleep 200 us when idle (not 20): a rollout batch is pulled once per step, and
+  // on busy cores a fast-polling thread slows sampling and training measurably.
+  ObjectStoreOptions so;
+  so.idle_sleep_us = 200;
+  auto store_r = ObjectStore::create(link, so);
+  if (!store_r) return store_r.status();
+  std::unique_ptr<ObjectStore> objects = std::move(store_r).value();
   WeightGroups groups;
   for (int i = 0; i < T; ++i) groups.trainers.push_back(i);  // link ranks: trainers first
   for (int i = 0; i < R; ++i) groups.rollouts.push_back(T + i);
@@ -272,7 +281,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   std::unique_ptr<TransportGroup> group;
   std::unique_ptr<RolloutSink> sink;
   std::unique_ptr<TrainingClient> client;
-  std::unique_ptr<Gpt<>> ref;  // the frozen reference policy of the KL penalty (rl.kl_coef > 0)
+  std::unique_ptr<Gpt<>> ref_model;  // the frozen reference policy of the KL penalty (rl.kl_coef > 0)
   std::unique_ptr<Sampler<>> sampler, eval_sampler;
   std::unique_ptr<WeightStore> store;
   const bool with_kl = rl.kl_coef > 0;
@@ -292,7 +301,7 @@ Status run_grpo(const WorkloadContext& ctx) {
     if (with_kl) {
       auto m = Gpt<>::create(cfg, spec.model.microbatch);
       if (!m) return m.status();
-      ref = std::make_unique<Gpt<>>(std::move(m).value());
+      ref_model = std::make_unique<Gpt<>>(std::move(m).value());
     }
     if (me.role_rank == 0) {
       auto s = Sampler<>::create(cfg, std::min(128, rl.eval_problems), cfg.max_seq);
@@ -317,7 +326,7 @@ Status run_grpo(const WorkloadContext& ctx) {
     c.buffers = {{"params", {st.model.params.data(), nparams}},
                  {"adam_m", {st.optimizer.m.data(), nparams}},
                  {"adam_v", {st.optimizer.v.data(), nparams}}};
-    if (with_kl) c.buffers.push_back({"ref_params", {ref->params.data(), nparams}});
+    if (with_kl) c.buffers.push_back({"ref_params", {ref_model->params.data(), nparams}});
     return c;
   };
   Status resume = Status::ok();
@@ -389,7 +398,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   if (trainer && with_kl && start == 0) {
     auto copied = client
                       ->with_state([&](TrainingState& st) {
-                        Kokkos::deep_copy(ref->params, st.model.params);
+                        Kokkos::deep_copy(ref_model->params, st.model.params);
                         return Status::ok();
                       })
                       .get();
@@ -414,7 +423,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   // the two orders never wait on each other.
   const bool async = rl.max_staleness > 0;
   struct Pending {
-    std::vector<std::vector<uint8_t>> msgs;
+    std::vector<std::vector<std::byte>> refs;
     std::vector<int64_t> sizes;
     std::vector<RequestPtr> reqs;
   };
@@ -500,25 +509,31 @@ Status run_grpo(const WorkloadContext& ctx) {
           r.logp_old = sp.temperature == 1.0f ? s.model_logprobs : s.logprobs;
           mine.push_back(std::move(r));
         }
-      // Record j -> trainer j % T, straight from this rank; two messages (size, bytes) per trainer.
+      // Record j -> trainer j % T. Each trainer's part stays in this rank's object store; the
+      // trainer gets a small ref (size + bytes, eager) and pulls the part from the store's server
+      // thread, which answers while this thread samples the next batch (one-step-off async).
       auto next = std::make_unique<Pending>();
-      next->msgs.resize(static_cast<size_t>(T));
+      next->refs.resize(static_cast<size_t>(T));
       next->sizes.resize(static_cast<size_t>(T));
-      auto& msgs = next->msgs;
+      auto& refs = next->refs;
       auto& sizes = next->sizes;
       auto& reqs = next->reqs;
       for (int t = 0; t < T; ++t) {
         std::vector<const Record*> part;
         for (size_t j = static_cast<size_t>(t); j < mine.size(); j += static_cast<size_t>(T)) part.push_back(&mine[j]);
-        msgs[size_t(t)] = encode(stats, part);
-        sizes[size_t(t)] = static_cast<int64_t>(msgs[size_t(t)].size());
+        std::vector<uint8_t> bytes = encode(stats, part);
+        const auto n = static_cast<int64_t>(bytes.size());
+        auto ref = objects->put({Tensor::from_vector(std::move(bytes), {n})}, /*holders=*/1);
+        if (!ref) return ref.status();
+        refs[size_t(t)] = ref->serialize();
+        sizes[size_t(t)] = static_cast<int64_t>(refs[size_t(t)].size());
         Options o;
         o.tag = int(tag_base);
         auto a = rt->isend(host_buffer(&sizes[size_t(t)], 1), t, o);
         if (!a) return a.status();
         reqs.push_back(std::move(a).value());
         o.tag = int(tag_base + 1);
-        auto b = rt->isend({msgs[size_t(t)].data(), msgs[size_t(t)].size(), DType::kU8, MemoryPlace::kHost}, t, o);
+        auto b = rt->isend({refs[size_t(t)].data(), refs[size_t(t)].size(), DType::kU8, MemoryPlace::kHost}, t, o);
         if (!b) return b.status();
         reqs.push_back(std::move(b).value());
       }
@@ -539,10 +554,19 @@ Status run_grpo(const WorkloadContext& ctx) {
         Options o;
         o.tag = int(tag_base);
         MOBULA_RETURN_IF_ERROR(rt->recv(host_buffer(&size, 1), T + r, o));
-        if (size < 0 || size > (int64_t{1} << 34)) return Status::external("grpo: bad rollout message size");
-        std::vector<uint8_t> bytes(static_cast<size_t>(size));
+        if (size < 0 || size > (int64_t{1} << 20)) return Status::external("grpo: bad rollout ref size");
+        std::vector<std::byte> ref_bytes(static_cast<size_t>(size));
         o.tag = int(tag_base + 1);
-        MOBULA_RETURN_IF_ERROR(rt->recv({bytes.data(), bytes.size(), DType::kU8, MemoryPlace::kHost}, T + r, o));
+        MOBULA_RETURN_IF_ERROR(
+            rt->recv({ref_bytes.data(), ref_bytes.size(), DType::kU8, MemoryPlace::kHost}, T + r, o));
+        auto ref = ObjectRef::parse(ref_bytes);
+        if (!ref) return ref.status();
+        if (ref->owner != T + r || ref->tensors.size() != 1)
+          return Status::external("grpo: rollout " + std::to_string(r) + " sent a ref that is not its batch");
+        std::vector<uint8_t> bytes(ref->bytes());
+        const Buffer dst{bytes.data(), bytes.size(), DType::kU8, MemoryPlace::kHost};
+        MOBULA_RETURN_IF_ERROR(objects->get_into(*ref, std::span<const Buffer>(&dst, 1)));
+        MOBULA_RETURN_IF_ERROR(objects->release(*ref));
         RolloutStats st;
         MOBULA_RETURN_IF_ERROR(decode(bytes, &st, &recs));
         total.reward_sum += st.reward_sum;
@@ -562,7 +586,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         batch.push_back(completion_datum(r.seq, static_cast<size_t>(r.first), r.logp_old, r.advantage));
       const double tt0 = now();
       if (with_kl && !batch.empty()) {  // log-probs under the frozen reference
-        auto lr = forward_batch(*ref, batch);
+        auto lr = forward_batch(*ref_model, batch);
         if (!lr) return lr.status();
         for (size_t i = 0; i < batch.size(); ++i) batch[i].logprobs_ref = std::move((*lr)[i]);
       }

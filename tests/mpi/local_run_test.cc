@@ -59,30 +59,74 @@ TEST(LocalRun, UnwritableWorkdirFailsOnAllRanksWithOneLine) {
 namespace mobula {
 namespace {
 
-// The README demo at full size (it takes seconds): 2 trainers + 1 rollout, warm start on noisy
-// labels, 50 GRPO steps. Held-out greedy accuracy must rise clearly beyond the warm start, every
-// step prints a line, and summary.json holds the figures.
-TEST(LocalRun, GrpoDemoImprovesHeldOutAccuracy) {
-  const std::string dir = std::filesystem::temp_directory_path().string() + "/mobula_grpo_demo_test";
-  std::filesystem::remove_all(dir);
-  auto r = run_capture({kExe, "run", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + dir}, 280);
-  ASSERT_TRUE(r.is_ok()) << r.status().message();
-  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
-  EXPECT_EQ(count(r->out, "] info: step "), 50u) << r->out;
-  std::ifstream in(dir + "/summary.json");
+std::string read_text(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::string s = ss.str();
-  auto number = [&](const std::string& key) {
-    const auto p = s.find("\"" + key + "\": ");
-    EXPECT_NE(p, std::string::npos) << key << " missing in " << s;
-    return p == std::string::npos ? -1.0 : std::atof(s.c_str() + p + key.size() + 4);
-  };
-  const double base = number("base_accuracy"), final_acc = number("final_accuracy");
+  return ss.str();
+}
+
+// A number after "key": in a JSON text (the first occurrence), -1 when missing.
+double json_number(const std::string& s, const std::string& key) {
+  const auto p = s.find("\"" + key + "\": ");
+  EXPECT_NE(p, std::string::npos) << key << " missing in " << s;
+  return p == std::string::npos ? -1.0 : std::atof(s.c_str() + p + key.size() + 4);
+}
+
+// Both example tasks at full size (seconds each): 2 trainers + 1 rollout, warm start on noisy
+// labels, then GRPO. Held-out greedy accuracy must rise clearly beyond the warm start, every step
+// prints a line, and summary.json holds the figures and the per-step metrics.
+struct Example {
+  const char* spec;
+  unsigned steps;
+};
+class GrpoExample : public ::testing::TestWithParam<Example> {};
+
+TEST_P(GrpoExample, ImprovesHeldOutAccuracy) {
+  const std::string dir =
+      std::filesystem::temp_directory_path().string() + "/mobula_grpo_example_" + std::to_string(GetParam().steps);
+  std::filesystem::remove_all(dir);
+  auto r = run_capture({kExe, "run", kSrc + "/examples/" + GetParam().spec, "--set", "job.workdir=" + dir}, 280);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  EXPECT_EQ(count(r->out, "] info: step "), GetParam().steps) << r->out;
+  const std::string s = read_text(dir + "/summary.json");
+  const double base = json_number(s, "base_accuracy"), final_acc = json_number(s, "final_accuracy");
   EXPECT_GT(final_acc, base + 0.15) << s;
-  EXPECT_EQ(number("trainers"), 2);
-  EXPECT_EQ(number("rollouts"), 1);
-  EXPECT_GT(number("tokens_per_s"), 0);
+  EXPECT_EQ(json_number(s, "trainers"), 2);
+  EXPECT_EQ(json_number(s, "rollouts"), 1);
+  EXPECT_GT(json_number(s, "tokens_per_s"), 0);
+  EXPECT_GT(json_number(s, "mean_train_s"), 0);
+  EXPECT_GT(json_number(s, "mean_sample_s"), 0);
+  EXPECT_GE(json_number(s, "mean_transfer_s"), 0);
+  // Per step: the sampled policy's entropy is positive at temperature 1, accuracy is a fraction.
+  EXPECT_GT(json_number(s, "entropy"), 0);
+  const double acc = json_number(s, "accuracy");
+  EXPECT_TRUE(acc >= 0 && acc <= 1) << s;
+  EXPECT_GE(json_number(s, "reward_std"), 0);
+  EXPECT_EQ(count(s, "\"step\": "), GetParam().steps) << s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Tasks, GrpoExample,
+                         ::testing::Values(Example{"grpo-addition.toml", 50}, Example{"grpo-reverse.toml", 100}));
+
+// The KL penalty to the frozen reference: zero before the first update, positive once the policy
+// has moved, and reported per step.
+TEST(LocalRun, GrpoKlPenaltyIsMeasured) {
+  const std::string dir = std::filesystem::temp_directory_path().string() + "/mobula_grpo_kl_test";
+  std::filesystem::remove_all(dir);
+  auto r = run_capture(
+      {kExe, "run", kSrc + "/examples/grpo-addition.toml", "--set", "rl.kl_coef=0.1", "--set", "job.steps=8", "--set",
+       "rl.warm_start_steps=100", "--set", "rl.eval_problems=8", "--set", "rl.lr=3e-3", "--set", "job.workdir=" + dir},
+      200);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  const std::string s = read_text(dir + "/summary.json");
+  EXPECT_NEAR(json_number(s, "kl_coef"), 0.1, 1e-9);
+  EXPECT_EQ(json_number(s, "kl"), 0) << s;  // step 0 trains the reference itself
+  const auto last = s.rfind("\"step\": 7");
+  ASSERT_NE(last, std::string::npos) << s;
+  EXPECT_GT(json_number(s.substr(last), "kl"), 0) << s;
 }
 
 }  // namespace
@@ -104,10 +148,8 @@ TEST(LocalRun, GrpoAsyncRespectsTheStalenessBound) {
   ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
   EXPECT_EQ(count(r->out, "  lag 0\n"), 1u) << r->out;  // batch 0 uses v0 while training v0
   EXPECT_EQ(count(r->out, "  lag 1\n"), 11u) << r->out;
-  std::ifstream in(dir + "/summary.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  EXPECT_NE(ss.str().find("\"max_staleness\": 1, \"max_lag\": 1"), std::string::npos) << ss.str();
+  const std::string s = read_text(dir + "/summary.json");
+  EXPECT_NE(s.find("\"max_staleness\": 1, \"max_lag\": 1"), std::string::npos) << s;
 }
 
 }  // namespace
@@ -115,13 +157,6 @@ TEST(LocalRun, GrpoAsyncRespectsTheStalenessBound) {
 
 namespace mobula {
 namespace {
-
-std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Two runs of a short job with the same seed and layout end with bitwise-equal weights, in the
 // synchronous and the asynchronous mode.
@@ -138,7 +173,7 @@ TEST(LocalRun, GrpoIsBitwiseReproducible) {
                            200);
       ASSERT_TRUE(r.is_ok()) << r.status().message();
       ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
-      weights[run] = slurp(dir + "/policy.safetensors");
+      weights[run] = read_text(dir + "/policy.safetensors");
     }
     ASSERT_GT(weights[0].size(), 1000u);
     EXPECT_TRUE(weights[0] == weights[1]) << "max_staleness " << staleness << ": weights differ between two runs";
