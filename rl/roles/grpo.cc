@@ -27,6 +27,7 @@
 #include "io/checkpoint.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
+#include "rl/api/sampling_client.h"
 #include "rl/api/training_client.h"
 #include "rl/api/transport_group.h"
 #include "rl/model/weights.h"
@@ -281,8 +282,9 @@ Status run_grpo(const WorkloadContext& ctx) {
   std::unique_ptr<TransportGroup> group;
   std::unique_ptr<RolloutSink> sink;
   std::unique_ptr<TrainingClient> client;
-  std::unique_ptr<Gpt<>> ref_model;  // the frozen reference policy of the KL penalty (rl.kl_coef > 0)
-  std::unique_ptr<Sampler<>> sampler, eval_sampler;
+  std::unique_ptr<Gpt<>> ref_model;          // the frozen reference policy of the KL penalty (rl.kl_coef > 0)
+  std::unique_ptr<SamplingClient> sampling;  // rollouts: the API's sampling half
+  std::unique_ptr<Sampler<>> eval_sampler;
   std::unique_ptr<WeightStore> store;
   const bool with_kl = rl.kl_coef > 0;
   if (trainer) {
@@ -310,9 +312,9 @@ Status run_grpo(const WorkloadContext& ctx) {
     }
   } else {
     const int my_prompts = (P + R - 1) / R;
-    auto s = Sampler<>::create(cfg, std::max(1, my_prompts) * G, cfg.max_seq);
+    auto s = SamplingClient::create(cfg, std::max(1, my_prompts) * G);
     if (!s) return s.status();
-    sampler = std::make_unique<Sampler<>>(std::move(s).value());
+    sampling = std::move(s).value();
     store = std::make_unique<WeightStore>(nparams);
   }
   const bool lead = trainer && me.role_rank == 0;
@@ -411,8 +413,6 @@ Status run_grpo(const WorkloadContext& ctx) {
   loss.clip_low = static_cast<float>(rl.clip);
   loss.clip_high = static_cast<float>(rl.clip_high);
   loss.kl_coef = static_cast<float>(rl.kl_coef);
-  Kokkos::View<float*> rparams;
-  if (rollout) rparams = Kokkos::View<float*>("rollout_params", nparams);
   std::vector<StepMetrics> history;  // trainer 0: this attempt's steps
   const double t_rl = now();
   // Versions: v_j = the weights after j optimizer steps. Synchronous (max_staleness 0): batch k is
@@ -456,9 +456,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) + ", expected " +
                                 std::to_string(expect_version));
       stats.version = static_cast<double>(w->version);
-      Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> wv(w->params.data(),
-                                                                                                nparams);
-      Kokkos::deep_copy(rparams, wv);
+      if (sampling->version() != w->version) MOBULA_RETURN_IF_ERROR(sampling->set_weights(w->params, w->version));
       std::vector<TaskExample> ex;
       std::vector<std::vector<int>> prompts;
       for (int p = me.role_rank; p < P; p += R) {
@@ -477,8 +475,7 @@ Status run_grpo(const WorkloadContext& ctx) {
           seeds.push_back(uint64_t(spec.seed) * 0x9E3779B97F4A7C15ull + uint64_t(k) * 1000003ull +
                           uint64_t(me.role_rank + int(i) * R) * 1009ull + uint64_t(g));
       const double ts0 = now();
-      auto out = prompts.empty() ? Result<std::vector<Sample>>(std::vector<Sample>{})
-                                 : sampler->sample_groups(rparams, prompts, G, seeds, sp);
+      auto out = sampling->sample(prompts, G, sp, seeds).get();
       if (!out) return out.status();
       stats.sample_seconds = now() - ts0;
       const double tr0 = now();

@@ -9,6 +9,7 @@
 
 #include "io/safetensors.h"
 #include "rl/algo/grpo.h"
+#include "rl/api/sampling_client.h"
 #include "rl/model/tokenizer.h"
 #include "rl/tasks/task.h"
 
@@ -128,6 +129,37 @@ TEST(TrainingClient, ErrorsComeBackThroughFutures) {
   no_old.target_tokens = {2, 3, 4};
   EXPECT_FALSE((*c)->forward_backward({no_old}, ppo).get().is_ok());
   EXPECT_FALSE((*c)->load_state("/nonexistent.safetensors").get().is_ok());
+}
+
+// The sampling half: refuses to sample without weights or with weights of another size; with the
+// training client's weights it samples deterministically (same seeds, same completions).
+TEST(SamplingClient, SamplesTheInstalledVersionDeterministically) {
+  auto t = TrainingClient::create_local(opts());
+  auto s = SamplingClient::create(opts().model, 8);
+  ASSERT_TRUE(t.is_ok() && s.is_ok());
+  SamplingParams sp;
+  sp.max_new_tokens = 4;
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3}, {4, 5}};
+  const std::vector<uint64_t> seeds = {1, 2, 3, 4, 5, 6};
+  EXPECT_FALSE((*s)->sample(prompts, 3, sp, seeds).get().is_ok());
+  EXPECT_FALSE((*s)->set_weights(std::vector<float>(7, 0.f), 0).is_ok());
+  std::vector<float> w;
+  ASSERT_TRUE((*t)->with_state([&](TrainingState& st) {
+                    w.assign(st.model.params.data(), st.model.params.data() + st.model.num_params());
+                    return Status::ok();
+                  })
+                  .get()
+                  .is_ok());
+  ASSERT_TRUE((*s)->set_weights(w, 3).is_ok());
+  EXPECT_EQ((*s)->version(), 3);
+  auto a = (*s)->sample(prompts, 3, sp, seeds).get();
+  auto b = (*s)->sample(prompts, 3, sp, seeds).get();
+  ASSERT_TRUE(a.is_ok() && b.is_ok()) << a.status().message();
+  ASSERT_EQ(a->size(), 6u);
+  for (size_t i = 0; i < a->size(); ++i) {
+    EXPECT_EQ((*a)[i].tokens, (*b)[i].tokens);
+    EXPECT_FALSE((*a)[i].tokens.empty());
+  }
 }
 
 // Supervised fine-tuning through the API learns single-digit addition well enough to answer
