@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -12,7 +14,9 @@
 #include <sstream>
 
 #include "core/config.h"
+#include "core/runtime/environment.h"
 #include "core/runtime/files.h"
+#include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "io/hdf5.h"
 
@@ -77,6 +81,7 @@ Status write_file(const std::string& tmp, const CheckpointState& s, int replicas
                                                         {"buffers", names},
                                                         {"step", std::to_string(s.step)},
                                                         {"optimizer_steps", std::to_string(s.optimizer_steps)},
+                                                        {"attempt", std::to_string(s.attempt)},
                                                         {"scalar", scalar}})
     MOBULA_RETURN_IF_ERROR(f->set_attr(k, v));
   return f->close();
@@ -90,6 +95,21 @@ Result<int64_t> parse_i64(const std::string& v, const std::string& what) {
   } catch (...) {
   }
   return Status::io("attribute " + what + " = '" + v + "' is not an integer");
+}
+
+Result<int64_t> read_fence(const std::string& dir) {
+  std::ifstream in(dir + "/fence");
+  if (!in) return int64_t{0};  // never fenced
+  std::string v;
+  std::getline(in, v);
+  return parse_i64(v, dir + "/fence");
+}
+
+// The fault-injection switches apply to launch MOBULA_FAULT_KILL_ATTEMPT (default 0; -1: every
+// launch), like MOBULA_FAULT_KILL_AFTER_STEP (docs/testing.md).
+bool fault_attempt_matches() {
+  const long want = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);
+  return want < 0 || want == env_long("MOBULA_STEP_ATTEMPT", 0);
 }
 
 // Every rank reads the whole file on its own (MPI_COMM_SELF): no collective, and any number of
@@ -162,10 +182,39 @@ Status save_checkpoint(const std::string& dir, const CheckpointState& state, int
   MOBULA_RETURN_IF_ERROR(vote(local, comm, "checkpoint dir " + dir));
   int size = 1;
   MOBULA_MPI(MPI_Comm_size(comm, &size));
-  MOBULA_RETURN_IF_ERROR(vote(rank == 0 ? write_file(tmp, state, size) : Status::ok(), comm, "writing " + tmp));
+  Status written = Status::ok();
+  if (rank == 0) {
+    // Fault injection (docs/testing.md): a write that fails (as with ENOSPC) at this step.
+    if (env_long("MOBULA_FAULT_SAVE_ERROR_AT_STEP", -1) == state.step && fault_attempt_matches())
+      written =
+          Status::io("writing " + tmp + ": No space left on device (injected by MOBULA_FAULT_SAVE_ERROR_AT_STEP)");
+    else
+      written = write_file(tmp, state, size);
+    if (!written.is_ok()) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+  }
+  MOBULA_RETURN_IF_ERROR(vote(written, comm, "writing " + tmp));
   Status published = Status::ok();
   if (rank == 0) {
+    // Fault injection: the writer dies with the file written but not published.
+    if (env_long("MOBULA_FAULT_KILL_IN_SAVE_AT_STEP", -1) == state.step && fault_attempt_matches()) {
+      spdlog::warn("fault injection: SIGKILL while saving {} (written, not published)", tmp);
+      spdlog::shutdown();
+      std::raise(SIGKILL);
+    }
     published = fsync_path(tmp, false);
+    if (published.is_ok()) {
+      auto fence = read_fence(dir);
+      if (!fence) {
+        published = fence.status();
+      } else if (*fence > state.attempt) {
+        published =
+            Status::io("not publishing " + final_path + ": written by attempt " + std::to_string(state.attempt) +
+                       ", but attempt " + std::to_string(*fence) + " has started on " + dir + " (fenced)");
+      }
+    }
     if (published.is_ok() && std::rename(tmp.c_str(), final_path.c_str()) != 0)
       published = Status::io("rename " + tmp + " -> " + final_path + ": " + std::strerror(errno));
     if (published.is_ok()) published = fsync_path(dir, true);
@@ -185,6 +234,64 @@ Status save_checkpoint(const std::string& dir, const CheckpointState& state, int
     }
   }
   return vote(published, comm, "publishing " + final_path);
+}
+
+Status fence_checkpoints(const std::string& dir, int64_t attempt) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::io("checkpoint dir " + dir + ": " + ec.message());
+  auto cur = read_fence(dir);
+  if (!cur) return cur.status();
+  if (*cur >= attempt && fs::exists(dir + "/fence")) return Status::ok();
+  return write_file_atomically(dir + "/fence", std::to_string(attempt) + "\n", /*durable=*/true);
+}
+
+struct AsyncCheckpointer::Staged {
+  CheckpointState state;  // buffers point into `copies`
+  std::vector<std::vector<float>> copies;
+  std::future<Status> done;
+};
+
+AsyncCheckpointer::AsyncCheckpointer(std::string dir, int keep) : dir_(std::move(dir)), keep_(keep) {}
+
+AsyncCheckpointer::~AsyncCheckpointer() {
+  const Status s = wait();
+  if (!s.is_ok()) spdlog::error("checkpoint: {}", s.message());
+}
+
+Status AsyncCheckpointer::wait() {
+  if (!staged_) return Status::ok();
+  Status s = staged_->done.get();
+  staged_.reset();
+  return s;
+}
+
+Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Status previous = wait();  // at most one save in flight
+  auto st = std::make_unique<Staged>();
+  st->state = state;
+  st->state.buffers.clear();
+  st->copies.reserve(state.buffers.size());
+  for (const auto& [name, buf] : state.buffers) {
+    st->copies.emplace_back(buf.begin(), buf.end());
+    st->state.buffers.push_back({name, std::span<float>(st->copies.back())});
+  }
+  const double stall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (stall_s) *stall_s = stall;
+  spdlog::info("checkpoint step {} staged in {:.1f} ms", state.step, stall * 1e3);
+  Staged* raw = st.get();
+  st->done = std::async(std::launch::async, [raw, dir = dir_, keep = keep_, t0]() {
+    Status s = save_checkpoint(dir, raw->state, keep, MPI_COMM_SELF);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s.is_ok())
+      spdlog::info("checkpoint step {} durable in {:.3f} s", raw->state.step, secs);
+    else
+      spdlog::error("checkpoint step {} failed: {}", raw->state.step, s.message());
+    return s;
+  });
+  staged_ = std::move(st);
+  return previous;
 }
 
 Result<std::optional<std::string>> load_latest_checkpoint(const std::string& dir, CheckpointState* state, MPI_Comm comm,

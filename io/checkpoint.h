@@ -13,6 +13,12 @@
 //    rank votes (MPI_Allreduce), rank 0 fsyncs the file, renames it to its final name, fsyncs the
 //    directory, then replaces `latest` (write + fsync + rename + fsync). A crash at any point
 //    leaves the previous checkpoint or the new one, never a half one under a final name.
+//  * Fencing: DIR/fence holds the newest attempt (launch) number that started on DIR
+//    (fence_checkpoints, at start). A save whose state.attempt is older refuses to publish, so a
+//    straggler rank of an earlier launch can never move `latest` (kuberay#5211's overlap problem).
+//    The check and the rename are two steps: a fence raised in between is seen by the next save.
+//  * A failed save removes its temporary file and leaves `latest` and every published checkpoint
+//    as they were; the caller decides whether to go on (GRPO does, and reports it).
 //  * Every buffer carries an xxh64 of its bytes; load verifies it. load_latest_checkpoint tries
 //    published checkpoints newest first, reports each that fails (truncated, checksum, wrong sizes)
 //    and uses the next; if checkpoints exist and none verifies it is an error, never a fresh start.
@@ -21,6 +27,8 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <future>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -37,6 +45,7 @@ struct CheckpointState {
   int64_t optimizer_steps = 0;  // AdamW's t
   double scalar = 0;            // one workload-defined number (GRPO: warm-start accuracy)
   std::string spec_hash;        // of the job that wrote it (informational)
+  int64_t attempt = 0;          // launch number of the writer (MOBULA_STEP_ATTEMPT), for fencing
   // Named flat float32 buffers, identical on every rank of comm; load fills them (sizes must match).
   std::vector<std::pair<std::string, std::span<float>>> buffers;
 };
@@ -51,5 +60,37 @@ Result<std::optional<std::string>> load_latest_checkpoint(const std::string& dir
 
 // Published checkpoints in DIR, newest first (file names); exposed for tests and tools.
 std::vector<std::string> list_checkpoints(const std::string& dir);
+
+// Raises DIR/fence to `attempt` (never lowers it; durable). Called by one rank at job start.
+Status fence_checkpoints(const std::string& dir, int64_t attempt);
+
+// Asynchronous saves (Orbax/DCP style) by ONE rank of a replica group (the others need not call
+// anything): stage() copies the buffers (the only time training is blocked) and a background
+// thread writes and publishes them exactly as save_checkpoint does (on MPI_COMM_SELF). At most one
+// save is in flight: stage() first waits for the previous one. "staged" and "durable" are logged
+// as separate events with their times.
+//
+// Thread safety: one thread calls stage/wait. The HDF5 library is used from the background thread
+// only while a save is in flight; the caller must not use HDF5 then (the Debian build is not
+// thread-safe).
+class AsyncCheckpointer {
+ public:
+  AsyncCheckpointer(std::string dir, int keep);
+  ~AsyncCheckpointer();  // waits for a save in flight
+  AsyncCheckpointer(const AsyncCheckpointer&) = delete;
+  AsyncCheckpointer& operator=(const AsyncCheckpointer&) = delete;
+
+  // Waits for the previous save, copies `state`, starts writing. Returns the PREVIOUS save's outcome
+  // (a failed save is reported once, here or by wait()). *stall_s: seconds this call blocked.
+  Status stage(const CheckpointState& state, double* stall_s = nullptr);
+  // Waits for the save in flight, if any, and returns its outcome.
+  Status wait();
+
+ private:
+  struct Staged;
+  std::string dir_;
+  int keep_;
+  std::unique_ptr<Staged> staged_;
+};
 
 }  // namespace mobula::io

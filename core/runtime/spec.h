@@ -97,11 +97,13 @@ struct SlurmSpec {
 struct FaultSpec {
   int max_restarts = 2;
   int restart_delay_s = 5;
+  int hang_timeout_s = 600;
 };
 
 struct CheckpointSpec {
   int every = 0;
   int keep = 3;
+  bool async = true;
   std::string dir;  // resolved against job.workdir
 };
 

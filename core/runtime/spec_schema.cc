@@ -108,6 +108,8 @@ std::vector<KeyDef> build_schema() {
                       "Save a checkpoint every N RL steps (and resume from the newest on start); 0 = never save. "
                       "Existing checkpoints are always resumed from."));
   s.push_back(int_key("checkpoint.keep", 3, 1, 1'000'000, "Checkpoints kept; older ones are deleted after a save."));
+  s.push_back(bool_key("checkpoint.async", true,
+                       "Stage a copy and write it in the background (training blocks only for the copy)."));
   s.push_back(str_key("checkpoint.dir", "checkpoints", {},
                       "Checkpoint directory; relative paths are relative to job.workdir."));
 
@@ -115,6 +117,9 @@ std::vector<KeyDef> build_schema() {
                       "Relaunch a failed job up to N times (`mobula run`: mpiexec again; `mobula submit`: srun "
                       "again inside the allocation); it resumes from its newest checkpoint. Exit code 2 (bad input) "
                       "is never retried."));
+  s.push_back(int_key("fault.hang_timeout_s", 600, 0, 86400,
+                      "A rank without progress for this long ends the job (exit 4) so the restart logic takes "
+                      "over; 0 disables the watchdog."));
   s.push_back(int_key("fault.restart_delay_s", 5, 0, 3600,
                       "Seconds before the first relaunch; doubles with every further one (capped at 300)."));
 

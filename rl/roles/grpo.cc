@@ -359,6 +359,9 @@ Status run_grpo(const WorkloadContext& ctx) {
         spdlog::info("resumed from {} (step {}, written by spec {}{})", **found, start, c.spec_hash,
                      c.spec_hash == spec.hash() ? "" : ", not this spec's hash " + spec.hash());
     }
+    // Fencing: from now on no rank of an earlier launch may publish a checkpoint here.
+    if (lead && resume.is_ok() && spec.checkpoint.every > 0)
+      resume = io::fence_checkpoints(spec.checkpoint.dir, env_long("MOBULA_STEP_ATTEMPT", 0));
   }
   // The trainers' verdict reaches every rank (start = -1: no usable checkpoint), so all of them
   // stop with the same one-line error instead of the rollouts waiting forever.
@@ -440,6 +443,27 @@ Status run_grpo(const WorkloadContext& ctx) {
   const long kill_rank = env_long("MOBULA_FAULT_KILL_RANK", 0);
   const long kill_attempt = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);  // launch it applies to; -1: all
   const long attempt = env_long("MOBULA_STEP_ATTEMPT", 0);
+  // Checkpoints. Synchronous: every trainer takes part (vote) and waits until the file is durable.
+  // Asynchronous: trainer 0 stages a copy and its background thread publishes it; the others go on.
+  std::unique_ptr<io::AsyncCheckpointer> async_ckpt;
+  if (lead && spec.checkpoint.every > 0 && spec.checkpoint.async)
+    async_ckpt = std::make_unique<io::AsyncCheckpointer>(spec.checkpoint.dir, spec.checkpoint.keep);
+  auto save_after = [&](int64_t steps_done) -> Status {
+    if (spec.checkpoint.async && !lead) return Status::ok();
+    auto r = client
+                 ->with_state([&](TrainingState& ws) -> Status {
+                   io::CheckpointState c = ckpt_state(ws);
+                   c.step = steps_done;
+                   c.optimizer_steps = ws.optimizer.steps_done();
+                   c.scalar = base_acc;
+                   c.spec_hash = spec.hash();
+                   c.attempt = attempt;
+                   if (async_ckpt) return async_ckpt->stage(c);  // the previous save's outcome
+                   return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
+                 })
+                 .get();
+    return r ? Status::ok() : r.status();
+  };
   for (int64_t k = start; k < spec.steps; ++k) {
     const double t0 = now();
     if (k == start || !async) MOBULA_RETURN_IF_ERROR(sync_version(k));
@@ -593,19 +617,15 @@ Status run_grpo(const WorkloadContext& ctx) {
       double t_ckpt = 0;
       if (spec.checkpoint.every > 0 && (k + 1) % spec.checkpoint.every == 0) {
         const double tc = now();
-        auto saved = client
-                         ->with_state([&](TrainingState& ws) {
-                           io::CheckpointState c = ckpt_state(ws);
-                           c.step = k + 1;
-                           c.optimizer_steps = ws.optimizer.steps_done();
-                           c.scalar = base_acc;
-                           c.spec_hash = spec.hash();
-                           return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
-                         })
-                         .get();
-        if (!saved) return saved.status();
+        Status saved = save_after(k + 1);
         t_ckpt = now() - tc;
-        if (lead) spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
+        // A failed save is reported and training goes on: `latest` still names the previous
+        // checkpoint (io/checkpoint.h); the next interval tries again.
+        // (Asynchronous saves log their failure from the background thread when it happens.)
+        if (!saved.is_ok() && lead && !async_ckpt)
+          spdlog::error("checkpoint after step {} failed: {}", k, saved.message());
+        if (saved.is_ok() && lead && !async_ckpt)
+          spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
       }
       // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
       double t_sync_after = 0;
@@ -655,12 +675,19 @@ Status run_grpo(const WorkloadContext& ctx) {
     }
     // Fault injection for the restart tests (docs/testing.md): this rank dies after step k.
     if (kill_after == k && kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt)) {
+      // Deterministic for the tests: a save in flight becomes durable first (the kill-in-save
+      // switch covers a crash during a save).
+      if (async_ckpt) (void)async_ckpt->wait();
       spdlog::warn("fault injection: SIGKILL after step {}", k);
       spdlog::shutdown();
       std::raise(SIGKILL);
     }
   }
   if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));
+  if (async_ckpt) {
+    const Status last = async_ckpt->wait();
+    if (!last.is_ok()) spdlog::error("the last checkpoint failed: {}", last.message());
+  }
   if (lead) {
     auto a = evaluate(*client, *eval_sampler, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();

@@ -41,7 +41,10 @@ class Restart : public ::testing::Test {
   // (exit code, stdout + stderr).
   std::pair<int, std::string> run(const std::string& name, const std::string& kill_after = "",
                                   const std::string& kill_rank = "0", std::vector<std::string> sets = {},
-                                  const std::string& kill_attempt = "0") {
+                                  const std::string& kill_attempt = "0",
+                                  const std::vector<std::pair<std::string, std::string>>& env = {}) {
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    if (!env.empty()) setenv("MOBULA_FAULT_KILL_ATTEMPT", kill_attempt.c_str(), 1);
     if (kill_after.empty()) {
       unsetenv("MOBULA_FAULT_KILL_AFTER_STEP");
     } else {
@@ -69,6 +72,7 @@ class Restart : public ::testing::Test {
     for (const auto& x : sets) argv.insert(argv.end(), {"--set", x});
     auto r = run_capture(argv, 200);
     unsetenv("MOBULA_FAULT_KILL_AFTER_STEP");
+    for (const auto& [k, v] : env) unsetenv(k.c_str());
     EXPECT_TRUE(r.is_ok()) << r.status().message();
     if (!r) return {-1, ""};
     return {r->exit_code, r->out + r->err};
@@ -100,8 +104,68 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
   for (const auto& e : fs::directory_iterator(root_ / "killed-rank1" / "checkpoints"))
     files.push_back(e.path().filename().string());
   std::sort(files.begin(), files.end());
-  EXPECT_EQ(files, (std::vector<std::string>{"ckpt-00000006.h5", "ckpt-00000008.h5", "latest"}));
+  EXPECT_EQ(files, (std::vector<std::string>{"ckpt-00000006.h5", "ckpt-00000008.h5", "fence", "latest"}));
   EXPECT_EQ(slurp(root_ / "killed-rank1" / "checkpoints" / "latest"), "ckpt-00000008.h5\n");
+  EXPECT_EQ(slurp(root_ / "killed-rank1" / "checkpoints" / "fence"), "1\n");  // the relaunch fenced launch 0
+
+  // The same with synchronous saves (every trainer waits for the durable file).
+  const auto [rcs, outs] = run("killed-sync", "4", "1", {"checkpoint.async=false"});
+  ASSERT_EQ(rcs, 0) << outs;
+  EXPECT_NE(outs.find("checkpoint after step 3 published"), std::string::npos) << outs;
+  EXPECT_EQ(slurp(root_ / "killed-sync" / "policy.safetensors"), want) << "sync saves: weights differ";
+
+  // Trainer 0 dies inside the (asynchronous) save of step 6, the file written but not published:
+  // the relaunch resumes from step 4, removes the leftover, and still ends bitwise identical.
+  const auto [rck, outk] = run("killed-in-save", "", "0", {}, "0", {{"MOBULA_FAULT_KILL_IN_SAVE_AT_STEP", "6"}});
+  ASSERT_EQ(rck, 0) << outk;
+  EXPECT_NE(outk.find("fault injection: SIGKILL while saving"), std::string::npos) << outk;
+  EXPECT_NE(outk.find("resumed from " + (root_ / "killed-in-save" / "checkpoints" / "ckpt-00000004.h5").string()),
+            std::string::npos)
+      << outk;
+  EXPECT_EQ(slurp(root_ / "killed-in-save" / "policy.safetensors"), want) << "kill in save: weights differ";
+  for (const auto& e : fs::directory_iterator(root_ / "killed-in-save" / "checkpoints"))
+    EXPECT_NE(e.path().filename().string().rfind(".ckpt-", 0), 0u) << "leftover " << e.path();
+}
+
+// A save that fails (injected ENOSPC) is reported, `latest` keeps naming the previous checkpoint,
+// training goes on, and the job ends as if nothing happened; async and sync saves alike.
+TEST_F(Restart, FailedSaveIsReportedAndTrainingGoesOn) {
+  const auto [rc0, out0] = run("clean");
+  ASSERT_EQ(rc0, 0) << out0;
+  const std::string want = slurp(root_ / "clean" / "policy.safetensors");
+  for (const std::string mode : {"true", "false"}) {
+    const std::string name = "enospc-" + mode;
+    const auto [rc, out] = run(name, "", "0", {"checkpoint.async=" + mode, "checkpoint.keep=10"}, "0",
+                               {{"MOBULA_FAULT_SAVE_ERROR_AT_STEP", "4"}});
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("No space left on device (injected"), std::string::npos) << out;
+    EXPECT_EQ(out.find("relaunching"), std::string::npos) << out;
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(root_ / name / "checkpoints"))
+      files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    EXPECT_EQ(files,
+              (std::vector<std::string>{"ckpt-00000002.h5", "ckpt-00000006.h5", "ckpt-00000008.h5", "fence", "latest"}))
+        << mode;
+    EXPECT_EQ(slurp(root_ / name / "policy.safetensors"), want) << mode;
+  }
+}
+
+// Resharding: a checkpoint written by 2 trainers loads into 1 (every trainer reads the whole,
+// replicated state). The resumed job continues from the checkpoint's step; its later steps sum
+// gradients over a different number of ranks, so bitwise equality with the 2-trainer run is not
+// promised (docs/formats/checkpoint.md).
+TEST_F(Restart, CheckpointOfTwoTrainersLoadsIntoOne) {
+  const auto [rc1, out1] = run("reshard", "4", "0", {"fault.max_restarts=0"});
+  ASSERT_NE(rc1, 0) << out1;
+  const auto [rc2, out2] = run("reshard", "", "0", {"roles.trainer.ranks=1"});
+  ASSERT_EQ(rc2, 0) << out2;
+  EXPECT_NE(out2.find("resumed from " + (root_ / "reshard" / "checkpoints" / "ckpt-00000004.h5").string()),
+            std::string::npos)
+      << out2;
+  const std::string summary = slurp(root_ / "reshard" / "summary.json");
+  EXPECT_NE(summary.find("\"trainers\": 1"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("\"first_step\": 4"), std::string::npos) << summary;
 }
 
 TEST_F(Restart, AlwaysFailingJobStopsAtTheRestartLimit) {
