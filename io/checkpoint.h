@@ -91,6 +91,7 @@ class AsyncCheckpointer {
   std::string dir_;
   int keep_;
   std::unique_ptr<Staged> staged_;
+  std::vector<std::vector<float>> spare_;  // staging buffers of the last finished save, reused
 };
 
 }  // namespace mobula::io
