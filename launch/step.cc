@@ -145,11 +145,19 @@ int with_restarts(const char* who, int max_restarts, double delay_s, const std::
   for (int attempt = 0; attempt <= max_restarts; ++attempt) {
     code = launch(attempt);
     if (code == 0 || code == 2 || attempt == max_restarts) break;
+    if (const int sig = forwarded_signal()) {  // the launcher was told to stop: do not relaunch
+      std::fprintf(stderr, "%s: stopped by signal %d (exit code %d); not relaunching%s\n", who, sig, code,
+                   code == 3 ? "; the job saved a checkpoint and resumes from it when run again" : "");
+      break;
+    }
     const double delay = std::min(delay_s * double(1 << std::min(attempt, 10)), 300.0);
     std::fprintf(stderr,
-                 "%s: the job failed with exit code %d; relaunching in %.0f s (restart %d of %d); it resumes from its "
-                 "newest checkpoint\n",
-                 who, code, delay, attempt + 1, max_restarts);
+                 "%s: the job %s; relaunching in %.0f s (restart %d of %d); it resumes from its newest checkpoint\n",
+                 who,
+                 code == 3   ? "was preempted (exit code 3)"
+                 : code == 4 ? "had a stuck rank (exit code 4, watchdog)"
+                             : ("failed with exit code " + std::to_string(code)).c_str(),
+                 delay, attempt + 1, max_restarts);
     std::fflush(stderr);
     std::this_thread::sleep_for(std::chrono::duration<double>(delay));
   }

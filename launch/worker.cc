@@ -95,23 +95,21 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
   }
   auto comms = RoleComms::create(MPI_COMM_WORLD, *layout);
   if (!comms) return comms.status();
-  rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank()};
+  // The progress watchdog (core/health): ends this rank (exit 4) when it is stuck so that the
+  // job restarts; stopped before MPI_Finalize.
+  health::Watchdog watchdog(spec->fault.hang_timeout_s, "rank " + std::to_string(env.rank()) + " (" + me.role + " " +
+                                                            std::to_string(me.role_rank) + ", host " + env.host() +
+                                                            ")");
+  rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank(), &watchdog};
   return rl::run_workload(ctx);
 }
 
 }  // namespace
 
-namespace {
-// Slurm's pre-timeout signal (slurm.signal, default USR1) must not kill the rank (the default
-// action); until checkpoint-on-signal exists the worker notes it and runs on.
-volatile std::sig_atomic_t g_pre_timeout_signal = 0;
-void on_pre_timeout_signal(int sig) {
-  g_pre_timeout_signal = sig;
-}
-}  // namespace
-
 int cmd_worker(const SpecArgs& a, int argc, char** argv) {
-  for (int sig : {SIGUSR1, SIGUSR2}) std::signal(sig, on_pre_timeout_signal);
+  // SIGTERM / SIGUSR1 / SIGUSR2 (Slurm's pre-timeout signal, a scheduler's stop) ask the workload to
+  // checkpoint at the next step boundary and exit 3 (core/health).
+  health::install_stop_handlers();
   int rank = -1, size = 0;
   const int rc = [&] {
     auto env = Environment::init(&argc, &argv);
@@ -123,12 +121,16 @@ int cmd_worker(const SpecArgs& a, int argc, char** argv) {
     size = (*env)->size();
     init_logging("rank " + std::to_string(rank) + "/" + std::to_string(size) + " " + (*env)->host());
     const Status st = run_rank(a, **env);
-    if (g_pre_timeout_signal)
-      spdlog::warn(
-          "received signal {} (Slurm's pre-timeout signal?) during the run; checkpoint-on-signal is not "
-          "built yet, so the job ran on",
-          static_cast<int>(g_pre_timeout_signal));
-    if (st.is_ok()) return 0;
+    if (st.is_ok()) {
+      if (health::stop_signal() && rank == 0)
+        spdlog::warn("received signal {} during the run; the workload had no step boundary left and finished",
+                     health::stop_signal());
+      return 0;
+    }
+    if (st.code() == Status::Code::kPreempted) {  // agreed by every rank at a step boundary
+      if (rank == 0) spdlog::warn("{}", st.message());
+      return st.exit_code();
+    }
     if (st.code() == Status::Code::kInvalidSpec || st.code() == Status::Code::kInvalidArgument) {
       // Deterministic on every rank: one line from rank 0, clean exit everywhere.
       if (rank == 0) std::fprintf(stderr, "%s\n", st.message().c_str());

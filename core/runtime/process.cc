@@ -48,11 +48,17 @@ int decode(int wstatus) {
 }
 
 volatile sig_atomic_t g_child = 0;
+volatile sig_atomic_t g_forwarded = 0;
 void forward(int sig) {
+  g_forwarded = sig;
   if (g_child > 0) kill(static_cast<pid_t>(g_child), sig);
 }
 
 }  // namespace
+
+int forwarded_signal() {
+  return static_cast<int>(g_forwarded);
+}
 
 Result<ProcessResult> run_capture(const std::vector<std::string>& argv, double timeout_s) {
   if (argv.empty()) return Status::invalid_argument("run_capture: empty command");

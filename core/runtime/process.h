@@ -26,6 +26,10 @@ Result<ProcessResult> run_capture(const std::vector<std::string>& argv, double t
 // SIGUSR1 to the child; returns its exit code (128 + signal when killed).
 Result<int> run_inherit(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {});
 
+// The last signal run_inherit / run_inherit_watched forwarded to a child (0: none): the launcher
+// itself was asked to stop.
+int forwarded_signal();
+
 // As run_inherit, and every poll_s seconds while the child runs, calls watch(); when it returns
 // true the child gets SIGTERM, then SIGKILL after kill_grace_s. `*killed` says whether that happened.
 struct Watch {

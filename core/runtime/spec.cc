@@ -414,10 +414,6 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   if (spec.checkpoint.dir.empty())
     return Status::invalid_spec(L.where_of("checkpoint.dir") + ": checkpoint.dir: must not be empty");
   if (spec.checkpoint.dir.front() != '/') spec.checkpoint.dir = spec.workdir + "/" + spec.checkpoint.dir;
-  if (spec.checkpoint.every > 0 && spec.rl.max_staleness > 0)
-    return Status::invalid_spec(L.where_of("checkpoint.every") +
-                                ": checkpoint.every: checkpoints of one-step-off async GRPO (rl.max_staleness = 1) "
-                                "are not supported yet; use rl.max_staleness = 0 or checkpoint.every = 0");
   if (spec.workload == "grpo" && (!spec.role("rollout")))
     return Status::invalid_spec(L.where_of("roles.rollout.ranks") +
                                 ": roles.rollout.ranks: workload \"grpo\" needs at least 1 rollout rank");

@@ -14,7 +14,7 @@ namespace mobula {
 
 class Status {
  public:
-  enum class Code { kOk = 0, kInvalidSpec, kInvalidArgument, kNotFound, kIo, kExternal, kTimeout };
+  enum class Code { kOk = 0, kInvalidSpec, kInvalidArgument, kNotFound, kIo, kExternal, kTimeout, kPreempted };
 
   Status() = default;
   static Status ok() { return Status(); }
@@ -24,6 +24,8 @@ class Status {
   static Status io(std::string msg) { return {Code::kIo, std::move(msg)}; }
   static Status external(std::string msg) { return {Code::kExternal, std::move(msg)}; }
   static Status timeout(std::string msg) { return {Code::kTimeout, std::move(msg)}; }
+  // Stopped by a signal at a step boundary after a durable checkpoint: "restart me" (exit 3).
+  static Status preempted(std::string msg) { return {Code::kPreempted, std::move(msg)}; }
 
   bool is_ok() const { return code_ == Code::kOk; }
   explicit operator bool() const { return is_ok(); }
@@ -38,6 +40,8 @@ class Status {
       case Code::kInvalidSpec:
       case Code::kInvalidArgument:
         return 2;
+      case Code::kPreempted:
+        return 3;
       default:
         return 1;
     }

@@ -287,6 +287,10 @@ Status run_grpo(const WorkloadContext& ctx) {
   std::unique_ptr<Sampler<>> eval_sampler;
   std::unique_ptr<WeightStore> store;
   const bool with_kl = rl.kl_coef > 0;
+  const bool async = rl.max_staleness > 0;
+  // One-step-off: batch k is sampled with v_(k-1), so a checkpoint at boundary k carries v_(k-1)
+  // too (trainers copy the weights before each update; cheap next to the update itself).
+  std::vector<float> prev_params;
   if (trainer) {
     auto g = make_transport(*choose("transport.gradients", spec.transport.gradients), ctx.comms.role());
     if (!g) return g.status();
@@ -305,6 +309,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       if (!m) return m.status();
       ref_model = std::make_unique<Gpt<>>(std::move(m).value());
     }
+    if (async) prev_params.assign(nparams, 0.f);
     if (me.role_rank == 0) {
       auto s = Sampler<>::create(cfg, std::min(128, rl.eval_problems), cfg.max_seq);
       if (!s) return s.status();
@@ -318,6 +323,9 @@ Status run_grpo(const WorkloadContext& ctx) {
     store = std::make_unique<WeightStore>(nparams);
   }
   const bool lead = trainer && me.role_rank == 0;
+  auto beat = [&](const char* phase, int64_t step) {
+    if (ctx.watchdog) ctx.watchdog->beat(phase, step);
+  };
   const double t_start = now();
 
   // ---- resume (trainers read the newest checkpoint that verifies; everyone learns the step) ----
@@ -329,6 +337,7 @@ Status run_grpo(const WorkloadContext& ctx) {
                  {"adam_m", {st.optimizer.m.data(), nparams}},
                  {"adam_v", {st.optimizer.v.data(), nparams}}};
     if (with_kl) c.buffers.push_back({"ref_params", {ref_model->params.data(), nparams}});
+    if (async) c.buffers.push_back({"prev_params", std::span<float>(prev_params)});
     return c;
   };
   Status resume = Status::ok();
@@ -349,9 +358,6 @@ Status run_grpo(const WorkloadContext& ctx) {
       for (const auto& r : rejected) spdlog::warn("checkpoint rejected: {}", r);
     if (!found) {
       resume = found.status();
-    } else if (*found && rl.max_staleness > 0) {
-      resume = Status::invalid_spec(spec.where("rl.max_staleness") +
-                                    ": rl.max_staleness: cannot resume one-step-off async GRPO from " + **found);
     } else if (*found) {
       start = c.step;
       base_acc = c.scalar;
@@ -376,6 +382,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   if (trainer && start == 0) {
     const int B = rl.warm_start_batch;
     for (int s = 0; s < rl.warm_start_steps; ++s) {
+      beat("warm start", s);
       std::vector<Datum> batch;
       for (int i = me.role_rank; i < B; i += T) {
         auto d = sft_datum(tok, task.warm_start_example(uint64_t(spec.seed), uint64_t(s) * uint64_t(B) + uint64_t(i),
@@ -424,7 +431,6 @@ Status run_grpo(const WorkloadContext& ctx) {
   // trainers sync v_(k+1) right after training batch k (when batch k+2 will need it) and the
   // rollouts receive it at the start of step k+2. Rollout sends stay in flight across one step so
   // the two orders never wait on each other.
-  const bool async = rl.max_staleness > 0;
   struct Pending {
     std::vector<std::vector<std::byte>> refs;
     std::vector<int64_t> sizes;
@@ -464,10 +470,71 @@ Status run_grpo(const WorkloadContext& ctx) {
                  .get();
     return r ? Status::ok() : r.status();
   };
+  // Stopped by a signal at the boundary of step k: the trainers publish the state after k steps
+  // synchronously (after any save in flight), then everybody leaves with "preempted".
+  auto preempt = [&](int64_t k, int sig) -> Status {
+    beat("preemption checkpoint", k);
+    Status saved = Status::ok();
+    // One-step-off: before boundary k the trainers shipped v_(k-1) and v_k, which a rollout takes
+    // at steps k and k+1; take them now, or the trainers' sends never end.
+    if (rollout && async && k >= 2) saved = sync_version(k - 1);
+    if (rollout && async && saved.is_ok() && k >= 1 && k + 1 < spec.steps) saved = sync_version(k);
+    if (pending && saved.is_ok()) saved = wait_all(pending->reqs);
+    if (trainer) {
+      if (async_ckpt) (void)async_ckpt->wait();
+      auto r = client
+                   ->with_state([&](TrainingState& ws) {
+                     io::CheckpointState c = ckpt_state(ws);
+                     c.step = k;
+                     c.optimizer_steps = ws.optimizer.steps_done();
+                     c.scalar = base_acc;
+                     c.spec_hash = spec.hash();
+                     c.attempt = attempt;
+                     return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
+                   })
+                   .get();
+      if (!r) saved = r.status();
+    }
+    if (lead && !saved.is_ok()) spdlog::error("preemption checkpoint at step {}: {}", k, saved.message());
+    return Status::preempted(
+        "preempted by signal " + std::to_string(sig) + " at the boundary of step " + std::to_string(k) +
+        (saved.is_ok() && trainer ? "; the checkpoint of " + std::to_string(k) + " steps is durable" : "") +
+        "; exiting with 3 so that the launcher restarts the job");
+  };
+  const long signal_after = env_long("MOBULA_FAULT_SIGNAL_AFTER_STEP", -1);
+  const long hang_after = env_long("MOBULA_FAULT_HANG_AFTER_STEP", -1);
+  const int64_t stop_delay = 1 + rl.max_staleness;
+  int stop_mine[3] = {0, 0, 0}, stop_any[3] = {0, 0, 0};
+  MPI_Request stop_req[3] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   for (int64_t k = start; k < spec.steps; ++k) {
+    beat("step boundary", k);
+    // Preemption (core/health): a non-blocking all-reduce of the ranks' stop signals starts at
+    // every step boundary and is completed D boundaries later (D = 1 + rl.max_staleness), so every
+    // rank learns of a signal at the same boundary without an extra synchronisation per step (a
+    // blocking one deadlocks the one-step-off mode, whose roles run a step apart). Then the trainers
+    // save the state after k steps (durably) and every rank returns "preempted" (exit 3).
+    if (k - stop_delay >= start) {
+      const size_t i = size_t((k - stop_delay) % 3);
+      MOBULA_MPI(MPI_Wait(&stop_req[i], MPI_STATUS_IGNORE));
+      if (stop_any[i]) return preempt(k, stop_any[i]);
+    }
+    stop_mine[size_t(k % 3)] = health::stop_signal();
+    MOBULA_MPI(MPI_Iallreduce(&stop_mine[size_t(k % 3)], &stop_any[size_t(k % 3)], 1, MPI_INT, MPI_MAX, link,
+                              &stop_req[size_t(k % 3)]));
     const double t0 = now();
-    if (k == start || !async) MOBULA_RETURN_IF_ERROR(sync_version(k));
-    if (async && rollout && k >= 2) MOBULA_RETURN_IF_ERROR(sync_version(k - 1));
+    beat("weight sync", k);
+    if (!async || (k == start && start == 0)) MOBULA_RETURN_IF_ERROR(sync_version(k));
+    if (async && k == start && start > 0) {
+      // Resumed one-step-off: batch k needs v_(k-1) (from the checkpoint); the trainers also ship
+      // v_k now, as they did after training step k-1, for the rollouts' step k+1.
+      if (trainer) {
+        MOBULA_RETURN_IF_ERROR(sink->publish(prev_params, std::to_string(k - 1)));
+        if (k + 1 < spec.steps) MOBULA_RETURN_IF_ERROR(sync_version(k));
+      } else {
+        MOBULA_RETURN_IF_ERROR(sync_version(k - 1));
+      }
+    }
+    if (async && rollout && k >= 2 && k > start) MOBULA_RETURN_IF_ERROR(sync_version(k - 1));
     const double t_sync = now() - t0;
     const int64_t expect_version = async ? std::max<int64_t>(0, k - 1) : k;
 
@@ -475,6 +542,7 @@ Status run_grpo(const WorkloadContext& ctx) {
     RolloutStats stats;
     std::vector<Record> mine;
     if (rollout) {
+      beat("sampling", k);
       const auto w = store->current();
       if (w->version != expect_version)
         return Status::external("grpo: rollout holds weights version " + std::to_string(w->version) + ", expected " +
@@ -567,6 +635,7 @@ Status run_grpo(const WorkloadContext& ctx) {
     }
 
     if (trainer) {
+      beat("waiting for rollouts", k);
       std::vector<Record> recs;
       RolloutStats total;
       const double tx0 = now();
@@ -605,7 +674,17 @@ Status run_grpo(const WorkloadContext& ctx) {
       std::vector<Datum> batch;
       for (const auto& r : recs)
         batch.push_back(completion_datum(r.seq, static_cast<size_t>(r.first), r.logp_old, r.advantage));
+      beat("training", k);
       const double tt0 = now();
+      if (async) {  // v_k, for a checkpoint at boundary k+1
+        auto copied = client
+                          ->with_state([&](TrainingState& ws) {
+                            std::memcpy(prev_params.data(), ws.model.params.data(), nparams * sizeof(float));
+                            return Status::ok();
+                          })
+                          .get();
+        if (!copied) return copied.status();
+      }
       if (with_kl && !batch.empty()) {  // log-probs under the frozen reference
         auto lr = forward_batch(*ref_model, batch);
         if (!lr) return lr.status();
@@ -616,6 +695,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       const double t_train = now() - tt0;
       double t_ckpt = 0;
       if (spec.checkpoint.every > 0 && (k + 1) % spec.checkpoint.every == 0) {
+        beat("checkpoint", k);
         const double tc = now();
         Status saved = save_after(k + 1);
         t_ckpt = now() - tc;
@@ -682,13 +762,27 @@ Status run_grpo(const WorkloadContext& ctx) {
       spdlog::shutdown();
       std::raise(SIGKILL);
     }
+    const bool fault_here = kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt);
+    if (signal_after == k && fault_here) {
+      spdlog::warn("fault injection: SIGUSR1 after step {}", k);
+      std::raise(SIGUSR1);
+    }
+    if (hang_after == k && fault_here) {
+      if (async_ckpt) (void)async_ckpt->wait();
+      spdlog::warn("fault injection: SIGSTOP after step {} (this rank hangs)", k);
+      spdlog::default_logger()->flush();
+      std::raise(SIGSTOP);
+    }
   }
+  beat("finishing", spec.steps);
+  MOBULA_MPI(MPI_Waitall(3, stop_req, MPI_STATUSES_IGNORE));  // the last boundaries' (null: none)
   if (pending) MOBULA_RETURN_IF_ERROR(wait_all(pending->reqs));
   if (async_ckpt) {
     const Status last = async_ckpt->wait();
     if (!last.is_ok()) spdlog::error("the last checkpoint failed: {}", last.message());
   }
   if (lead) {
+    beat("evaluation", spec.steps);
     auto a = evaluate(*client, *eval_sampler, task, tok, rl.eval_problems, rl.max_new_tokens);
     if (!a) return a.status();
     const double wall = now() - t_start, rl_wall = now() - t_rl;

@@ -62,6 +62,11 @@ Status run_layout_check(const WorkloadContext& ctx) {
   spdlog::info("role {} {}/{} on world rank {}/{}; links:{}", me.role, me.role_rank, me.role_size, ctx.rank,
                ctx.layout.world_size(), links.empty() ? " none" : links);
   for (int64_t step = 0; step < ctx.spec.steps; ++step) {
+    if (ctx.watchdog) ctx.watchdog->beat("layout check", step);
+    int sig = health::stop_signal(), any = 0;  // preemption: stateless, nothing to save
+    MOBULA_MPI(MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, ctx.world));
+    if (any)
+      return Status::preempted("preempted by signal " + std::to_string(any) + " at step " + std::to_string(step));
     Status st =
         check_comm(ctx.comms.role(), ctx.layout.ranks_of(me.role), ctx.layout, step, ctx.spec.seed, "role " + me.role);
     for (const auto& l : ctx.comms.links()) {
@@ -85,7 +90,7 @@ Status run_workload(const WorkloadContext& ctx) {
     const Status st = run_grpo(ctx);
     // Say it here: peers may be blocked in a transfer with this rank until their timeout, and only
     // then reach the agreement below.
-    if (!st) spdlog::error("{}", st.message());
+    if (!st && st.code() != Status::Code::kPreempted) spdlog::error("{}", st.message());
     return agree(ctx.world, st);
   }
   return Status::invalid_spec(ctx.spec.where("job.workload") + ": job.workload: \"" + ctx.spec.workload +

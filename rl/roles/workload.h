@@ -8,6 +8,7 @@
 
 #include <mpi.h>
 
+#include "core/health/health.h"
 #include "core/runtime/layout.h"
 #include "core/runtime/role_comms.h"
 #include "core/runtime/spec.h"
@@ -20,6 +21,7 @@ struct WorkloadContext {
   const RoleComms& comms;
   MPI_Comm world;
   int rank;
+  health::Watchdog* watchdog = nullptr;  // beat() at every phase; may be null (tests)
 };
 
 Status run_workload(const WorkloadContext& ctx);

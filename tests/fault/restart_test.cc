@@ -127,6 +127,71 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
     EXPECT_NE(e.path().filename().string().rfind(".ckpt-", 0), 0u) << "leftover " << e.path();
 }
 
+// A stop signal (Slurm's pre-timeout USR1, a scheduler's TERM) reaches one rank after step 4: the
+// ranks' signals are combined at one boundary and learnt at the next (boundary 6), the trainers
+// publish the checkpoint of 6 steps,
+// the job exits 3 ("preempted"), `mobula run` relaunches it and it ends bitwise identical.
+TEST_F(Restart, StopSignalCheckpointsExitsThreeAndResumes) {
+  const auto [rc0, out0] = run("clean");
+  ASSERT_EQ(rc0, 0) << out0;
+  const std::string want = slurp(root_ / "clean" / "policy.safetensors");
+  const auto [rc, out] =
+      run("signalled", "", "0", {}, "0", {{"MOBULA_FAULT_SIGNAL_AFTER_STEP", "4"}, {"MOBULA_FAULT_KILL_RANK", "2"}});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("fault injection: SIGUSR1 after step 4"), std::string::npos) << out;
+  EXPECT_NE(out.find("preempted by signal 10 at the boundary of step 6; the checkpoint of 6 steps is durable"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("the job was preempted (exit code 3); relaunching"), std::string::npos) << out;
+  EXPECT_NE(out.find("resumed from " + (root_ / "signalled" / "checkpoints" / "ckpt-00000006.h5").string()),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(slurp(root_ / "signalled" / "policy.safetensors"), want) << "signal: weights differ";
+}
+
+// A rank stops (SIGSTOP) after step 4: the others block waiting for it, their watchdogs fire after
+// fault.hang_timeout_s, the job ends with exit 4, is relaunched from the checkpoint of 4 steps and
+// ends bitwise identical.
+TEST_F(Restart, StoppedRankIsCaughtByTheWatchdog) {
+  const auto [rc0, out0] = run("clean");
+  ASSERT_EQ(rc0, 0) << out0;
+  const std::string want = slurp(root_ / "clean" / "policy.safetensors");
+  const auto [rc, out] = run("stopped", "", "0", {"fault.hang_timeout_s=3"}, "0",
+                             {{"MOBULA_FAULT_HANG_AFTER_STEP", "4"}, {"MOBULA_FAULT_KILL_RANK", "1"}});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("fault injection: SIGSTOP after step 4"), std::string::npos) << out;
+  EXPECT_NE(out.find("made no progress for 3 s (fault.hang_timeout_s = 3); stuck in"), std::string::npos) << out;
+  EXPECT_NE(out.find("had a stuck rank (exit code 4, watchdog); relaunching"), std::string::npos) << out;
+  EXPECT_NE(out.find("resumed from " + (root_ / "stopped" / "checkpoints" / "ckpt-00000004.h5").string()),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(slurp(root_ / "stopped" / "policy.safetensors"), want) << "hang: weights differ";
+}
+
+// One-step-off asynchronous GRPO: its checkpoint also holds v_(k-1), the weights batch k is
+// sampled with, so a killed trainer, a killed rollout and a stop signal all end bitwise identical
+// to an uninterrupted asynchronous run.
+TEST_F(Restart, AsyncGrpoResumesBitwiseIdentical) {
+  const std::vector<std::string> async = {"rl.max_staleness=1", "fault.hang_timeout_s=20"};
+  const auto [rc0, out0] = run("clean-async", "", "0", async);
+  ASSERT_EQ(rc0, 0) << out0;
+  const std::string want = slurp(root_ / "clean-async" / "policy.safetensors");
+  for (const auto& [name, kill_after, rank] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"async-trainer", "4", "1"}, {"async-rollout", "5", "2"}}) {
+    const auto [rc, out] = run(name, kill_after, rank, async);
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("resumed from " + (root_ / name / "checkpoints" / "ckpt-00000004.h5").string()),
+              std::string::npos)
+        << out;
+    EXPECT_EQ(slurp(root_ / name / "policy.safetensors"), want) << name << ": weights differ";
+  }
+  const auto [rc, out] = run("async-signal", "", "0", async, "0",
+                             {{"MOBULA_FAULT_SIGNAL_AFTER_STEP", "3"}, {"MOBULA_FAULT_KILL_RANK", "0"}});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("the job was preempted (exit code 3)"), std::string::npos) << out;
+  EXPECT_EQ(slurp(root_ / "async-signal" / "policy.safetensors"), want) << "async signal: weights differ";
+}
+
 // A save that fails (injected ENOSPC) is reported, `latest` keeps naming the previous checkpoint,
 // training goes on, and the job ends as if nothing happened; async and sync saves alike.
 TEST_F(Restart, FailedSaveIsReportedAndTrainingGoesOn) {
