@@ -247,8 +247,9 @@ Status fence_checkpoints(const std::string& dir, int64_t attempt) {
 }
 
 struct AsyncCheckpointer::Staged {
-  CheckpointState state;  // buffers point into `copies`
+  CheckpointState state;  // buffers: the caller's until copied, then into `copies`
   std::vector<std::vector<float>> copies;
+  std::shared_future<void> copied;
   std::future<Status> done;
 };
 
@@ -276,18 +277,25 @@ Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
   st->copies = std::move(spare_);
   st->copies.resize(state.buffers.size());
   st->state = state;
-  st->state.buffers.clear();
-  for (size_t i = 0; i < state.buffers.size(); ++i) {
-    const auto& [name, buf] = state.buffers[i];
-    st->copies[i].resize(buf.size());
-    std::memcpy(st->copies[i].data(), buf.data(), buf.size_bytes());
-    st->state.buffers.push_back({name, std::span<float>(st->copies[i])});
-  }
+  std::promise<void> copied;
+  st->copied = copied.get_future().share();
   const double stall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (stall_s) *stall_s = stall;
-  spdlog::info("checkpoint step {} staged in {:.1f} ms", state.step, stall * 1e3);
   Staged* raw = st.get();
-  st->done = std::async(std::launch::async, [raw, dir = dir_, keep = keep_, t0]() {
+  // The background thread copies first (the caller's buffers must not change until then:
+  // wait_staged()), then writes and publishes the copy.
+  st->done = std::async(std::launch::async, [raw, copied = std::move(copied), dir = dir_, keep = keep_, t0]() mutable {
+    std::vector<std::pair<std::string, std::span<float>>> staged;
+    for (size_t i = 0; i < raw->state.buffers.size(); ++i) {
+      const auto& [name, buf] = raw->state.buffers[i];
+      raw->copies[i].resize(buf.size());
+      std::memcpy(raw->copies[i].data(), buf.data(), buf.size_bytes());
+      staged.push_back({name, std::span<float>(raw->copies[i])});
+    }
+    raw->state.buffers = std::move(staged);
+    const double t_copy = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    copied.set_value();
+    spdlog::info("checkpoint step {} staged in {:.1f} ms", raw->state.step, t_copy * 1e3);
     Status s = save_checkpoint(dir, raw->state, keep, MPI_COMM_SELF);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s.is_ok())
@@ -298,6 +306,13 @@ Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
   });
   staged_ = std::move(st);
   return previous;
+}
+
+double AsyncCheckpointer::wait_staged() {
+  if (!staged_) return 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  staged_->copied.wait();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 Result<std::optional<std::string>> load_latest_checkpoint(const std::string& dir, CheckpointState* state, MPI_Comm comm,

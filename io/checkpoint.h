@@ -65,14 +65,16 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 Status fence_checkpoints(const std::string& dir, int64_t attempt);
 
 // Asynchronous saves (Orbax/DCP style) by ONE rank of a replica group (the others need not call
-// anything): stage() copies the buffers (the only time training is blocked) and a background
-// thread writes and publishes them exactly as save_checkpoint does (on MPI_COMM_SELF). At most one
-// save is in flight: stage() first waits for the previous one. "staged" and "durable" are logged
-// as separate events with their times.
+// anything): stage() returns at once and a background thread copies the buffers into staging
+// memory (reused across saves), then writes and publishes the copy exactly as save_checkpoint
+// does (on MPI_COMM_SELF). The caller must not modify the staged buffers until wait_staged()
+// returns: call it right before the next update (the optimizer step), so the copy overlaps with
+// whatever comes first (sampling, forward/backward). At most one save is in flight: stage() first
+// waits for the previous one. "staged" and "durable" are logged as separate events.
 //
-// Thread safety: one thread calls stage/wait. The HDF5 library is used from the background thread
-// only while a save is in flight; the caller must not use HDF5 then (the Debian build is not
-// thread-safe).
+// Thread safety: one thread calls stage/wait_staged/wait. The HDF5 library is used from the
+// background thread only while a save is in flight; the caller must not use HDF5 then (the Debian
+// build is not thread-safe).
 class AsyncCheckpointer {
  public:
   AsyncCheckpointer(std::string dir, int keep);
@@ -80,9 +82,13 @@ class AsyncCheckpointer {
   AsyncCheckpointer(const AsyncCheckpointer&) = delete;
   AsyncCheckpointer& operator=(const AsyncCheckpointer&) = delete;
 
-  // Waits for the previous save, copies `state`, starts writing. Returns the PREVIOUS save's outcome
-  // (a failed save is reported once, here or by wait()). *stall_s: seconds this call blocked.
+  // Waits for the previous save, then starts copying and writing `state`. Returns the PREVIOUS
+  // save's outcome (a failed save is reported once, here or by wait()). *stall_s: seconds this call
+  // blocked.
   Status stage(const CheckpointState& state, double* stall_s = nullptr);
+  // Blocks until the last staged state is copied (then its buffers may change); returns the
+  // seconds it blocked (0 when nothing is staged or the copy is done).
+  double wait_staged();
   // Waits for the save in flight, if any, and returns its outcome.
   Status wait();
 

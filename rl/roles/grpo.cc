@@ -15,6 +15,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "core/objects/object_store.h"
@@ -150,12 +151,16 @@ class RolloutSink final : public SamplerSink {
 
 struct StepResult {
   double loss = 0, tokens = 0, clip_fraction = 0, kl = 0, grad_norm = 0;
+  double blocked_s = 0;  // waiting for before_update
 };
 
 // One data-parallel optimizer step through the API: forward_backward on this trainer's share, then
 // optim_step (which sums the gradients over the group) unless the group trained no token at all
 // (every group of samples had equal rewards).
-Result<StepResult> train_step(TrainingClient& client, std::vector<Datum> batch, const LossConfig& loss, float lr) {
+// before_update runs right before the weights change (an async checkpoint still copying them) and
+// returns the seconds it blocked.
+Result<StepResult> train_step(TrainingClient& client, std::vector<Datum> batch, const LossConfig& loss, float lr,
+                              const std::function<double()>& before_update = {}) {
   auto fb = client.forward_backward(std::move(batch), loss).get();
   if (!fb) return fb.status();
   StepResult out;
@@ -166,6 +171,7 @@ Result<StepResult> train_step(TrainingClient& client, std::vector<Datum> batch, 
   out.kl = fb->stats.kl;
   AdamParams ap;
   ap.lr = lr;
+  if (before_update) out.blocked_s = before_update();
   auto st = client.optim_step(ap).get();
   if (!st) return st.status();
   out.grad_norm = st->grad_norm;
@@ -690,7 +696,8 @@ Status run_grpo(const WorkloadContext& ctx) {
         if (!lr) return lr.status();
         for (size_t i = 0; i < batch.size(); ++i) batch[i].logprobs_ref = std::move((*lr)[i]);
       }
-      auto st = train_step(*client, std::move(batch), loss, static_cast<float>(rl.lr));
+      auto st = train_step(*client, std::move(batch), loss, static_cast<float>(rl.lr),
+                           [&] { return async_ckpt ? async_ckpt->wait_staged() : 0.0; });
       if (!st) return st.status();
       const double t_train = now() - tt0;
       double t_ckpt = 0;
@@ -744,7 +751,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         // the transfer. Async: sampling overlaps training, the wait is all that is left of it.
         m.transfer_s = async ? t_wait : std::max(0.0, t_wait - m.sample_s - m.reward_s);
         m.train_s = t_train;
-        m.checkpoint_s = t_ckpt;
+        m.checkpoint_s = t_ckpt + st->blocked_s;  // training blocked by checkpoints
         spdlog::info(
             "step {:4d}  reward {:.3f}±{:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.3f} s  "
             "train {:.3f} s  wait {:.3f} s  kl {:.4f}  entropy {:.3f}  clip {:.3f}  lag {}",

@@ -126,7 +126,8 @@ TEST(Checkpoint, AsyncSavesPublishTheStagedCopy) {
       double stall = -1;
       ASSERT_TRUE(ck.stage(s.view(step), &stall).is_ok());
       EXPECT_GE(stall, 0);
-      s.fill(100);  // training goes on: the save holds its own copy
+      EXPECT_GE(ck.wait_staged(), 0);  // before the buffers change
+      s.fill(100);                     // training goes on: the save holds its own copy
     }
     ASSERT_TRUE(ck.wait().is_ok());
     EXPECT_EQ(slurp(dir + "/latest"), "ckpt-00000003.h5\n");
