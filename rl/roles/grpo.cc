@@ -682,7 +682,11 @@ Status run_grpo(const WorkloadContext& ctx) {
         batch.push_back(completion_datum(r.seq, static_cast<size_t>(r.first), r.logp_old, r.advantage));
       beat("training", k);
       const double tt0 = now();
+      double blocked_by_save = 0;
       if (async) {  // v_k, for a checkpoint at boundary k+1
+        // prev_params is part of a staged checkpoint: its copy must be done before it changes
+        // (found by comparing dataset checksums of restarted and clean runs).
+        if (async_ckpt) blocked_by_save = async_ckpt->wait_staged();
         auto copied = client
                           ->with_state([&](TrainingState& ws) {
                             std::memcpy(prev_params.data(), ws.model.params.data(), nparams * sizeof(float));
@@ -751,7 +755,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         // the transfer. Async: sampling overlaps training, the wait is all that is left of it.
         m.transfer_s = async ? t_wait : std::max(0.0, t_wait - m.sample_s - m.reward_s);
         m.train_s = t_train;
-        m.checkpoint_s = t_ckpt + st->blocked_s;  // training blocked by checkpoints
+        m.checkpoint_s = t_ckpt + st->blocked_s + blocked_by_save;  // training blocked by checkpoints
         spdlog::info(
             "step {:4d}  reward {:.3f}±{:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.3f} s  "
             "train {:.3f} s  wait {:.3f} s  kl {:.4f}  entropy {:.3f}  clip {:.3f}  lag {}",
