@@ -62,7 +62,19 @@ int mobula_main(int argc, char** argv) {
   step->add_option("--restart-delay", step_o.restart_delay_s,
                    "Seconds before the first relaunch, doubling each time (default 5)")
       ->check(CLI::NonNegativeNumber);
+  step->add_option("--max-requeues", step_o.max_requeues,
+                   "A preempted step (exit 3) requeues the job while SLURM_RESTART_COUNT is below N (default 0)")
+      ->check(CLI::Range(0, 1000));
   step->add_option("command", step_cmd, "The srun command line, after --")->required()->expected(-1);
+
+  std::string status_job, logs_job, cancel_job;
+  auto* status = app.add_subcommand(
+      "status", "State of a submitted job (by id or name; newest of that name), or a table of all registered jobs");
+  status->add_option("job", status_job, "Job id or name");
+  auto* logs = app.add_subcommand("logs", "Print a submitted job's output (every attempt; --open-mode=append)");
+  logs->add_option("job", logs_job, "Job id or name")->required();
+  auto* cancel = app.add_subcommand("cancel", "scancel a submitted job by id or name");
+  cancel->add_option("job", cancel_job, "Job id or name")->required();
 
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
@@ -81,6 +93,9 @@ int mobula_main(int argc, char** argv) {
   if (worker->parsed()) return cmd_worker(worker_a, argc, argv);
   if (submit->parsed()) return cmd_submit(submit_a, submit_dry);
   if (step->parsed()) return cmd_step(step_o, step_cmd);
+  if (status->parsed()) return cmd_status(status_job);
+  if (logs->parsed()) return cmd_logs(logs_job);
+  if (cancel->parsed()) return cmd_cancel(cancel_job);
   return cmd_version();
 }
 

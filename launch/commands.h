@@ -16,6 +16,9 @@ int cmd_check(const SpecArgs& a, int np, bool all_keys);
 int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
 int cmd_worker(const SpecArgs& a, int argc, char** argv);
 int cmd_submit(const SpecArgs& a, bool dry_run);
+int cmd_status(const std::string& job);  // "" lists every registered job
+int cmd_logs(const std::string& job);
+int cmd_cancel(const std::string& job);
 int cmd_version();
 
 // Entry point of the `mobula` executable.

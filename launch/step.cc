@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/process.h"
 #include "slurm/jobs.h"
@@ -140,11 +141,13 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
 
 }  // namespace
 
-int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch) {
+int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch,
+                  bool relaunch_preempted) {
   int code = 1;
   for (int attempt = 0; attempt <= max_restarts; ++attempt) {
     code = launch(attempt);
     if (code == 0 || code == 2 || attempt == max_restarts) break;
+    if (code == 3 && !relaunch_preempted) break;
     if (const int sig = forwarded_signal()) {  // the launcher was told to stop: do not relaunch
       std::fprintf(stderr, "%s: stopped by signal %d (exit code %d); not relaunching%s\n", who, sig, code,
                    code == 3 ? "; the job saved a checkpoint and resumes from it when run again" : "");
@@ -179,19 +182,44 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
           ? (fs::current_path() / (".mobula-step-" + std::string(job) + "-" + std::to_string(getpid()))).string()
           : o.record_dir;
   std::error_code ec;
-  const int code = with_restarts("mobula step", o.max_restarts, o.restart_delay_s, [&](int attempt) {
-    std::error_code e;
-    fs::remove_all(dir, e);
-    fs::create_directories(dir, e);
-    if (e) {
-      std::fprintf(stderr,
-                   "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
-                   dir.c_str(), e.message().c_str());
-      return 2;
-    }
-    return run_once(job, dir, o.grace_s, command, attempt);
-  });
+  const long requeues = env_long("SLURM_RESTART_COUNT", 0);
+  const long base = requeues * (o.max_restarts + 1);
+  int code = with_restarts(
+      "mobula step", o.max_restarts, o.restart_delay_s,
+      [&](int attempt) {
+        std::error_code e;
+        fs::remove_all(dir, e);
+        fs::create_directories(dir, e);
+        if (e) {
+          std::fprintf(stderr,
+                       "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
+                       dir.c_str(), e.message().c_str());
+          return 2;
+        }
+        return run_once(job, dir, o.grace_s, command, int(base) + attempt);
+      },
+      /*relaunch_preempted=*/false);
   fs::remove_all(dir, ec);
+  if (code == 3) {  // preempted: the workers' checkpoint is durable; the allocation is ending
+    if (requeues >= o.max_requeues) {
+      std::fprintf(stderr,
+                   "mobula step: the job was preempted and has been requeued %ld time(s), the limit "
+                   "(fault.max_requeues = %d); not requeueing. Resubmit it to resume from its checkpoint\n",
+                   requeues, o.max_requeues);
+      return code;
+    }
+    auto r = run_capture({"scontrol", "requeue", job}, 60);
+    if (!r || r->exit_code != 0) {
+      std::fprintf(stderr, "mobula step: the job was preempted but 'scontrol requeue %s' failed: %s; resubmit it\n",
+                   job, r ? (r->err + r->out).c_str() : r.status().message().c_str());
+      return code;
+    }
+    std::fprintf(stderr,
+                 "mobula step: the job was preempted; requeued it (requeue %ld of %d); it resumes from its "
+                 "checkpoint\n",
+                 requeues + 1, o.max_requeues);
+    std::fflush(stderr);
+  }
   return code;
 }
 

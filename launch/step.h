@@ -35,18 +35,25 @@ Result<int> combine_step_records(const std::vector<StepRecord>& records);
 
 // Runs launch(attempt) for attempt = 0, 1, ... until it returns 0 or 2 (bad input, identical on a
 // relaunch) or max_restarts relaunches are spent, sleeping delay_s * 2^k (capped at 300 s) before
-// relaunch k+1 and saying so on stderr as "WHO: ...". Returns the last exit code.
-int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch);
+// relaunch k+1 and saying so on stderr as "WHO: ...". Exit 3 (preempted) is relaunched only when
+// relaunch_preempted (mobula run; under Slurm the allocation is ending: requeue instead), and
+// nothing is relaunched once the launcher itself forwarded a stop signal. Returns the last code.
+int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch,
+                  bool relaunch_preempted = true);
 
 struct StepOptions {
   double grace_s = 15;         // how long srun may outlive its finished step
   std::string record_dir;      // default ./.mobula-step-JOBID-PID
   int max_restarts = 0;        // relaunches after a failed step (exit code other than 0 and 2)
   double restart_delay_s = 5;  // before the first relaunch; doubles each time, capped at 300 s
+  int max_requeues = 0;        // preempted (exit 3): `scontrol requeue` while SLURM_RESTART_COUNT is below
 };
 
 // Runs the step; a failed step is relaunched up to max_restarts times (the workers resume from
-// the newest checkpoint; MOBULA_STEP_ATTEMPT = 0, 1, ... tells them which launch they are).
+// the newest checkpoint). A preempted step (exit 3: the workers checkpointed on Slurm's
+// pre-timeout signal or a scheduler's SIGTERM) requeues the job with `scontrol requeue` while
+// SLURM_RESTART_COUNT < max_requeues. MOBULA_STEP_ATTEMPT tells the workers which launch they are:
+// SLURM_RESTART_COUNT * (max_restarts + 1) + relaunch, increasing over both (fencing).
 int cmd_step(const StepOptions& o, const std::vector<std::string>& command);
 
 }  // namespace mobula::launch

@@ -1,6 +1,7 @@
 // `mobula submit SPEC [--dry-run] [--set k=v]...`: renders the batch script into the job's work dir
 // and hands it to sbatch. See slurm/batch_script.h for the rendering and docs/slurm.md for use.
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -8,6 +9,7 @@
 #include "core/runtime/files.h"
 #include "core/runtime/spec.h"
 #include "launch/commands.h"
+#include "launch/registry.h"
 #include "slurm/batch_script.h"
 #include "slurm/jobs.h"
 
@@ -68,6 +70,11 @@ int cmd_submit(const SpecArgs& a, bool dry_run) {
     std::fprintf(stderr, "mobula submit: %s\n", id.status().message().c_str());
     return 1;
   }
+  char when[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  if (Status reg = register_job({*id, spec->name, workdir.string(), opt.origin, when}); !reg.is_ok())
+    std::fprintf(stderr, "mobula submit: warning: job %s runs, but %s\n", id->c_str(), reg.message().c_str());
   std::printf("submitted job %s (%zu component%s); work dir %s, output %s/slurm-%s.out\n", id->c_str(),
               script->components.size(), script->components.size() > 1 ? "s" : "", workdir.c_str(), workdir.c_str(),
               id->c_str());

@@ -84,6 +84,7 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
   t += "#SBATCH --chdir=" + opt.workdir + "\n";
   t += "#SBATCH --output=" + opt.workdir + "/slurm-%j.out\n";
   t += sl.requeue ? "#SBATCH --requeue\n" : "#SBATCH --no-requeue\n";
+  t += "#SBATCH --open-mode=append\n";  // a requeued job adds to its log instead of truncating it
   if (sl.signal_grace_s > 0) t += "#SBATCH --signal=B:" + sl.signal + "@" + std::to_string(sl.signal_grace_s) + "\n";
   for (const auto& e : sl.extra) t += "#SBATCH " + e + "\n";
   for (size_t g = 0; g < bs.components.size(); ++g) {
@@ -126,6 +127,8 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
                                    std::to_string(spec.fault.max_restarts),
                                    "--restart-delay",
                                    std::to_string(spec.fault.restart_delay_s),
+                                   "--max-requeues",
+                                   std::to_string(sl.requeue ? spec.fault.max_requeues : 0),
                                    "--"};
   step.insert(step.end(), srun.begin(), srun.end());
   t += "exec " + join_command(step) + "\n";

@@ -44,6 +44,9 @@ Result<JobInfo> parse_job_line(const std::string& line) {
   j.id = field(line, "JobId");
   j.state = field(line, "JobState");
   j.reason = field(line, "Reason");
+  j.nodes = field(line, "NodeList");
+  j.run_time = field(line, "RunTime");
+  j.name = field(line, "JobName");
   const std::string ec = field(line, "ExitCode");
   if (j.id.empty() || j.state.empty() || ec.empty())
     return Status::external("unexpected scontrol output (no JobId/JobState/ExitCode): " + line.substr(0, 200));

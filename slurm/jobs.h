@@ -17,6 +17,9 @@ struct JobInfo {
   int exit_code = 0;  // batch script exit code ("ExitCode=A:B" -> A)
   int signal = 0;     // -> B
   int restarts = 0;
+  std::string nodes;     // NodeList
+  std::string run_time;  // RunTime, [D-]HH:MM:SS
+  std::string name;      // JobName
   bool terminal() const;
 };
 

@@ -98,6 +98,7 @@ struct FaultSpec {
   int max_restarts = 2;
   int restart_delay_s = 5;
   int hang_timeout_s = 600;
+  int max_requeues = 3;
 };
 
 struct CheckpointSpec {

@@ -117,6 +117,9 @@ std::vector<KeyDef> build_schema() {
                       "Relaunch a failed job up to N times (`mobula run`: mpiexec again; `mobula submit`: srun "
                       "again inside the allocation); it resumes from its newest checkpoint. Exit code 2 (bad input) "
                       "is never retried."));
+  s.push_back(int_key("fault.max_requeues", 3, 0, 1000,
+                      "Slurm: a preempted job (exit 3 after its checkpoint: pre-timeout signal, SIGTERM) requeues "
+                      "itself (scontrol requeue) while SLURM_RESTART_COUNT is below this (and slurm.requeue)."));
   s.push_back(int_key("fault.hang_timeout_s", 600, 0, 86400,
                       "A rank without progress for this long ends the job (exit 4) so the restart logic takes "
                       "over; 0 disables the watchdog."));

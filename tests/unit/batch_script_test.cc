@@ -3,6 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
 namespace mobula::slurm {
 namespace {
 
@@ -44,15 +49,16 @@ env = ["OMPI_MCA_btl=self,tcp", "NOTE=two words"]
   EXPECT_EQ(t.rfind("#!/bin/bash\n", 0), 0u);
   for (const char* line :
        {"#SBATCH --job-name=grpo\n", "#SBATCH --chdir=/scratch/runs/t\n",
-        "#SBATCH --output=/scratch/runs/t/slurm-%j.out\n", "#SBATCH --requeue\n", "#SBATCH --signal=B:USR1@120\n",
-        "#SBATCH --mail-type=END\n", "#SBATCH --partition=gpu\n", "#SBATCH --time=01:30:00\n", "#SBATCH --ntasks=3\n",
-        "#SBATCH --ntasks-per-node=2\n", "export OMPI_MCA_btl=self,tcp\n", "export NOTE='two words'\n",
-        "# ranks: trainer x2, rollout x1\n"})
+        "#SBATCH --output=/scratch/runs/t/slurm-%j.out\n", "#SBATCH --requeue\n", "#SBATCH --open-mode=append\n",
+        "#SBATCH --signal=B:USR1@120\n", "#SBATCH --mail-type=END\n", "#SBATCH --partition=gpu\n",
+        "#SBATCH --time=01:30:00\n", "#SBATCH --ntasks=3\n", "#SBATCH --ntasks-per-node=2\n",
+        "export OMPI_MCA_btl=self,tcp\n", "export NOTE='two words'\n", "# ranks: trainer x2, rollout x1\n"})
     EXPECT_NE(t.find(line), std::string::npos) << line << " missing in:\n" << t;
   EXPECT_EQ(t.find("hetjob"), std::string::npos) << t;
   EXPECT_EQ(t.find("--nodes"), std::string::npos) << "nodes = 0 must not be rendered\n" << t;
   // The step: guarded srun, the user's overrides quoted, the absolute work dir last.
-  EXPECT_NE(t.find("exec /opt/mobula/bin/mobula step --grace 15 --max-restarts 2 --restart-delay 5 -- srun --mpi=pmix "
+  EXPECT_NE(t.find("exec /opt/mobula/bin/mobula step --grace 15 --max-restarts 2 --restart-delay 5 --max-requeues 3 "
+                   "-- srun --mpi=pmix "
                    "--kill-on-bad-exit=1 /opt/mobula/bin/mobula worker "
                    "/scratch/runs/t/spec.toml --set job.steps=7 --set 'rl.task=reverse words' --set "
                    "job.workdir=/scratch/runs/t\n"),
@@ -133,6 +139,50 @@ TEST(BatchScript, ShellHostileValuesAreRefusedInTheSpec) {
   EXPECT_EQ(bs->text.find("--signal"), std::string::npos);
   EXPECT_NE(bs->text.find("#SBATCH --no-requeue\n"), std::string::npos);
 }
+
+// `mobula submit --dry-run` output for the example specs against reviewed scripts in
+// tests/unit/golden/ (MOBULA_UPDATE_GOLDEN=1 rewrites them; review the diff before committing).
+class Golden : public ::testing::TestWithParam<std::pair<const char*, std::vector<std::string>>> {};
+
+TEST_P(Golden, DryRunMatchesTheReviewedScript) {
+  const auto& [example, sets] = GetParam();
+  const std::string src = MOBULA_TEST_SOURCE_DIR;
+  auto spec = load_spec(src + "/examples/" + example + ".toml", sets);
+  ASSERT_TRUE(spec.is_ok()) << spec.status().message();
+  RenderOptions o;
+  o.mobula_exe = "/opt/mobula/bin/mobula";
+  o.workdir = "/scratch/runs/" + std::string(example);
+  o.spec_copy = o.workdir + "/spec.toml";
+  o.origin = "examples/" + std::string(example) + ".toml";
+  o.sets = sets;
+  auto bs = render_batch_script(*spec, o);
+  ASSERT_TRUE(bs.is_ok()) << bs.status().message();
+  // The version and the spec hash (which moves with every new spec key) are not what is reviewed.
+  std::string text = std::regex_replace(bs->text, std::regex("spec hash [0-9a-f]+"), "spec hash HASH");
+  text = std::regex_replace(text, std::regex("\\(mobula [^)]*\\)"), "(mobula VERSION)");
+  const std::string path = src + "/tests/unit/golden/" + example + ".sbatch";
+  if (const char* u = std::getenv("MOBULA_UPDATE_GOLDEN"); u && std::string(u) == "1") {
+    std::ofstream(path) << text;
+    GTEST_SKIP() << "rewrote " << path;
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << path << " missing; MOBULA_UPDATE_GOLDEN=1 writes it";
+  std::stringstream want;
+  want << in.rdbuf();
+  EXPECT_EQ(text, want.str()) << "rendered script differs from " << path;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Examples, Golden,
+    ::testing::Values(std::make_pair("grpo-addition", std::vector<std::string>{"slurm.partition=gpu", "slurm.time=30"}),
+                      std::make_pair("hetjob", std::vector<std::string>{}),
+                      std::make_pair("three-roles", std::vector<std::string>{"checkpoint.every=10"})),
+    [](const auto& param_info) {
+      std::string n = param_info.param.first;
+      for (auto& c : n)
+        if (c == '-') c = '_';
+      return n;
+    });
 
 }  // namespace
 }  // namespace mobula::slurm
