@@ -65,6 +65,9 @@ int mobula_main(int argc, char** argv) {
   step->add_option("--max-requeues", step_o.max_requeues,
                    "A preempted step (exit 3) requeues the job while SLURM_RESTART_COUNT is below N (default 0)")
       ->check(CLI::Range(0, 1000));
+  step->add_option("--keep-on-failure", step_o.keep_on_failure_s,
+                   "Seconds to keep the allocation after a final failure, for attaching (default 0)")
+      ->check(CLI::NonNegativeNumber);
   step->add_option("command", step_cmd, "The srun command line, after --")->required()->expected(-1);
 
   std::string status_job, logs_job, cancel_job;

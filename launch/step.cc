@@ -200,6 +200,17 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
       },
       /*relaunch_preempted=*/false);
   fs::remove_all(dir, ec);
+  if (code != 0 && code != 3 && o.keep_on_failure_s > 0) {  // like KubeRay's deletion policy: keep it to debug
+    std::fprintf(stderr,
+                 "mobula step: the job failed (exit code %d); keeping the allocation for %.0f s "
+                 "(slurm.keep_on_failure): attach with 'srun --jobid=%s --overlap --pty bash', end it with "
+                 "'scancel %s'\n",
+                 code, o.keep_on_failure_s, job, job);
+    std::fflush(stderr);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.keep_on_failure_s);
+    while (std::chrono::steady_clock::now() < until && !forwarded_signal())
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   if (code == 3) {  // preempted: the workers' checkpoint is durable; the allocation is ending
     if (requeues >= o.max_requeues) {
       std::fprintf(stderr,

@@ -42,11 +42,12 @@ int with_restarts(const char* who, int max_restarts, double delay_s, const std::
                   bool relaunch_preempted = true);
 
 struct StepOptions {
-  double grace_s = 15;         // how long srun may outlive its finished step
-  std::string record_dir;      // default ./.mobula-step-JOBID-PID
-  int max_restarts = 0;        // relaunches after a failed step (exit code other than 0 and 2)
-  double restart_delay_s = 5;  // before the first relaunch; doubles each time, capped at 300 s
-  int max_requeues = 0;        // preempted (exit 3): `scontrol requeue` while SLURM_RESTART_COUNT is below
+  double grace_s = 15;           // how long srun may outlive its finished step
+  std::string record_dir;        // default ./.mobula-step-JOBID-PID
+  int max_restarts = 0;          // relaunches after a failed step (exit code other than 0 and 2)
+  double restart_delay_s = 5;    // before the first relaunch; doubles each time, capped at 300 s
+  int max_requeues = 0;          // preempted (exit 3): `scontrol requeue` while SLURM_RESTART_COUNT is below
+  double keep_on_failure_s = 0;  // after a final failure, hold the allocation this long for debugging
 };
 
 // Runs the step; a failed step is relaunched up to max_restarts times (the workers resume from

@@ -119,17 +119,13 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
     for (size_t g = 0; g < bs.components.size(); ++g)
       for (const auto& r : bs.components[g].roles)
         srun.insert(srun.end(), {"--set", "roles." + r + ".het_group=" + std::to_string(g)});
-  std::vector<std::string> step = {opt.mobula_exe,
-                                   "step",
-                                   "--grace",
-                                   std::to_string(sl.step_grace_s),
-                                   "--max-restarts",
-                                   std::to_string(spec.fault.max_restarts),
-                                   "--restart-delay",
-                                   std::to_string(spec.fault.restart_delay_s),
-                                   "--max-requeues",
-                                   std::to_string(sl.requeue ? spec.fault.max_requeues : 0),
-                                   "--"};
+  std::vector<std::string> step = {opt.mobula_exe,    "step",
+                                   "--grace",         std::to_string(sl.step_grace_s),
+                                   "--max-restarts",  std::to_string(spec.fault.max_restarts),
+                                   "--restart-delay", std::to_string(spec.fault.restart_delay_s),
+                                   "--max-requeues",  std::to_string(sl.requeue ? spec.fault.max_requeues : 0)};
+  if (sl.keep_on_failure_s > 0) step.insert(step.end(), {"--keep-on-failure", std::to_string(sl.keep_on_failure_s)});
+  step.push_back("--");
   step.insert(step.end(), srun.begin(), srun.end());
   t += "exec " + join_command(step) + "\n";
   bs.text = std::move(t);

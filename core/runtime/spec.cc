@@ -264,6 +264,47 @@ std::string JobSpec::where(std::string_view key) const {
   return closest_where(where_, key, file);
 }
 
+Result<int64_t> parse_slurm_duration(const std::string& t) {
+  if (t.empty()) return int64_t{0};
+  const auto bad = Status::invalid_argument("not a Slurm time: '" + t + "'");
+  if (t.find_first_not_of("0123456789:-") != std::string::npos) return bad;
+  int64_t days = 0;
+  std::string rest = t;
+  const bool with_days = t.find('-') != std::string::npos;
+  std::vector<int64_t> parts;
+  try {
+    if (with_days) {
+      const auto dash = t.find('-');
+      if (dash == 0 || t.find('-', dash + 1) != std::string::npos) return bad;
+      days = std::stoll(t.substr(0, dash));
+      rest = t.substr(dash + 1);
+    }
+    size_t p = 0;
+    while (true) {
+      const auto c = rest.find(':', p);
+      const std::string f = rest.substr(p, c == std::string::npos ? std::string::npos : c - p);
+      if (f.empty() || f.size() > 6) return bad;
+      parts.push_back(std::stoll(f));
+      if (c == std::string::npos) break;
+      p = c + 1;
+    }
+  } catch (const std::exception&) {
+    return bad;
+  }
+  if (parts.size() > 3) return bad;
+  int64_t secs = 0;
+  if (with_days) {  // D-H, D-H:M, D-H:M:S
+    secs = days * 86400 + parts[0] * 3600 + (parts.size() > 1 ? parts[1] * 60 : 0) + (parts.size() > 2 ? parts[2] : 0);
+  } else if (parts.size() == 1) {  // minutes
+    secs = parts[0] * 60;
+  } else if (parts.size() == 2) {  // M:S
+    secs = parts[0] * 60 + parts[1];
+  } else {  // H:M:S
+    secs = parts[0] * 3600 + parts[1] * 60 + parts[2];
+  }
+  return secs;
+}
+
 Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides) {
   std::ifstream in(file, std::ios::binary);
   if (!in) return Status::invalid_spec(file + ":0: (file): cannot open the spec file; check the path");
@@ -388,6 +429,14 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
              v.find_first_of("'\"`$\\ ") != std::string::npos))
           return Status::invalid_spec(L.where_of(k.def->path) + ": " + k.def->path + ": \"" + v +
                                       "\" contains a character that cannot go into a batch script");
+    }
+    {
+      const std::string k = get<std::string>(L.set, "slurm.keep_on_failure");
+      auto secs = parse_slurm_duration(k);
+      if (!secs)
+        return Status::invalid_spec(L.where_of("slurm.keep_on_failure") + ": slurm.keep_on_failure: \"" + k +
+                                    "\" is not a Slurm time (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]])");
+      sl.keep_on_failure_s = static_cast<int>(*secs);
     }
     if (sl.time.find_first_not_of("0123456789:-") != std::string::npos)
       return Status::invalid_spec(L.where_of("slurm.time") + ": slurm.time: \"" + sl.time +

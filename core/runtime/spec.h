@@ -87,6 +87,7 @@ struct SlurmSpec {
   std::vector<std::string> extra, env;
   bool requeue = true;
   std::string signal = "USR1";
+  int keep_on_failure_s = 0;  // slurm.keep_on_failure, parsed
   int signal_grace_s = 120;
   std::string mpi = "pmix";
   int step_grace_s = 15;
@@ -148,6 +149,10 @@ class JobSpec {
 // Parse, apply overrides ("key=value", value in TOML syntax; plain text for string keys),
 // validate. `file` is used in messages.
 Result<JobSpec> load_spec(const std::string& file, const std::vector<std::string>& overrides = {});
+
+// Seconds of a duration in Slurm's --time syntax: "M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S";
+// "" is 0. An error for anything else.
+Result<int64_t> parse_slurm_duration(const std::string& t);
 Result<JobSpec> load_spec_from_string(std::string_view toml_text, std::string file,
                                       const std::vector<std::string>& overrides = {});
 

@@ -158,6 +158,10 @@ std::vector<KeyDef> build_schema() {
   s.push_back(
       int_key("slurm.signal_grace_s", 120, 0, 86400, "Seconds before the time limit for slurm.signal; 0 = none."));
   s.push_back(str_key("slurm.mpi", "pmix", {}, "srun --mpi plugin that starts the ranks."));
+  s.push_back(
+      str_key("slurm.keep_on_failure", "", {},
+              "Keep the allocation this long after the job finally failed, so a user can attach (srun "
+              "--jobid ID --overlap); Slurm time syntax (\"30\" minutes, \"MM:SS\", \"HH:MM:SS\"); empty = off."));
   s.push_back(int_key("slurm.step_grace_s", 15, 1, 3600,
                       "Seconds srun may outlive its finished step before `mobula step` stops it (docs/slurm.md)."));
   return s;

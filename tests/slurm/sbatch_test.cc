@@ -281,6 +281,34 @@ TEST_F(Sbatch, FailedStepIsRelaunchedAndResumesFromTheCheckpoint) {
   EXPECT_EQ(out.find("restart 2 of 2"), std::string::npos) << out;
 }
 
+TEST_F(Sbatch, FinalFailureKeepsTheAllocationForDebugging) {
+  // Every launch dies (MOBULA_FAULT_KILL_ATTEMPT=-1) and no relaunch is allowed: the job fails, and
+  // slurm.keep_on_failure holds the allocation 5 s with instructions to attach before it ends.
+  const std::string work = (dir_ / "run").string();
+  const std::string id = submit(
+      {kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set", "job.steps=4", "--set",
+       "rl.warm_start_steps=10", "--set", "rl.eval_problems=8", "--set", "fault.max_restarts=0", "--set",
+       "slurm.keep_on_failure=0:05", "--set", "slurm.partition=gpu", "--set",
+       "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_KILL_AFTER_STEP=1\", \"MOBULA_FAULT_KILL_ATTEMPT=-1\"]"});
+  ASSERT_FALSE(id.empty());
+  const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
+  for (int i = 0; i < 1200 && slurp(log).find("keeping the allocation") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto held_since = std::chrono::steady_clock::now();
+  auto running = slurm::show_job(id);
+  ASSERT_TRUE(running.is_ok()) << running.status().message();
+  EXPECT_EQ(running->state, "RUNNING") << slurp(log);
+  auto end = slurm::wait_job(id, 120);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const double held = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_since).count();
+  const std::string out = slurp(log);
+  EXPECT_EQ(end->state, "FAILED") << out;
+  EXPECT_NE(out.find("keeping the allocation for 5 s (slurm.keep_on_failure): attach with 'srun --jobid=" + id),
+            std::string::npos)
+      << out;
+  EXPECT_GE(held, 3.0) << out;
+}
+
 TEST_F(Sbatch, GrpoAcrossTwoNodes) {
   // The demo's spec, shortened, as 2 trainers on n1 and 1 rollout on n2: weight sync, rollouts and
   // gradients cross emulated nodes (TCP).

@@ -76,6 +76,23 @@ TEST(Spec, CheckpointKeys) {
   EXPECT_NE(m.find("job.toml:6: checkpoint.every"), std::string::npos) << m;
 }
 
+TEST(Spec, SlurmDurations) {
+  EXPECT_EQ(*parse_slurm_duration(""), 0);
+  EXPECT_EQ(*parse_slurm_duration("30"), 1800);
+  EXPECT_EQ(*parse_slurm_duration("0:05"), 5);
+  EXPECT_EQ(*parse_slurm_duration("01:30:00"), 5400);
+  EXPECT_EQ(*parse_slurm_duration("1-02"), 93600);
+  EXPECT_EQ(*parse_slurm_duration("1-00:00:10"), 86410);
+  for (const char* bad : {"x", "1:2:3:4", "-5", "1--2", ":", "1:", "2h"})
+    EXPECT_FALSE(parse_slurm_duration(bad).is_ok()) << bad;
+  auto s = load_spec_from_string(
+      "[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[slurm]\nkeep_on_failure = \"0:05\"\n", "job.toml");
+  ASSERT_TRUE(s.is_ok()) << s.status().message();
+  EXPECT_EQ(s->slurm.keep_on_failure_s, 5);
+  const std::string m = err("[job]\nname = \"t\"\n[roles.trainer]\nranks = 1\n[slurm]\nkeep_on_failure = \"5m\"\n");
+  EXPECT_TRUE(m.starts_with("job.toml:6: slurm.keep_on_failure: \"5m\" is not a Slurm time")) << m;
+}
+
 TEST(Spec, WrongTypeNamesExpectedAndActual) {
   const std::string m = err("[job]\nname = \"t\"\nsteps = \"ten\"\n[roles.trainer]\nranks = 1\n");
   EXPECT_EQ(m, "job.toml:3: job.steps: expected an integer, got string \"ten\"");
