@@ -253,7 +253,8 @@ struct AsyncCheckpointer::Staged {
   std::future<Status> done;
 };
 
-AsyncCheckpointer::AsyncCheckpointer(std::string dir, int keep) : dir_(std::move(dir)), keep_(keep) {}
+AsyncCheckpointer::AsyncCheckpointer(std::string dir, int keep, Event on_event)
+    : dir_(std::move(dir)), keep_(keep), on_event_(std::move(on_event)) {}
 
 AsyncCheckpointer::~AsyncCheckpointer() {
   const Status s = wait();
@@ -284,7 +285,8 @@ Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
   Staged* raw = st.get();
   // The background thread copies first (the caller's buffers must not change until then:
   // wait_staged()), then writes and publishes the copy.
-  st->done = std::async(std::launch::async, [raw, copied = std::move(copied), dir = dir_, keep = keep_, t0]() mutable {
+  st->done = std::async(std::launch::async, [raw, copied = std::move(copied), dir = dir_, keep = keep_, t0,
+                                             on_event = on_event_]() mutable {
     std::vector<std::pair<std::string, std::span<float>>> staged;
     for (size_t i = 0; i < raw->state.buffers.size(); ++i) {
       const auto& [name, buf] = raw->state.buffers[i];
@@ -296,12 +298,14 @@ Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
     const double t_copy = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     copied.set_value();
     spdlog::info("checkpoint step {} staged in {:.1f} ms", raw->state.step, t_copy * 1e3);
+    if (on_event) on_event(raw->state.step, "staged", Status::ok(), t_copy);
     Status s = save_checkpoint(dir, raw->state, keep, MPI_COMM_SELF);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s.is_ok())
       spdlog::info("checkpoint step {} durable in {:.3f} s", raw->state.step, secs);
     else
       spdlog::error("checkpoint step {} failed: {}", raw->state.step, s.message());
+    if (on_event) on_event(raw->state.step, s.is_ok() ? "durable" : "failed", s, secs);
     return s;
   });
   staged_ = std::move(st);

@@ -27,6 +27,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -77,7 +78,10 @@ Status fence_checkpoints(const std::string& dir, int64_t attempt);
 // build is not thread-safe).
 class AsyncCheckpointer {
  public:
-  AsyncCheckpointer(std::string dir, int keep);
+  // on_event (optional) runs on the background thread: what = "staged" when the copy is done, then
+  // "durable" or "failed" (outcome says why); seconds since stage().
+  using Event = std::function<void(int64_t step, const char* what, const Status& outcome, double seconds)>;
+  AsyncCheckpointer(std::string dir, int keep, Event on_event = {});
   ~AsyncCheckpointer();  // waits for a save in flight
   AsyncCheckpointer(const AsyncCheckpointer&) = delete;
   AsyncCheckpointer& operator=(const AsyncCheckpointer&) = delete;
@@ -96,6 +100,7 @@ class AsyncCheckpointer {
   struct Staged;
   std::string dir_;
   int keep_;
+  Event on_event_;
   std::unique_ptr<Staged> staged_;
   std::vector<std::vector<float>> spare_;  // staging buffers of the last finished save, reused
 };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/metrics/events.h"
 #include "core/runtime/build_info.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/layout.h"
@@ -106,17 +107,44 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   if (geteuid() == 0) env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
   if (!std::getenv("OPENBLAS_NUM_THREADS")) env.emplace_back("OPENBLAS_NUM_THREADS=1");
   std::fprintf(stderr, "mobula run: %s\n", join_command(argv).c_str());
-  return with_restarts("mobula run", spec->fault.max_restarts, spec->fault.restart_delay_s, [&](int attempt) {
+  // The job's event journal (core/metrics/events.h) lives in its work dir.
+  std::error_code ec;
+  std::filesystem::create_directories(spec->workdir, ec);
+  const int code = with_restarts("mobula run", spec->fault.max_restarts, spec->fault.restart_delay_s, [&](int attempt) {
     auto e = env;
     e.push_back("MOBULA_STEP_ATTEMPT=" + std::to_string(attempt));
+    setenv("MOBULA_STEP_ATTEMPT", std::to_string(attempt).c_str(), 1);  // for the launcher's own events
+    events::emit(spec->workdir, "attempt_start", {{"launcher", events::str("mobula run")}});
     auto rc = run_inherit(argv, e);
     if (!rc) {
       fail(rc.status());
+      events::emit(spec->workdir, "attempt_end",
+                   {{"exit_code", events::num(2)}, {"outcome", events::str("not started")}});
       return 2;  // mpiexec could not start: no relaunch
     }
     if (*rc != 0) std::fprintf(stderr, "mobula run: job %s exited with %d\n", spec->name.c_str(), *rc);
+    events::emit(spec->workdir, "attempt_end",
+                 {{"exit_code", events::num(*rc)}, {"outcome", events::str(outcome_of(*rc))}});
     return *rc;
   });
+  events::emit(spec->workdir, "job_end",
+               {{"exit_code", events::num(code)}, {"outcome", events::str(outcome_of(code))}});
+  return code;
+}
+
+const char* outcome_of(int code) {
+  switch (code) {
+    case 0:
+      return "completed";
+    case 2:
+      return "bad input";
+    case 3:
+      return "preempted";
+    case 4:
+      return "stuck rank";
+    default:
+      return "failed";
+  }
 }
 
 int cmd_version() {

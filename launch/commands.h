@@ -16,6 +16,8 @@ int cmd_check(const SpecArgs& a, int np, bool all_keys);
 int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
 int cmd_worker(const SpecArgs& a, int argc, char** argv);
 int cmd_submit(const SpecArgs& a, bool dry_run);
+// "completed", "bad input", "preempted", "stuck rank" or "failed" for a job's exit code.
+const char* outcome_of(int code);
 int cmd_status(const std::string& job);  // "" lists every registered job
 int cmd_logs(const std::string& job);
 int cmd_cancel(const std::string& job);

@@ -13,9 +13,11 @@
 #include <sstream>
 #include <thread>
 
+#include "core/metrics/events.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/process.h"
+#include "launch/commands.h"
 #include "slurm/jobs.h"
 
 namespace mobula::launch {
@@ -187,19 +189,34 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
   int code = with_restarts(
       "mobula step", o.max_restarts, o.restart_delay_s,
       [&](int attempt) {
-        std::error_code e;
-        fs::remove_all(dir, e);
-        fs::create_directories(dir, e);
-        if (e) {
-          std::fprintf(stderr,
-                       "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
-                       dir.c_str(), e.message().c_str());
-          return 2;
-        }
-        return run_once(job, dir, o.grace_s, command, int(base) + attempt);
+        setenv("MOBULA_STEP_ATTEMPT", std::to_string(base + attempt).c_str(), 1);  // for the events below
+        const auto event = [&](const char* name, const events::Fields& f) {
+          if (!o.events_dir.empty()) events::emit(o.events_dir, name, f);
+        };
+        event("attempt_start", {{"launcher", events::str("mobula step")},
+                                {"slurm_job", events::str(job)},
+                                {"slurm_restart_count", events::num(requeues)}});
+        const int rc = [&] {
+          std::error_code e;
+          fs::remove_all(dir, e);
+          fs::create_directories(dir, e);
+          if (e) {
+            std::fprintf(
+                stderr, "mobula step: cannot create the record dir %s: %s; pass --record-dir on a shared file system\n",
+                dir.c_str(), e.message().c_str());
+            return 2;
+          }
+          return run_once(job, dir, o.grace_s, command, int(base) + attempt);
+        }();
+        event("attempt_end", {{"exit_code", events::num(rc)}, {"outcome", events::str(outcome_of(rc))}});
+        return rc;
       },
       /*relaunch_preempted=*/false);
   fs::remove_all(dir, ec);
+  const auto event = [&](const char* name, const events::Fields& f) {
+    if (!o.events_dir.empty()) events::emit(o.events_dir, name, f);
+  };
+  if (code != 3) event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str(outcome_of(code))}});
   if (code != 0 && code != 3 && o.keep_on_failure_s > 0) {  // like KubeRay's deletion policy: keep it to debug
     std::fprintf(stderr,
                  "mobula step: the job failed (exit code %d); keeping the allocation for %.0f s "
@@ -213,14 +230,19 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
   }
   if (code == 3) {  // preempted: the workers' checkpoint is durable; the allocation is ending
     if (requeues >= o.max_requeues) {
+      event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("preempted, requeue limit")}});
       std::fprintf(stderr,
                    "mobula step: the job was preempted and has been requeued %ld time(s), the limit "
                    "(fault.max_requeues = %d); not requeueing. Resubmit it to resume from its checkpoint\n",
                    requeues, o.max_requeues);
       return code;
     }
+    // Before the command: a requeue ends this batch script at once.
+    event("requeue",
+          {{"slurm_restart_count", events::num(requeues + 1)}, {"max_requeues", events::num(o.max_requeues)}});
     auto r = run_capture({"scontrol", "requeue", job}, 60);
     if (!r || r->exit_code != 0) {
+      event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("preempted, requeue failed")}});
       std::fprintf(stderr, "mobula step: the job was preempted but 'scontrol requeue %s' failed: %s; resubmit it\n",
                    job, r ? (r->err + r->out).c_str() : r.status().message().c_str());
       return code;

@@ -48,6 +48,7 @@ struct StepOptions {
   double restart_delay_s = 5;    // before the first relaunch; doubles each time, capped at 300 s
   int max_requeues = 0;          // preempted (exit 3): `scontrol requeue` while SLURM_RESTART_COUNT is below
   double keep_on_failure_s = 0;  // after a final failure, hold the allocation this long for debugging
+  std::string events_dir;        // the job's work dir: events.jsonl (attempts, requeue, end); "" = none
 };
 
 // Runs the step; a failed step is relaunched up to max_restarts times (the workers resume from

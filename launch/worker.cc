@@ -16,6 +16,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/config.h"
+#include "core/metrics/events.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/layout.h"
 #include "core/runtime/log.h"
@@ -100,6 +102,20 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
   health::Watchdog watchdog(spec->fault.hang_timeout_s, "rank " + std::to_string(env.rank()) + " (" + me.role + " " +
                                                             std::to_string(me.role_rank) + ", host " + env.host() +
                                                             ")");
+  watchdog.record_events(spec->workdir, env.rank());
+  if (env.rank() == 0) {
+    std::string host_list = "[";
+    for (size_t i = 0; i < hosts->size(); ++i) host_list += (i ? ", " : "") + events::str((*hosts)[i]);
+    events::emit(spec->workdir, "job_start",
+                 {{"name", events::str(spec->name)},
+                  {"spec", events::str(spec->file)},
+                  {"spec_hash", events::str(spec->hash())},
+                  {"workload", events::str(spec->workload)},
+                  {"ranks", events::num(env.size())},
+                  {"hosts", host_list + "]"},
+                  {"mobula_version", events::str(MOBULA_VERSION)}},
+                 0);
+  }
   rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank(), &watchdog};
   return rl::run_workload(ctx);
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "core/metrics/events.h"
 #include "core/runtime/log.h"
 
 namespace mobula::health {
@@ -73,6 +74,13 @@ void Watchdog::run() {
         "(exit {}) so that it restarts from its newest checkpoint",
         who_, idle, timeout_s_, phase_.load(), step >= 0 ? " at step " + std::to_string(step) : std::string(),
         kHangExitCode);
+    if (!events_dir_.empty())
+      events::emit(events_dir_, "watchdog",
+                   {{"phase", events::str(phase_.load())},
+                    {"step", events::num(static_cast<long long>(step))},
+                    {"idle_s", events::num(idle)},
+                    {"who", events::str(who_)}},
+                   rank_);
     spdlog::shutdown();
     std::fflush(nullptr);
     std::_Exit(kHangExitCode);

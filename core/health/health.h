@@ -44,11 +44,19 @@ class Watchdog {
 
   // Progress: the rank is now in `phase` (a string literal: stored, not copied) at `step`.
   void beat(const char* phase, int64_t step = -1);
+  // Where an expiry is also recorded as a "watchdog" event (core/metrics/events.h); call before
+  // the first beat.
+  void record_events(std::string dir, int rank) {
+    events_dir_ = std::move(dir);
+    rank_ = rank;
+  }
 
  private:
   void run();
   double timeout_s_;
   std::string who_;
+  std::string events_dir_;
+  int rank_ = -1;
   std::atomic<int64_t> last_ns_{0};
   std::atomic<const char*> phase_{"start"};
   std::atomic<int64_t> step_{-1};

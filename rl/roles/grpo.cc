@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 
+#include "core/metrics/events.h"
 #include "core/objects/object_store.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
@@ -361,12 +362,18 @@ Status run_grpo(const WorkloadContext& ctx) {
                     .get();
     if (!done) return done.status();
     if (lead)
-      for (const auto& r : rejected) spdlog::warn("checkpoint rejected: {}", r);
+      for (const auto& r : rejected) {
+        spdlog::warn("checkpoint rejected: {}", r);
+        events::emit(spec.workdir, "checkpoint_rejected", {{"reason", events::str(r)}}, ctx.rank);
+      }
     if (!found) {
       resume = found.status();
     } else if (*found) {
       start = c.step;
       base_acc = c.scalar;
+      if (lead)
+        events::emit(spec.workdir, "checkpoint_loaded",
+                     {{"path", events::str(**found)}, {"step", events::num(static_cast<long long>(start))}}, ctx.rank);
       if (lead)
         spdlog::info("resumed from {} (step {}, written by spec {}{})", **found, start, c.spec_hash,
                      c.spec_hash == spec.hash() ? "" : ", not this spec's hash " + spec.hash());
@@ -459,7 +466,15 @@ Status run_grpo(const WorkloadContext& ctx) {
   // Asynchronous: trainer 0 stages a copy and its background thread publishes it; the others go on.
   std::unique_ptr<io::AsyncCheckpointer> async_ckpt;
   if (lead && spec.checkpoint.every > 0 && spec.checkpoint.async)
-    async_ckpt = std::make_unique<io::AsyncCheckpointer>(spec.checkpoint.dir, spec.checkpoint.keep);
+    async_ckpt = std::make_unique<io::AsyncCheckpointer>(
+        spec.checkpoint.dir, spec.checkpoint.keep,
+        [dir = spec.workdir, rank = ctx.rank](int64_t step, const char* what, const Status& st, double secs) {
+          events::Fields f = {{"step", events::num(static_cast<long long>(step))},
+                              {"mode", events::str("async")},
+                              {"seconds", events::num(secs)}};
+          if (!st.is_ok()) f.push_back({"reason", events::str(st.message())});
+          events::emit(dir, std::string("checkpoint_") + what, f, rank);
+        });
   auto save_after = [&](int64_t steps_done) -> Status {
     if (spec.checkpoint.async && !lead) return Status::ok();
     auto r = client
@@ -502,6 +517,16 @@ Status run_grpo(const WorkloadContext& ctx) {
       if (!r) saved = r.status();
     }
     if (lead && !saved.is_ok()) spdlog::error("preemption checkpoint at step {}: {}", k, saved.message());
+    if (lead) {
+      if (saved.is_ok())
+        events::emit(spec.workdir, "checkpoint_durable",
+                     {{"step", events::num(static_cast<long long>(k))}, {"mode", events::str("preemption")}}, ctx.rank);
+      events::emit(spec.workdir, "preempted",
+                   {{"signal", events::num(sig)},
+                    {"step", events::num(static_cast<long long>(k))},
+                    {"checkpointed", saved.is_ok() ? "true" : "false"}},
+                   ctx.rank);
+    }
     return Status::preempted(
         "preempted by signal " + std::to_string(sig) + " at the boundary of step " + std::to_string(k) +
         (saved.is_ok() && trainer ? "; the checkpoint of " + std::to_string(k) + " steps is durable" : "") +
@@ -713,10 +738,20 @@ Status run_grpo(const WorkloadContext& ctx) {
         // A failed save is reported and training goes on: `latest` still names the previous
         // checkpoint (io/checkpoint.h); the next interval tries again.
         // (Asynchronous saves log their failure from the background thread when it happens.)
-        if (!saved.is_ok() && lead && !async_ckpt)
+        if (!saved.is_ok() && lead && !async_ckpt) {
           spdlog::error("checkpoint after step {} failed: {}", k, saved.message());
-        if (saved.is_ok() && lead && !async_ckpt)
+          events::emit(spec.workdir, "checkpoint_failed",
+                       {{"step", events::num(static_cast<long long>(k + 1))}, {"reason", events::str(saved.message())}},
+                       ctx.rank);
+        }
+        if (saved.is_ok() && lead && !async_ckpt) {
           spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
+          events::emit(spec.workdir, "checkpoint_durable",
+                       {{"step", events::num(static_cast<long long>(k + 1))},
+                        {"mode", events::str("sync")},
+                        {"seconds", events::num(t_ckpt)}},
+                       ctx.rank);
+        }
       }
       // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
       double t_sync_after = 0;
@@ -770,17 +805,23 @@ Status run_grpo(const WorkloadContext& ctx) {
       // switch covers a crash during a save).
       if (async_ckpt) (void)async_ckpt->wait();
       spdlog::warn("fault injection: SIGKILL after step {}", k);
+      events::emit(spec.workdir, "fault_injected",
+                   {{"kind", events::str("SIGKILL")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
       spdlog::shutdown();
       std::raise(SIGKILL);
     }
     const bool fault_here = kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt);
     if (signal_after == k && fault_here) {
       spdlog::warn("fault injection: SIGUSR1 after step {}", k);
+      events::emit(spec.workdir, "fault_injected",
+                   {{"kind", events::str("SIGUSR1")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
       std::raise(SIGUSR1);
     }
     if (hang_after == k && fault_here) {
       if (async_ckpt) (void)async_ckpt->wait();
       spdlog::warn("fault injection: SIGSTOP after step {} (this rank hangs)", k);
+      events::emit(spec.workdir, "fault_injected",
+                   {{"kind", events::str("SIGSTOP")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
       spdlog::default_logger()->flush();
       std::raise(SIGSTOP);
     }

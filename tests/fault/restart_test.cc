@@ -42,6 +42,33 @@ std::string dataset_checksums(const fs::path& file) {
   return out;
 }
 
+// "event@attempt" of every line of DIR/events.jsonl, in order; every line must be one JSON object.
+std::vector<std::string> events_of(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::istringstream in(slurp(dir / "events.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    EXPECT_EQ(line.rfind("{\"time\": \"", 0), 0u) << line;
+    EXPECT_EQ(line.back(), '}') << line;
+    const auto e = line.find("\"event\": \"") + 10, a = line.find("\"attempt\": ") + 11;
+    out.push_back(line.substr(e, line.find('"', e) - e) + "@" + line.substr(a, line.find(',', a) - a));
+  }
+  return out;
+}
+
+// Whether `want` occurs in `got` in this order (other events may come between).
+bool in_order(const std::vector<std::string>& got, const std::vector<std::string>& want) {
+  size_t i = 0;
+  for (const auto& g : got)
+    if (i < want.size() && g == want[i]) ++i;
+  return i == want.size();
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += x + " ";
+  return s;
+}
+
 class Restart : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -115,6 +142,12 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
     EXPECT_NE(out.find("resumed from " + (root_ / name / "checkpoints" / resumed).string()), std::string::npos) << out;
     EXPECT_EQ(slurp(root_ / name / "policy.safetensors"), want) << name << ": weights differ from the clean run";
   }
+  // The event journal tells the story (docs/observability.md).
+  const auto ev = events_of(root_ / "killed-rank1");
+  EXPECT_TRUE(in_order(ev, {"attempt_start@0", "job_start@0", "checkpoint_staged@0", "checkpoint_durable@0",
+                            "fault_injected@0", "attempt_end@0", "attempt_start@1", "job_start@1",
+                            "checkpoint_loaded@1", "checkpoint_durable@1", "attempt_end@1", "job_end@1"}))
+      << joined(ev);
   // The final checkpoint (parameters and both Adam moments) matches the clean run's, dataset by dataset.
   const std::string sums = dataset_checksums(root_ / "clean" / "checkpoints" / "ckpt-00000008.h5");
   EXPECT_NE(sums.find("adam_v="), std::string::npos) << sums;
@@ -168,6 +201,11 @@ TEST_F(Restart, StopSignalCheckpointsExitsThreeAndResumes) {
             std::string::npos)
       << out;
   EXPECT_EQ(slurp(root_ / "signalled" / "policy.safetensors"), want) << "signal: weights differ";
+  const auto ev = events_of(root_ / "signalled");
+  EXPECT_TRUE(in_order(ev, {"fault_injected@0", "checkpoint_durable@0", "preempted@0", "attempt_end@0",
+                            "attempt_start@1", "checkpoint_loaded@1", "job_end@1"}))
+      << joined(ev);
+  EXPECT_NE(slurp(root_ / "signalled" / "events.jsonl").find("\"outcome\": \"preempted\""), std::string::npos);
 }
 
 // A rank stops (SIGSTOP) after step 4: the others block waiting for it, their watchdogs fire after
@@ -187,6 +225,11 @@ TEST_F(Restart, StoppedRankIsCaughtByTheWatchdog) {
             std::string::npos)
       << out;
   EXPECT_EQ(slurp(root_ / "stopped" / "policy.safetensors"), want) << "hang: weights differ";
+  const auto ev = events_of(root_ / "stopped");
+  EXPECT_TRUE(in_order(
+      ev, {"fault_injected@0", "watchdog@0", "attempt_end@0", "attempt_start@1", "checkpoint_loaded@1", "job_end@1"}))
+      << joined(ev);
+  EXPECT_NE(slurp(root_ / "stopped" / "events.jsonl").find("\"outcome\": \"stuck rank\""), std::string::npos);
 }
 
 // One-step-off asynchronous GRPO: its checkpoint also holds v_(k-1), the weights batch k is

@@ -240,6 +240,12 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
       << "the last attempt did not resume";
   EXPECT_TRUE(slurp(fs::path(work) / "policy.safetensors") == slurp(fs::path(clean) / "policy.safetensors"))
       << "weights differ from the uninterrupted job";
+  // The event journal spans both allocations: mobula step's attempts and requeue, the ranks' events.
+  const std::string ev = slurp(fs::path(work) / "events.jsonl");
+  for (const char* e :
+       {"\"event\": \"attempt_start\", \"attempt\": 0", "\"event\": \"preempted\"", "\"event\": \"requeue\"",
+        "\"event\": \"checkpoint_loaded\", \"attempt\": 3", "\"event\": \"job_end\", \"attempt\": 3"})
+    EXPECT_NE(ev.find(e), std::string::npos) << e << " missing in\n" << ev;
   // mobula status finds the job in the registry, by id and by name (the newest of that name).
   auto st = run_capture({kExe, "status", id}, 60);
   ASSERT_TRUE(st.is_ok() && st->exit_code == 0) << (st ? st->err : st.status().message());
