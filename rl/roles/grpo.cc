@@ -475,16 +475,21 @@ Status run_grpo(const WorkloadContext& ctx) {
           if (!st.is_ok()) f.push_back({"reason", events::str(st.message())});
           events::emit(dir, std::string("checkpoint_") + what, f, rank);
         });
+  // The state after `steps_done` steps, as a checkpoint of this attempt.
+  auto checkpoint_of = [&](TrainingState& ws, int64_t steps_done) {
+    io::CheckpointState c = ckpt_state(ws);
+    c.step = steps_done;
+    c.optimizer_steps = ws.optimizer.steps_done();
+    c.scalar = base_acc;
+    c.spec_hash = spec.hash();
+    c.attempt = attempt;
+    return c;
+  };
   auto save_after = [&](int64_t steps_done) -> Status {
     if (spec.checkpoint.async && !lead) return Status::ok();
     auto r = client
                  ->with_state([&](TrainingState& ws) -> Status {
-                   io::CheckpointState c = ckpt_state(ws);
-                   c.step = steps_done;
-                   c.optimizer_steps = ws.optimizer.steps_done();
-                   c.scalar = base_acc;
-                   c.spec_hash = spec.hash();
-                   c.attempt = attempt;
+                   const io::CheckpointState c = checkpoint_of(ws, steps_done);
                    if (async_ckpt) return async_ckpt->stage(c);  // the previous save's outcome
                    return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
                  })
@@ -505,13 +510,8 @@ Status run_grpo(const WorkloadContext& ctx) {
       if (async_ckpt) (void)async_ckpt->wait();
       auto r = client
                    ->with_state([&](TrainingState& ws) {
-                     io::CheckpointState c = ckpt_state(ws);
-                     c.step = k;
-                     c.optimizer_steps = ws.optimizer.steps_done();
-                     c.scalar = base_acc;
-                     c.spec_hash = spec.hash();
-                     c.attempt = attempt;
-                     return io::save_checkpoint(spec.checkpoint.dir, c, spec.checkpoint.keep, ctx.comms.role());
+                     return io::save_checkpoint(spec.checkpoint.dir, checkpoint_of(ws, k), spec.checkpoint.keep,
+                                                ctx.comms.role());
                    })
                    .get();
       if (!r) saved = r.status();
