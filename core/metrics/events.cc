@@ -79,23 +79,29 @@ std::string host() {
 }
 }  // namespace
 
-Status append(const std::string& dir, std::string_view event, const Fields& fields, int rank) {
-  std::string line = "{\"time\": " + str(now_utc()) + ", \"event\": " + str(event) +
-                     ", \"attempt\": " + num(env_long("MOBULA_STEP_ATTEMPT", 0)) + ", \"host\": " + str(host());
-  if (rank >= 0) line += ", \"rank\": " + num(rank);
-  for (const auto& [k, v] : fields) line += ", " + str(k) + ": " + v;
-  line += "}\n";
-  const std::string path = dir + "/events.jsonl";
+Status append_line(const std::string& dir, const std::string& name, std::string_view text, bool durable) {
+  std::string line(text);
+  line += "\n";
+  const std::string path = dir + "/" + name;
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return Status::io("open " + path + ": " + std::strerror(errno));
   Status st = Status::ok();
   const ssize_t w = ::write(fd, line.data(), line.size());  // one write: O_APPEND keeps lines whole
   if (w != static_cast<ssize_t>(line.size()))
     st = Status::io("write " + path + ": " + (w < 0 ? std::strerror(errno) : "short write"));
-  else if (::fsync(fd) != 0)
+  else if (durable && ::fsync(fd) != 0)
     st = Status::io("fsync " + path + ": " + std::strerror(errno));
   ::close(fd);
   return st;
+}
+
+Status append(const std::string& dir, std::string_view event, const Fields& fields, int rank) {
+  std::string line = "{\"time\": " + str(now_utc()) + ", \"event\": " + str(event) +
+                     ", \"attempt\": " + num(env_long("MOBULA_STEP_ATTEMPT", 0)) + ", \"host\": " + str(host());
+  if (rank >= 0) line += ", \"rank\": " + num(rank);
+  for (const auto& [k, v] : fields) line += ", " + str(k) + ": " + v;
+  line += "}";
+  return append_line(dir, "events.jsonl", line, /*durable=*/true);
 }
 
 void emit(const std::string& dir, std::string_view event, const Fields& fields, int rank) {

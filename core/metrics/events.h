@@ -34,6 +34,10 @@ inline std::string num(long x) {
 // MOBULA_STEP_ATTEMPT (0 when unset), host from gethostname / SLURMD_NODENAME.
 Status append(const std::string& dir, std::string_view event, const Fields& fields = {}, int rank = -1);
 
+// Appends `line` (one JSON object, no newline) to DIR/NAME with one O_APPEND write; fsync when
+// durable. For time series such as metrics.jsonl.
+Status append_line(const std::string& dir, const std::string& name, std::string_view line, bool durable);
+
 // Same, and a failure is logged as a warning instead of returned (the job goes on).
 void emit(const std::string& dir, std::string_view event, const Fields& fields = {}, int rank = -1);
 

@@ -797,6 +797,11 @@ Status run_grpo(const WorkloadContext& ctx) {
             k, m.reward, m.reward_std, m.accuracy, m.tokens_per_s, m.sync_s * 1e3, m.sample_s, m.train_s, m.wait_s,
             m.kl, m.entropy, m.clip, lag);
         history.push_back(m);
+        // The time series survives a crash and spans attempts (summary.json has the last one only).
+        std::string line = m.json();
+        line.insert(1, "\"attempt\": " + std::to_string(attempt) + ", ");
+        if (Status a = events::append_line(spec.workdir, "metrics.jsonl", line, /*durable=*/false); !a.is_ok())
+          spdlog::warn("metrics.jsonl: {}", a.message());
       }
     }
     // Fault injection for the restart tests (docs/testing.md): this rank dies after step k.

@@ -148,6 +148,22 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
                             "fault_injected@0", "attempt_end@0", "attempt_start@1", "job_start@1",
                             "checkpoint_loaded@1", "checkpoint_durable@1", "attempt_end@1", "job_end@1"}))
       << joined(ev);
+  // metrics.jsonl spans both attempts. Step 4 ran twice: the rank died after it, before the next
+  // checkpoint, and the relaunch resumed from the checkpoint of 4 steps; both runs of it have the
+  // same rewards, loss and KL (everything before the timings).
+  {
+    const std::string m = slurp(root_ / "killed-rank1" / "metrics.jsonl");
+    auto step4 = [&](const std::string& attempt) {
+      const auto p = m.find("{\"attempt\": " + attempt + ", \"step\": 4,");
+      EXPECT_NE(p, std::string::npos) << m;
+      if (p == std::string::npos) return std::string();
+      const auto q = m.find(", \"completion_tokens\"", p);
+      return m.substr(m.find("\"step\"", p), q - m.find("\"step\"", p));
+    };
+    const std::string first = step4("0");
+    EXPECT_FALSE(first.empty());
+    EXPECT_EQ(first, step4("1"));
+  }
   // The final checkpoint (parameters and both Adam moments) matches the clean run's, dataset by dataset.
   const std::string sums = dataset_checksums(root_ / "clean" / "checkpoints" / "ckpt-00000008.h5");
   EXPECT_NE(sums.find("adam_v="), std::string::npos) << sums;
