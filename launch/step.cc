@@ -143,6 +143,28 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
 
 }  // namespace
 
+namespace {
+
+constexpr int kNodeLost = 5;  // internal: a relaunch found a node of the allocation unusable
+
+// Starts one `true` on every node of the allocation (srun, bounded); "" when all ran, else why not.
+// Het jobs are not probed (their nodes are per component).
+std::string probe_nodes() {
+  if (std::getenv("SLURM_HET_SIZE")) return "";
+  const char* n = std::getenv("SLURM_JOB_NUM_NODES");
+  if (!n || !*n) return "";
+  auto r = run_capture({"srun", "--nodes=" + std::string(n), "--ntasks=" + std::string(n), "--ntasks-per-node=1",
+                        "--kill-on-bad-exit=1", "true"},
+                       90);
+  if (!r) return "node probe (srun true on every node) did not finish: " + r.status().message();
+  if (r->exit_code == 0) return "";
+  std::string err = r->err;
+  if (const auto nl = err.find('\n'); nl != std::string::npos) err.resize(nl);
+  return "node probe failed (srun true on every node, exit " + std::to_string(r->exit_code) + ": " + err + ")";
+}
+
+}  // namespace
+
 int with_restarts(const char* who, int max_restarts, double delay_s, const std::function<int(int attempt)>& launch,
                   bool relaunch_preempted) {
   int code = 1;
@@ -150,6 +172,7 @@ int with_restarts(const char* who, int max_restarts, double delay_s, const std::
     code = launch(attempt);
     if (code == 0 || code == 2 || attempt == max_restarts) break;
     if (code == 3 && !relaunch_preempted) break;
+    if (code == 5) break;                      // mobula step: a node of the allocation is lost (requeue instead)
     if (const int sig = forwarded_signal()) {  // the launcher was told to stop: do not relaunch
       std::fprintf(stderr, "%s: stopped by signal %d (exit code %d); not relaunching%s\n", who, sig, code,
                    code == 3 ? "; the job saved a checkpoint and resumes from it when run again" : "");
@@ -196,6 +219,17 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
         event("attempt_start", {{"launcher", events::str("mobula step")},
                                 {"slurm_job", events::str(job)},
                                 {"slurm_restart_count", events::num(requeues)}});
+        // A relaunch first checks that every node of the allocation still starts a task; one that
+        // does not (a lost node: slurmctld marks it DOWN only after SlurmdTimeout) ends the
+        // in-allocation relaunches, and the job is requeued instead (exit 5 below).
+        if (attempt > 0) {
+          if (std::string why = probe_nodes(); !why.empty()) {
+            std::fprintf(stderr, "mobula step: %s; not relaunching in this allocation\n", why.c_str());
+            event("node_failure", {{"reason", events::str(why)}});
+            event("attempt_end", {{"exit_code", events::num(kNodeLost)}, {"outcome", events::str("node lost")}});
+            return kNodeLost;
+          }
+        }
         const int rc = [&] {
           std::error_code e;
           fs::remove_all(dir, e);
@@ -213,6 +247,8 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
       },
       /*relaunch_preempted=*/false);
   fs::remove_all(dir, ec);
+  const bool node_lost = code == kNodeLost;
+  if (node_lost) code = 3;  // requeued like a preemption (the checkpoint is the newest published one)
   const auto event = [&](const char* name, const events::Fields& f) {
     if (!o.events_dir.empty()) events::emit(o.events_dir, name, f);
   };
@@ -228,7 +264,7 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
     while (std::chrono::steady_clock::now() < until && !forwarded_signal())
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  if (code == 3) {  // preempted: the workers' checkpoint is durable; the allocation is ending
+  if (code == 3) {  // preempted (the workers' checkpoint is durable) or a node lost: the allocation is ending
     if (requeues >= o.max_requeues) {
       event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("preempted, requeue limit")}});
       std::fprintf(stderr,
@@ -248,9 +284,9 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
       return code;
     }
     std::fprintf(stderr,
-                 "mobula step: the job was preempted; requeued it (requeue %ld of %d); it resumes from its "
+                 "mobula step: the job was %s; requeued it (requeue %ld of %d); it resumes from its "
                  "checkpoint\n",
-                 requeues + 1, o.max_requeues);
+                 node_lost ? "left with a lost node" : "preempted", requeues + 1, o.max_requeues);
     std::fflush(stderr);
   }
   return code;

@@ -2,6 +2,7 @@
 // emulated nodes with srun --mpi=pmix, and a heterogeneous job whose het groups define the roles.
 #include <gtest/gtest.h>
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include <chrono>
@@ -71,6 +72,19 @@ class Sbatch : public ::testing::Test {
     if (out) *out = sub->out;
     if (sub->out.rfind(pre, 0) != 0) return "";
     return sub->out.substr(pre.size(), sub->out.find(' ', pre.size()) - pre.size());
+  }
+
+  // Slurm holds a requeued batch job back for about two minutes (its begin time); let it start now.
+  // Not in the same second as the requeue: slurmd compares the new launch credential's time with
+  // the old one's revocation in whole seconds ("Job credential revoked"). The job may have started
+  // on its own meanwhile ("no longer pending"): fine.
+  static void release_requeued(const std::string& id) {
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    auto u = run_capture({"scontrol", "update", "JobId=" + id, "StartTime=now"}, 30);
+    ASSERT_TRUE(u.is_ok()) << u.status().message();
+    if (u->exit_code != 0) {
+      EXPECT_NE(u->err.find("no longer pending"), std::string::npos) << u->err;
+    }
   }
 
   // Writes `script`, submits it, waits for the end; returns (batch script exit code, job output).
@@ -216,11 +230,7 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
     auto j = slurm::show_job(id);
     ASSERT_TRUE(j.is_ok()) << j.status().message();
     if (j->restarts >= 1 && j->state == "PENDING") {
-      // Not in the same second as the requeue: slurmd compares the new launch credential's time
-      // with the old one's revocation in whole seconds ("Job credential revoked").
-      std::this_thread::sleep_for(std::chrono::seconds(3));
-      auto u = run_capture({"scontrol", "update", "JobId=" + id, "StartTime=now"}, 30);
-      ASSERT_TRUE(u.is_ok() && u->exit_code == 0) << (u ? u->err : u.status().message());
+      release_requeued(id);
       break;
     }
     if (j->terminal()) break;
@@ -264,6 +274,138 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   ASSERT_TRUE(missing.is_ok());
   EXPECT_EQ(missing->exit_code, 2);
   EXPECT_NE(missing->err.find("no job 'no-such-job' in the registry"), std::string::npos) << missing->err;
+}
+
+// Processes whose /proc/PID/environ holds NAME=VALUE for every pair (same user; unreadable ones
+// are skipped).
+std::vector<int> pids_with_env(const std::vector<std::string>& vars) {
+  std::vector<int> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string n = e.path().filename().string();
+    if (n.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "environ", std::ios::binary);
+    std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    bool all = !env.empty();
+    for (const auto& v : vars)
+      all = all && env.find(std::string(1, '\0') + v + std::string(1, '\0')) != std::string::npos;
+    if (all) out.push_back(std::stoi(n));
+  }
+  return out;
+}
+
+// slurmstepd processes of emulated node NODE: their open files are under its spool dir.
+std::vector<int> stepds_of(const std::string& spool) {
+  std::vector<int> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string n = e.path().filename().string();
+    if (n.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream cmd(e.path() / "cmdline");
+    std::string c;
+    std::getline(cmd, c, '\0');
+    if (c.rfind("slurmstepd", 0) != 0) continue;
+    std::error_code ec;
+    for (const auto& fd : fs::directory_iterator(e.path() / "fd", ec)) {
+      const auto target = fs::read_symlink(fd.path(), ec).string();
+      if (!ec && target.rfind(spool, 0) == 0) {
+        out.push_back(std::stoi(n));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+TEST_F(Sbatch, NodeLossRequeuesAndResumes) {
+  // A 2-node job (ranks 0-1 on n1, rank 2 on n2) loses n2: its slurmd, step daemon and rank are
+  // SIGKILLed mid-run. srun reports the dead rank and ends the step; before relaunching, mobula
+  // step probes every node of the allocation (srun true), finds n2 unusable and requeues the job
+  // instead of burning its relaunches on a node slurmctld has not declared DOWN yet (that takes
+  // SlurmdTimeout). n2 comes back (slurmd restarted, ReturnToService=2); the next allocation
+  // resumes from the newest checkpoint and ends with the weights of an uninterrupted job.
+  const std::string conf = std::getenv("SLURM_CONF");
+  const fs::path cluster = fs::path(conf).parent_path();
+  const std::vector<std::string> common = {kSrc + "/examples/grpo-addition.toml",
+                                           "--set",
+                                           "job.steps=400",
+                                           "--set",
+                                           "rl.warm_start_steps=30",
+                                           "--set",
+                                           "rl.eval_problems=8",
+                                           "--set",
+                                           "checkpoint.every=10",
+                                           "--set",
+                                           "fault.hang_timeout_s=120",
+                                           "--set",
+                                           "slurm.partition=gpu",
+                                           "--set",
+                                           "slurm.nodes=2",
+                                           "--set",
+                                           "slurm.tasks_per_node=2",
+                                           "--set",
+                                           "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"};
+  auto with_dir = [&](const std::string& work) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), {"--set", "job.workdir=" + work});
+    return a;
+  };
+  const std::string work = (dir_ / "run").string(), clean = (dir_ / "clean").string();
+  const std::string clean_id = submit(with_dir(clean));
+  ASSERT_FALSE(clean_id.empty());
+  auto clean_end = slurm::wait_job(clean_id, 300);
+  ASSERT_TRUE(clean_end.is_ok() && clean_end->state == "COMPLETED")
+      << slurp(fs::path(clean) / ("slurm-" + clean_id + ".out"));
+  const std::string id = submit(with_dir(work));
+  ASSERT_FALSE(id.empty());
+  const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
+  for (int i = 0; i < 1200 && slurp(log).find("info: step   25") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(slurp(log).find("info: step   25"), std::string::npos) << slurp(log);
+  // Node n2 dies: slurmd, its step daemon, its rank.
+  int slurmd_pid = 0;
+  std::ifstream(cluster / "slurmd-n2.pid") >> slurmd_pid;
+  ASSERT_GT(slurmd_pid, 0);
+  const auto ranks = pids_with_env({"SLURMD_NODENAME=n2", "SLURM_JOB_ID=" + id});
+  const auto stepds = stepds_of((cluster / "spool" / "n2").string());
+  ASSERT_FALSE(ranks.empty()) << "no rank of job " << id << " on n2";
+  ::kill(slurmd_pid, SIGKILL);
+  for (int p : stepds) ::kill(p, SIGKILL);
+  for (int p : ranks) ::kill(p, SIGKILL);
+  // Wait for the requeue (node failure), bring n2 back, release the requeue hold.
+  bool requeued = false;
+  for (int i = 0; i < 900 && !requeued; ++i) {
+    auto j = slurm::show_job(id);
+    ASSERT_TRUE(j.is_ok()) << j.status().message();
+    requeued = j->restarts >= 1 && j->state == "PENDING";
+    if (j->terminal()) break;
+    if (!requeued) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  auto restart = run_capture({kSrc + "/slurm/local-cluster.sh", "start", cluster.string()}, 120);
+  ASSERT_TRUE(restart.is_ok() && restart->exit_code == 0) << (restart ? restart->err : restart.status().message());
+  ASSERT_TRUE(requeued) << "job " << id << " was not requeued after the node loss:\n" << slurp(log);
+  release_requeued(id);
+  auto end = slurm::wait_job(id, 300);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const std::string out = slurp(log);
+  EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("mobula step: node probe failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("the job was left with a lost node; requeued it (requeue 1 of 3)"), std::string::npos) << out;
+  EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-"), std::string::npos) << out;
+  EXPECT_NE(slurp(fs::path(work) / "events.jsonl").find("\"event\": \"node_failure\""), std::string::npos);
+  EXPECT_TRUE(slurp(fs::path(work) / "policy.safetensors") == slurp(fs::path(clean) / "policy.safetensors"))
+      << "weights differ from the uninterrupted job";
+  // Leave n2 healthy for the next tests: responding (no '*') and not DOWN.
+  std::string state;
+  for (int i = 0; i < 300; ++i) {
+    auto st = run_capture({"sinfo", "-h", "-n", "n2", "-o", "%T"}, 30);
+    state = st.is_ok() ? st->out : "";
+    if (!state.empty() && state.find('*') == std::string::npos && state.find("down") == std::string::npos &&
+        state.find("drain") == std::string::npos)
+      break;
+    if (state.find("down") != std::string::npos)
+      (void)run_capture({"scontrol", "update", "NodeName=n2", "State=RESUME"}, 30);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(state.find('*'), std::string::npos) << "n2 is " << state;
 }
 
 TEST_F(Sbatch, FailedStepIsRelaunchedAndResumesFromTheCheckpoint) {
