@@ -75,8 +75,12 @@ int mobula_main(int argc, char** argv) {
   auto* status = app.add_subcommand(
       "status", "State of a submitted job (by id or name; newest of that name), or a table of all registered jobs");
   status->add_option("job", status_job, "Job id or name");
-  auto* logs = app.add_subcommand("logs", "Print a submitted job's output (every attempt; --open-mode=append)");
-  logs->add_option("job", logs_job, "Job id or name")->required();
+  int logs_rank = -1, logs_attempt = -1;
+  auto* logs = app.add_subcommand(
+      "logs", "Print a job's output: Slurm's (every rank and attempt), or one rank's / one attempt's own log");
+  logs->add_option("job", logs_job, "Job id or name, or a job's work dir")->required();
+  logs->add_option("--rank", logs_rank, "Only this world rank's log (of --attempt, default the newest)");
+  logs->add_option("--attempt", logs_attempt, "Only this attempt's logs (MOBULA_STEP_ATTEMPT)");
   auto* cancel = app.add_subcommand("cancel", "scancel a submitted job by id or name");
   cancel->add_option("job", cancel_job, "Job id or name")->required();
 
@@ -98,7 +102,7 @@ int mobula_main(int argc, char** argv) {
   if (submit->parsed()) return cmd_submit(submit_a, submit_dry);
   if (step->parsed()) return cmd_step(step_o, step_cmd);
   if (status->parsed()) return cmd_status(status_job);
-  if (logs->parsed()) return cmd_logs(logs_job);
+  if (logs->parsed()) return cmd_logs(logs_job, logs_rank, logs_attempt);
   if (cancel->parsed()) return cmd_cancel(cancel_job);
   return cmd_version();
 }

@@ -19,7 +19,9 @@ int cmd_submit(const SpecArgs& a, bool dry_run);
 // "completed", "bad input", "preempted", "stuck rank" or "failed" for a job's exit code.
 const char* outcome_of(int code);
 int cmd_status(const std::string& job);  // "" lists every registered job
-int cmd_logs(const std::string& job);
+// Slurm's combined output of a registered job, or with rank/attempt >= 0 the ranks' own files
+// (WORKDIR/logs/attempt-A/rank-R.log); `job` may also be a work dir (mobula run jobs).
+int cmd_logs(const std::string& job, int rank, int attempt);
 int cmd_cancel(const std::string& job);
 int cmd_version();
 

@@ -1,7 +1,9 @@
 // `mobula status [JOB]`, `mobula logs JOB`, `mobula cancel JOB`: jobs found through the registry
 // (launch/registry.h), their state from Slurm (scontrol while slurmctld remembers the job, then
 // sacct where accounting runs) and from their work dir (log, checkpoints, summary.json).
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -101,23 +103,75 @@ int cmd_status(const std::string& key) {
   std::printf("  checkpoint %s\n", latest.empty() ? "-" : latest.c_str());
   std::printf("  finished  %s\n", fs::exists(r->workdir + "/summary.json") ? "yes (summary.json)" : "no");
   std::printf("  last notice %s\n", notice.c_str());
+  std::string last_event = "-";
+  {
+    std::istringstream ev(slurp(r->workdir + "/events.jsonl"));
+    for (std::string line; std::getline(ev, line);)
+      if (!line.empty()) last_event = line;
+  }
+  std::printf("  last event %s\n", last_event.c_str());
   return 0;
 }
 
-int cmd_logs(const std::string& key) {
-  auto r = find_job(key);
-  if (!r) {
-    std::fprintf(stderr, "mobula logs: %s\n", r.status().message().c_str());
-    return 2;
+int cmd_logs(const std::string& key, int rank, int attempt) {
+  // A registered job (id or name), or a work dir (jobs run with `mobula run` too).
+  std::string workdir, combined;
+  std::error_code ec;
+  if (fs::is_directory(key, ec)) {
+    workdir = key;
+  } else {
+    auto r = find_job(key);
+    if (!r) {
+      std::fprintf(stderr, "mobula logs: %s (or give the job's work dir)\n", r.status().message().c_str());
+      return 2;
+    }
+    workdir = r->workdir;
+    combined = r->log();
   }
-  std::ifstream in(r->log(), std::ios::binary);
-  if (!in) {
-    std::fprintf(stderr, "mobula logs: %s: cannot read (not started yet?)\n", r->log().c_str());
+  if (rank < 0 && attempt < 0 && !combined.empty()) {  // Slurm's output: every rank, every attempt
+    std::ifstream in(combined, std::ios::binary);
+    if (!in) {
+      std::fprintf(stderr, "mobula logs: %s: cannot read (not started yet?)\n", combined.c_str());
+      return 1;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::fputs(ss.str().c_str(), stdout);
+    return 0;
+  }
+  // The ranks' own files: WORKDIR/logs/attempt-A/rank-R.log (newest attempt by default).
+  const fs::path logs = fs::path(workdir) / "logs";
+  if (attempt < 0) {
+    for (const auto& e : fs::directory_iterator(logs, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("attempt-", 0) == 0) attempt = std::max(attempt, std::atoi(n.c_str() + 8));
+    }
+    if (attempt < 0) {
+      std::fprintf(stderr, "mobula logs: no per-rank logs under %s\n", logs.c_str());
+      return 1;
+    }
+  }
+  const fs::path dir = logs / ("attempt-" + std::to_string(attempt));
+  std::vector<std::pair<int, fs::path>> files;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("rank-", 0) != 0) continue;
+    const int r = std::atoi(n.c_str() + 5);
+    if (rank < 0 || r == rank) files.push_back({r, e.path()});
+  }
+  if (files.empty()) {
+    std::fprintf(stderr, "mobula logs: no log of %s in %s\n",
+                 rank < 0 ? "any rank" : ("rank " + std::to_string(rank)).c_str(), dir.c_str());
     return 1;
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::fputs(ss.str().c_str(), stdout);
+  std::sort(files.begin(), files.end());
+  for (const auto& [r, path] : files) {
+    if (files.size() > 1) std::printf("==> %s <==\n", path.c_str());
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::fputs(ss.str().c_str(), stdout);
+  }
   return 0;
 }
 

@@ -82,6 +82,10 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
 
   const Placement& me = layout->at(env.rank());
   set_log_tag(me.role + " " + std::to_string(me.role_rank) + "/" + std::to_string(me.role_size) + " " + env.host());
+  // Every rank also keeps its own log per attempt in the work dir (docs/observability.md).
+  const std::string own_log = spec->workdir + "/logs/attempt-" + std::to_string(env_long("MOBULA_STEP_ATTEMPT", 0)) +
+                              "/rank-" + std::to_string(env.rank()) + ".log";
+  if (Status lf = add_log_file(own_log); !lf.is_ok()) spdlog::warn("{}", lf.message());
   if (env.rank() == 0) {
     spdlog::info("job {} (spec {} hash {}), {} ranks, workload {}", spec->name, spec->file, spec->hash(), env.size(),
                  spec->workload);

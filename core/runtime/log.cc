@@ -1,16 +1,37 @@
 #include "core/runtime/log.h"
 
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 namespace mobula {
+
+namespace {
+std::string g_pattern = "[%H:%M:%S.%e] %l: %v";
+}  // namespace
 
 void set_log_tag(const std::string& tag) {
   // '%' in a tag (host names never have one) would be read as a pattern flag.
   std::string safe;
   for (char c : tag) safe += (c == '%') ? '_' : c;
-  spdlog::set_pattern("[%H:%M:%S.%e] [" + safe + "] %l: %v");
+  g_pattern = "[%H:%M:%S.%e] [" + safe + "] %l: %v";
+  spdlog::set_pattern(g_pattern);
+}
+
+Status add_log_file(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  if (ec) return Status::io("log file " + path + ": " + ec.message());
+  try {
+    auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
+    sink->set_pattern(g_pattern);
+    spdlog::default_logger()->sinks().push_back(std::move(sink));
+  } catch (const spdlog::spdlog_ex& e) {
+    return Status::io("log file " + path + ": " + e.what());
+  }
+  return Status::ok();
 }
 
 void init_logging(const std::string& tag) {

@@ -6,11 +6,15 @@
 
 #include <string>
 
+#include "core/runtime/status.h"
+
 namespace mobula {
 
 // Installs the default logger with the given tag, e.g. "trainer 0/2 n1".
 void set_log_tag(const std::string& tag);
 // Level from MOBULA_LOG_LEVEL (trace|debug|info|warn|error), default info.
 void init_logging(const std::string& tag);
+// Also writes every line to `path` (appended; directories created). Call once, at start.
+Status add_log_file(const std::string& path);
 
 }  // namespace mobula

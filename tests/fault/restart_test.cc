@@ -164,6 +164,16 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
     EXPECT_FALSE(first.empty());
     EXPECT_EQ(first, step4("1"));
   }
+  // Every rank keeps its own log per attempt; `mobula logs DIR --rank R [--attempt A]` reads them.
+  {
+    auto killed = run_capture({kExe, "logs", (root_ / "killed-rank1").string(), "--rank", "1", "--attempt", "0"}, 30);
+    ASSERT_TRUE(killed.is_ok() && killed->exit_code == 0) << (killed ? killed->err : killed.status().message());
+    EXPECT_NE(killed->out.find("fault injection: SIGKILL after step 4"), std::string::npos) << killed->out;
+    EXPECT_EQ(killed->out.find("resumed from"), std::string::npos) << killed->out;
+    auto newest = run_capture({kExe, "logs", (root_ / "killed-rank1").string(), "--rank", "0"}, 30);
+    ASSERT_TRUE(newest.is_ok() && newest->exit_code == 0);
+    EXPECT_NE(newest->out.find("resumed from"), std::string::npos) << newest->out;
+  }
   // The final checkpoint (parameters and both Adam moments) matches the clean run's, dataset by dataset.
   const std::string sums = dataset_checksums(root_ / "clean" / "checkpoints" / "ckpt-00000008.h5");
   EXPECT_NE(sums.find("adam_v="), std::string::npos) << sums;

@@ -263,6 +263,8 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   EXPECT_NE(st->out.find("requeued 1 time(s)"), std::string::npos) << st->out;
   EXPECT_NE(st->out.find("last step 149"), std::string::npos) << st->out;
   EXPECT_NE(st->out.find("finished  yes"), std::string::npos) << st->out;
+  EXPECT_NE(st->out.find("last event {"), std::string::npos) << st->out;
+  EXPECT_NE(st->out.find("\"event\": \"job_end\""), std::string::npos) << st->out;
   auto all = run_capture({kExe, "status"}, 60);
   ASSERT_TRUE(all.is_ok() && all->exit_code == 0);
   EXPECT_NE(all->out.find(id + " "), std::string::npos) << all->out;
