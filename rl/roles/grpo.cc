@@ -17,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <thread>
 
 #include "core/metrics/events.h"
 #include "core/objects/object_store.h"
@@ -534,6 +535,9 @@ Status run_grpo(const WorkloadContext& ctx) {
   };
   const long signal_after = env_long("MOBULA_FAULT_SIGNAL_AFTER_STEP", -1);
   const long hang_after = env_long("MOBULA_FAULT_HANG_AFTER_STEP", -1);
+  // Test knob: trainer 0 sleeps this long after every step, so a job's length in seconds is known
+  // whatever the machine's speed (the Slurm time-limit test).
+  const long step_delay_ms = env_long("MOBULA_FAULT_STEP_DELAY_MS", 0);
   const int64_t stop_delay = 1 + rl.max_staleness;
   int stop_mine[3] = {0, 0, 0}, stop_any[3] = {0, 0, 0};
   MPI_Request stop_req[3] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL};
@@ -815,6 +819,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       spdlog::shutdown();
       std::raise(SIGKILL);
     }
+    if (step_delay_ms > 0 && lead) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms));
     const bool fault_here = kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt);
     if (signal_after == k && fault_here) {
       spdlog::warn("fault injection: SIGUSR1 after step {}", k);

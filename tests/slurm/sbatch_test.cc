@@ -410,6 +410,62 @@ TEST_F(Sbatch, NodeLossRequeuesAndResumes) {
   EXPECT_EQ(state.find('*'), std::string::npos) << "n2 is " << state;
 }
 
+TEST_F(Sbatch, TimeLimitSignalCheckpointsRequeuesAndCompletesLater) {
+  // A real time limit: --time=2 with --signal=B:USR1@30. slurmctld checks every 30 s and sends the
+  // signal once now + 30 s + 30 s >= the end, i.e. 60-90 s into each allocation. The work is
+  // ~95-110 s (3000 steps, trainer 0 sleeping 30 ms after each: MOBULA_FAULT_STEP_DELAY_MS, so it
+  // hardly depends on the machine): longer than the first allocation's 60-90 s, and what is left
+  // (< 50 s) ends before the second allocation's signal. So: checkpoint + requeue once, then done.
+  const std::string work = (dir_ / "run").string();
+  const std::string id = submit({kSrc + "/examples/grpo-addition.toml",
+                                 "--set",
+                                 "job.workdir=" + work,
+                                 "--set",
+                                 "job.steps=3000",
+                                 "--set",
+                                 "rl.warm_start_steps=30",
+                                 "--set",
+                                 "rl.eval_problems=8",
+                                 "--set",
+                                 "rl.prompts_per_step=4",
+                                 "--set",
+                                 "rl.group_size=4",
+                                 "--set",
+                                 "checkpoint.every=100",
+                                 "--set",
+                                 "fault.max_requeues=3",
+                                 "--set",
+                                 "slurm.time=2",
+                                 "--set",
+                                 "slurm.signal_grace_s=30",
+                                 "--set",
+                                 "slurm.partition=gpu",
+                                 "--set",
+                                 "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_STEP_DELAY_MS=30\"]"});
+  ASSERT_FALSE(id.empty());
+  const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
+  int released = 0;
+  for (int i = 0; i < 3000; ++i) {  // up to ~10 minutes
+    auto j = slurm::show_job(id);
+    ASSERT_TRUE(j.is_ok()) << j.status().message();
+    if (j->terminal()) break;
+    if (j->state == "PENDING" && j->restarts > released) {
+      release_requeued(id);
+      released = j->restarts;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  auto end = slurm::show_job(id);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const std::string out = slurp(log);
+  EXPECT_EQ(end->state, "COMPLETED") << out.substr(out.size() > 6000 ? out.size() - 6000 : 0);
+  EXPECT_GE(end->restarts, 1) << "the job ended within its first allocation";
+  EXPECT_LE(end->restarts, 2) << "the work is meant to take two allocations";
+  EXPECT_NE(out.find("preempted by signal 10 at the boundary of step"), std::string::npos);
+  EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-"), std::string::npos);
+  EXPECT_NE(out.find("held-out accuracy, after GRPO"), std::string::npos);
+}
+
 TEST_F(Sbatch, FailedStepIsRelaunchedAndResumesFromTheCheckpoint) {
   // Rank 0 is SIGKILLed after step 4 of the first launch; --kill-on-bad-exit ends the step, mobula
   // step relaunches it (fault.max_restarts) and the job resumes from the checkpoint of step 4.
