@@ -28,6 +28,7 @@ Result<std::string> sbatch(const std::vector<std::string>& args);
 // `scontrol -o show job ID`: the leader line of the job (component 0 of a het job).
 Result<JobInfo> show_job(const std::string& id);
 // Polls show_job every poll_s until the job is in a terminal state; Status::timeout after timeout_s.
+// A poll that times out or cannot reach slurmctld is retried until then.
 // (sbatch --wait backs off to 10+ s between polls, which made short test jobs take 40 s.)
 Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s = 0.25);
 // `squeue -h -s -j ID -o %i`: the job's running steps that run user tasks (ids like "84.0" or,
