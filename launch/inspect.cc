@@ -129,14 +129,11 @@ int cmd_logs(const std::string& key, int rank, int attempt) {
     combined = r->log();
   }
   if (rank < 0 && attempt < 0 && !combined.empty()) {  // Slurm's output: every rank, every attempt
-    std::ifstream in(combined, std::ios::binary);
-    if (!in) {
+    if (!fs::exists(combined, ec)) {
       std::fprintf(stderr, "mobula logs: %s: cannot read (not started yet?)\n", combined.c_str());
       return 1;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::fputs(ss.str().c_str(), stdout);
+    std::fputs(slurp(combined).c_str(), stdout);
     return 0;
   }
   // The ranks' own files: WORKDIR/logs/attempt-A/rank-R.log (newest attempt by default).
@@ -167,10 +164,7 @@ int cmd_logs(const std::string& key, int rank, int attempt) {
   std::sort(files.begin(), files.end());
   for (const auto& [r, path] : files) {
     if (files.size() > 1) std::printf("==> %s <==\n", path.c_str());
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::fputs(ss.str().c_str(), stdout);
+    std::fputs(slurp(path).c_str(), stdout);
   }
   return 0;
 }

@@ -172,7 +172,7 @@ int with_restarts(const char* who, int max_restarts, double delay_s, const std::
     code = launch(attempt);
     if (code == 0 || code == 2 || attempt == max_restarts) break;
     if (code == 3 && !relaunch_preempted) break;
-    if (code == 5) break;                      // mobula step: a node of the allocation is lost (requeue instead)
+    if (code == kNodeLost) break;              // mobula step: a node of the allocation is lost (requeue instead)
     if (const int sig = forwarded_signal()) {  // the launcher was told to stop: do not relaunch
       std::fprintf(stderr, "%s: stopped by signal %d (exit code %d); not relaunching%s\n", who, sig, code,
                    code == 3 ? "; the job saved a checkpoint and resumes from it when run again" : "");

@@ -77,7 +77,7 @@ void Watchdog::run() {
     if (!events_dir_.empty())
       events::emit(events_dir_, "watchdog",
                    {{"phase", events::str(phase_.load())},
-                    {"step", events::num(static_cast<long long>(step))},
+                    {"step", events::num(step)},
                     {"idle_s", events::num(idle)},
                     {"who", events::str(who_)}},
                    rank_);

@@ -373,8 +373,8 @@ Status run_grpo(const WorkloadContext& ctx) {
       start = c.step;
       base_acc = c.scalar;
       if (lead)
-        events::emit(spec.workdir, "checkpoint_loaded",
-                     {{"path", events::str(**found)}, {"step", events::num(static_cast<long long>(start))}}, ctx.rank);
+        events::emit(spec.workdir, "checkpoint_loaded", {{"path", events::str(**found)}, {"step", events::num(start)}},
+                     ctx.rank);
       if (lead)
         spdlog::info("resumed from {} (step {}, written by spec {}{})", **found, start, c.spec_hash,
                      c.spec_hash == spec.hash() ? "" : ", not this spec's hash " + spec.hash());
@@ -470,9 +470,8 @@ Status run_grpo(const WorkloadContext& ctx) {
     async_ckpt = std::make_unique<io::AsyncCheckpointer>(
         spec.checkpoint.dir, spec.checkpoint.keep,
         [dir = spec.workdir, rank = ctx.rank](int64_t step, const char* what, const Status& st, double secs) {
-          events::Fields f = {{"step", events::num(static_cast<long long>(step))},
-                              {"mode", events::str("async")},
-                              {"seconds", events::num(secs)}};
+          events::Fields f = {
+              {"step", events::num(step)}, {"mode", events::str("async")}, {"seconds", events::num(secs)}};
           if (!st.is_ok()) f.push_back({"reason", events::str(st.message())});
           events::emit(dir, std::string("checkpoint_") + what, f, rank);
         });
@@ -521,12 +520,11 @@ Status run_grpo(const WorkloadContext& ctx) {
     if (lead) {
       if (saved.is_ok())
         events::emit(spec.workdir, "checkpoint_durable",
-                     {{"step", events::num(static_cast<long long>(k))}, {"mode", events::str("preemption")}}, ctx.rank);
-      events::emit(spec.workdir, "preempted",
-                   {{"signal", events::num(sig)},
-                    {"step", events::num(static_cast<long long>(k))},
-                    {"checkpointed", saved.is_ok() ? "true" : "false"}},
-                   ctx.rank);
+                     {{"step", events::num(k)}, {"mode", events::str("preemption")}}, ctx.rank);
+      events::emit(
+          spec.workdir, "preempted",
+          {{"signal", events::num(sig)}, {"step", events::num(k)}, {"checkpointed", saved.is_ok() ? "true" : "false"}},
+          ctx.rank);
     }
     return Status::preempted(
         "preempted by signal " + std::to_string(sig) + " at the boundary of step " + std::to_string(k) +
@@ -745,15 +743,12 @@ Status run_grpo(const WorkloadContext& ctx) {
         if (!saved.is_ok() && lead && !async_ckpt) {
           spdlog::error("checkpoint after step {} failed: {}", k, saved.message());
           events::emit(spec.workdir, "checkpoint_failed",
-                       {{"step", events::num(static_cast<long long>(k + 1))}, {"reason", events::str(saved.message())}},
-                       ctx.rank);
+                       {{"step", events::num(k + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
         }
         if (saved.is_ok() && lead && !async_ckpt) {
           spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
           events::emit(spec.workdir, "checkpoint_durable",
-                       {{"step", events::num(static_cast<long long>(k + 1))},
-                        {"mode", events::str("sync")},
-                        {"seconds", events::num(t_ckpt)}},
+                       {{"step", events::num(k + 1)}, {"mode", events::str("sync")}, {"seconds", events::num(t_ckpt)}},
                        ctx.rank);
         }
       }
@@ -814,8 +809,8 @@ Status run_grpo(const WorkloadContext& ctx) {
       // switch covers a crash during a save).
       if (async_ckpt) (void)async_ckpt->wait();
       spdlog::warn("fault injection: SIGKILL after step {}", k);
-      events::emit(spec.workdir, "fault_injected",
-                   {{"kind", events::str("SIGKILL")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
+      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"step", events::num(k)}},
+                   ctx.rank);
       spdlog::shutdown();
       std::raise(SIGKILL);
     }
@@ -823,15 +818,15 @@ Status run_grpo(const WorkloadContext& ctx) {
     const bool fault_here = kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt);
     if (signal_after == k && fault_here) {
       spdlog::warn("fault injection: SIGUSR1 after step {}", k);
-      events::emit(spec.workdir, "fault_injected",
-                   {{"kind", events::str("SIGUSR1")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
+      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(k)}},
+                   ctx.rank);
       std::raise(SIGUSR1);
     }
     if (hang_after == k && fault_here) {
       if (async_ckpt) (void)async_ckpt->wait();
       spdlog::warn("fault injection: SIGSTOP after step {} (this rank hangs)", k);
-      events::emit(spec.workdir, "fault_injected",
-                   {{"kind", events::str("SIGSTOP")}, {"step", events::num(static_cast<long long>(k))}}, ctx.rank);
+      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGSTOP")}, {"step", events::num(k)}},
+                   ctx.rank);
       spdlog::default_logger()->flush();
       std::raise(SIGSTOP);
     }
