@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/config.h"
+#include "core/metrics/registry.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/log.h"
@@ -168,7 +169,36 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
   return out;
 }
 
+namespace {
+
+metrics::Histogram& ckpt_seconds(const char* name, const char* help) {
+  return metrics::registry().histogram(name, help, metrics::exponential_buckets(1e-3, 2.5, 14));
+}
+
+Status save_checkpoint_unmeasured(const std::string& dir, const CheckpointState& state, int keep, MPI_Comm comm);
+
+}  // namespace
+
 Status save_checkpoint(const std::string& dir, const CheckpointState& state, int keep, MPI_Comm comm) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Status s = save_checkpoint_unmeasured(dir, state, keep, comm);
+  auto& r = metrics::registry();
+  r.counter("mobula_checkpoint_saves_total", "Checkpoint saves this rank took part in, by result",
+            {{"result", s.is_ok() ? "ok" : "failed"}})
+      .inc();
+  if (s.is_ok()) {
+    double bytes = 0;
+    for (const auto& [name, buf] : state.buffers) bytes += static_cast<double>(buf.size_bytes());
+    r.counter("mobula_checkpoint_bytes_total", "Bytes of state this rank wrote into checkpoints").inc(bytes);
+    ckpt_seconds("mobula_checkpoint_write_seconds", "Write, verify and publish of one checkpoint (this rank)")
+        .observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return s;
+}
+
+namespace {
+
+Status save_checkpoint_unmeasured(const std::string& dir, const CheckpointState& state, int keep, MPI_Comm comm) {
   int rank = 0;
   MOBULA_MPI(MPI_Comm_rank(comm, &rank));
   const std::string name = ckpt_name(state.step);
@@ -236,6 +266,8 @@ Status save_checkpoint(const std::string& dir, const CheckpointState& state, int
   return vote(published, comm, "publishing " + final_path);
 }
 
+}  // namespace
+
 Status fence_checkpoints(const std::string& dir, int64_t attempt) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -298,13 +330,17 @@ Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
     const double t_copy = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     copied.set_value();
     spdlog::info("checkpoint step {} staged in {:.1f} ms", raw->state.step, t_copy * 1e3);
+    ckpt_seconds("mobula_checkpoint_stage_seconds", "Request to staged copy, asynchronous saves").observe(t_copy);
     if (on_event) on_event(raw->state.step, "staged", Status::ok(), t_copy);
     Status s = save_checkpoint(dir, raw->state, keep, MPI_COMM_SELF);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s.is_ok())
+    if (s.is_ok()) {
       spdlog::info("checkpoint step {} durable in {:.3f} s", raw->state.step, secs);
-    else
+      ckpt_seconds("mobula_checkpoint_durable_seconds", "Request to durable (published), asynchronous saves")
+          .observe(secs);
+    } else {
       spdlog::error("checkpoint step {} failed: {}", raw->state.step, s.message());
+    }
     if (on_event) on_event(raw->state.step, s.is_ok() ? "durable" : "failed", s, secs);
     return s;
   });

@@ -10,11 +10,13 @@
 // with MPI_Abort so the job never hangs.
 #include <mpi.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 
 #include "core/config.h"
 #include "core/metrics/events.h"
@@ -110,6 +112,8 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
   if (env.rank() == 0) {
     std::string host_list = "[";
     for (size_t i = 0; i < hosts->size(); ++i) host_list += (i ? ", " : "") + events::str((*hosts)[i]);
+    std::string roles = "[";  // role of each world rank: the layout table of `mobula show` / report
+    for (const auto& p : layout->ranks()) roles += (p.rank ? ", " : "") + events::str(p.role);
     events::emit(spec->workdir, "job_start",
                  {{"name", events::str(spec->name)},
                   {"spec", events::str(spec->file)},
@@ -117,11 +121,35 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
                   {"workload", events::str(spec->workload)},
                   {"ranks", events::num(env.size())},
                   {"hosts", host_list + "]"},
+                  {"roles", roles + "]"},
                   {"mobula_version", events::str(MOBULA_VERSION)}},
                  0);
   }
-  rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank(), &watchdog};
-  return rl::run_workload(ctx);
+  // Metrics (core/metrics/aggregate.h): every rank's registry reaches rank 0 at step boundaries;
+  // rank 0 serves them to Prometheus when metrics.port is set.
+  auto agg = metrics::Aggregator::create(MPI_COMM_WORLD, me.role, spec->metrics.interval_s);
+  if (!agg) return agg.status();
+  const char* attempt = std::getenv("MOBULA_STEP_ATTEMPT");
+  metrics::registry()
+      .gauge("mobula_attempt", "Launch number of this attempt (MOBULA_STEP_ATTEMPT; 0 first)")
+      .set(attempt ? std::atof(attempt) : 0.0);
+  std::unique_ptr<metrics::MetricsServer> server;
+  if (env.rank() == 0 && spec->metrics.port != 0) {
+    auto s = metrics::MetricsServer::start(spec->metrics.address, spec->metrics.port, **agg);
+    if (!s) {
+      spdlog::warn("{} (the job goes on without it)", s.status().message());
+    } else {
+      server = std::move(s).value();
+      spdlog::info("metrics: Prometheus endpoint at {}", server->url());
+      events::emit(spec->workdir, "metrics_endpoint", {{"url", events::str(server->url())}}, 0);
+    }
+  }
+  rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank(), &watchdog, agg->get()};
+  Status st = rl::run_workload(ctx);
+  if (st.is_ok() || st.code() == Status::Code::kPreempted) {  // agreed on every rank: all are here
+    if (Status f = (*agg)->finish(std::chrono::seconds(10)); !f.is_ok()) spdlog::warn("{}", f.message());
+  }
+  return st;
 }
 
 }  // namespace

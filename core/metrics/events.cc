@@ -56,7 +56,6 @@ std::string num(long long x) {
   return std::to_string(x);
 }
 
-namespace {
 std::string now_utc() {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
@@ -71,6 +70,7 @@ std::string now_utc() {
   return out;
 }
 
+namespace {
 std::string host() {
   if (const char* n = std::getenv("SLURMD_NODENAME"); n && *n) return n;  // emulated nodes share a host
   char buf[256] = {0};

@@ -8,10 +8,20 @@
 #include <cstring>
 #include <string>
 
+#include "core/metrics/registry.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/mpi.h"
 
 namespace mobula {
+
+namespace {
+// Objects this rank holds for others (put, not yet released by every holder): the queue depth of
+// the rollout -> trainer flow.
+metrics::Gauge& live_gauge() {
+  static metrics::Gauge& g = metrics::registry().gauge("mobula_object_store_objects", "Objects held for consumers");
+  return g;
+}
+}  // namespace
 
 namespace {
 
@@ -204,6 +214,7 @@ void ObjectStore::drop_holder(uint64_t id) {
   if (it == objects_.end()) return;
   if (--it->second->holders <= 0) {
     objects_.erase(it);
+    live_gauge().set(static_cast<double>(objects_.size()));
     freed_.notify_all();
   }
 }
@@ -332,11 +343,15 @@ Result<ObjectRef> ObjectStore::put(std::vector<Tensor> tensors, int holders) {
   if (shut_) return Status::invalid_argument("put after shutdown");
   ref.id = next_id_++;
   objects_[ref.id] = std::move(obj);
+  live_gauge().set(static_cast<double>(objects_.size()));
   return ref;
 }
 
 Status ObjectStore::transfer(const ObjectRef& ref, std::span<const Buffer> dst, std::chrono::milliseconds timeout,
                              std::shared_ptr<void> keep_on_timeout) {
+  double bytes = 0;
+  for (const Buffer& b : dst) bytes += static_cast<double>(b.bytes());
+  metrics::FlowTimer timer("objects", bytes);
   const std::string what =
       "get of object " + std::to_string(ref.id) + " owned by rank " + std::to_string(ref.owner) + " at " + where();
   if (ref.owner < 0 || ref.owner >= size_)
@@ -461,6 +476,7 @@ Status ObjectStore::free(const ObjectRef& ref) {
   std::lock_guard<std::mutex> lock(mu_);
   if (objects_.erase(ref.id) == 0)
     return Status::not_found("free of object " + std::to_string(ref.id) + ": already freed or never existed");
+  live_gauge().set(static_cast<double>(objects_.size()));
   freed_.notify_all();
   return Status::ok();
 }

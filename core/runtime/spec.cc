@@ -460,6 +460,11 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.checkpoint.async = get<bool>(L.set, "checkpoint.async");
   spec.fault.hang_timeout_s = static_cast<int>(get<int64_t>(L.set, "fault.hang_timeout_s"));
   spec.fault.max_requeues = static_cast<int>(get<int64_t>(L.set, "fault.max_requeues"));
+  spec.metrics.port = static_cast<int>(get<int64_t>(L.set, "metrics.port"));
+  spec.metrics.address = get<std::string>(L.set, "metrics.address");
+  spec.metrics.interval_s = get<double>(L.set, "metrics.interval_s");
+  if (spec.metrics.interval_s < 0)
+    return Status::invalid_spec(L.where_of("metrics.interval_s") + ": metrics.interval_s: must be >= 0 (seconds)");
   spec.checkpoint.dir = get<std::string>(L.set, "checkpoint.dir");
   if (spec.checkpoint.dir.empty())
     return Status::invalid_spec(L.where_of("checkpoint.dir") + ": checkpoint.dir: must not be empty");

@@ -102,6 +102,12 @@ struct FaultSpec {
   int max_requeues = 3;
 };
 
+struct MetricsSpec {
+  int port = 0;  // 0 off, -1 any free port
+  std::string address = "127.0.0.1";
+  double interval_s = 1.0;
+};
+
 struct CheckpointSpec {
   int every = 0;
   int keep = 3;
@@ -130,6 +136,7 @@ class JobSpec {
   SlurmSpec slurm;
   CheckpointSpec checkpoint;
   FaultSpec fault;
+  MetricsSpec metrics;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

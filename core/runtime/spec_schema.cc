@@ -123,6 +123,14 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("fault.hang_timeout_s", 600, 0, 86400,
                       "A rank without progress for this long ends the job (exit 4) so the restart logic takes "
                       "over; 0 disables the watchdog."));
+  s.push_back(int_key("metrics.port", 0, -1, 65535,
+                      "Prometheus endpoint of the coordinator (world rank 0): GET /metrics on metrics.address. "
+                      "0 = off, -1 = any free port (the URL goes to the log and events.jsonl)."));
+  s.push_back(str_key("metrics.address", "127.0.0.1", {},
+                      "Address the Prometheus endpoint listens on; loopback by default, 0.0.0.0 for every interface."));
+  s.push_back(float_key("metrics.interval_s", 1.0,
+                        "Least seconds between two metrics snapshots a rank sends to the coordinator (at step "
+                        "boundaries); also the resolution of the heartbeat age."));
   s.push_back(int_key("fault.restart_delay_s", 5, 0, 3600,
                       "Seconds before the first relaunch; doubles with every further one (capped at 300)."));
 

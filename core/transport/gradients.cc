@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <deque>
 
+#include "core/metrics/registry.h"
+
 namespace mobula {
 
 Status allreduce_bucketed(Transport& t, Buffer buf, ReduceOp op, size_t bucket_bytes, const Options& opt,
@@ -16,6 +18,7 @@ Status allreduce_bucketed(Transport& t, Buffer buf, ReduceOp op, size_t bucket_b
     running.pop_front();
     if (!s && first) first = s;
   };
+  metrics::FlowTimer timer("gradients", static_cast<double>(buf.count * dtype_size(buf.dtype)));
   if (buf.count == 0) {
     auto r = t.iallreduce(buf, op, opt);  // keeps every rank's collective numbering in step
     return r ? (*r)->wait() : r.status();

@@ -4,6 +4,7 @@
 #include <deque>
 #include <string>
 
+#include "core/metrics/registry.h"
 #include "core/runtime/mpi.h"
 
 namespace mobula {
@@ -54,6 +55,7 @@ Status sync_weights(Transport& t, const WeightGroups& groups, std::span<const fl
     return Status::invalid_argument("sync_weights: bucket_bytes must be in [4, 1 GiB]");
   if (rollout && !store) return Status::invalid_argument("sync_weights at " + where + ": rollout rank without store");
   const size_t count = trainer ? params.size() : store->count();
+  metrics::FlowTimer timer("weights", static_cast<double>(count * sizeof(float)));
   const size_t per = opt.bucket_bytes / sizeof(float);
   const size_t nbuckets = (count + per - 1) / per;
   const size_t T = groups.trainers.size(), R = groups.rollouts.size();

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "core/metrics/events.h"
+#include "core/metrics/registry.h"
 #include "core/objects/object_store.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
@@ -217,6 +218,32 @@ struct StepMetrics {
   }
 };
 
+// Trainer 0's view of a step into the metrics registry (Prometheus, docs/observability.md).
+void record_step(const StepMetrics& m) {
+  auto& r = metrics::registry();
+  static auto& steps = r.counter("mobula_steps_total", "GRPO steps trained (this attempt)");
+  static auto& last = r.gauge("mobula_step", "Last GRPO step trained");
+  static auto& tokens = r.counter("mobula_completion_tokens_total", "Completion tokens sampled");
+  static auto& step_s =
+      r.histogram("mobula_step_seconds", "Wall time of one GRPO step", metrics::exponential_buckets(1e-3, 2.5, 14));
+  static auto& lag = r.gauge("mobula_policy_lag", "Policy versions between sampling and training");
+  steps.inc();
+  last.set(static_cast<double>(m.step));
+  tokens.inc(m.completion_tokens);
+  step_s.observe(m.step_s);
+  lag.set(static_cast<double>(m.lag));
+  const std::pair<const char*, double> gauges[] = {
+      {"reward", m.reward}, {"reward_std", m.reward_std}, {"accuracy", m.accuracy},  {"loss", m.loss},
+      {"kl", m.kl},         {"entropy", m.entropy},       {"clip_fraction", m.clip}, {"tokens_per_s", m.tokens_per_s}};
+  for (const auto& [name, v] : gauges)
+    r.gauge(std::string("mobula_") + name, std::string("Last step's ") + name).set(v);
+  const std::pair<const char*, double> phases[] = {
+      {"sample", m.sample_s}, {"reward", m.reward_s}, {"transfer", m.transfer_s},    {"wait", m.wait_s},
+      {"train", m.train_s},   {"sync", m.sync_s},     {"checkpoint", m.checkpoint_s}};
+  for (const auto& [phase, v] : phases)
+    r.counter("mobula_step_phase_seconds_total", "Step time by phase (trainer 0's view)", {{"phase", phase}}).inc(v);
+}
+
 Status write_summary(const std::string& dir, const std::string& text) {
   return write_file_atomically(dir + "/summary.json", text);
 }
@@ -333,6 +360,7 @@ Status run_grpo(const WorkloadContext& ctx) {
   const bool lead = trainer && me.role_rank == 0;
   auto beat = [&](const char* phase, int64_t step) {
     if (ctx.watchdog) ctx.watchdog->beat(phase, step);
+    if (ctx.metrics) ctx.metrics->tick();
   };
   const double t_start = now();
 
@@ -796,9 +824,11 @@ Status run_grpo(const WorkloadContext& ctx) {
             k, m.reward, m.reward_std, m.accuracy, m.tokens_per_s, m.sync_s * 1e3, m.sample_s, m.train_s, m.wait_s,
             m.kl, m.entropy, m.clip, lag);
         history.push_back(m);
+        record_step(m);
         // The time series survives a crash and spans attempts (summary.json has the last one only).
         std::string line = m.json();
-        line.insert(1, "\"attempt\": " + std::to_string(attempt) + ", ");
+        line.insert(1,
+                    "\"time\": " + events::str(events::now_utc()) + ", \"attempt\": " + std::to_string(attempt) + ", ");
         if (Status a = events::append_line(spec.workdir, "metrics.jsonl", line, /*durable=*/false); !a.is_ok())
           spdlog::warn("metrics.jsonl: {}", a.message());
       }

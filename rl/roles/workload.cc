@@ -63,6 +63,7 @@ Status run_layout_check(const WorkloadContext& ctx) {
                ctx.layout.world_size(), links.empty() ? " none" : links);
   for (int64_t step = 0; step < ctx.spec.steps; ++step) {
     if (ctx.watchdog) ctx.watchdog->beat("layout check", step);
+    if (ctx.metrics) ctx.metrics->tick();
     int sig = health::stop_signal(), any = 0;  // preemption: stateless, nothing to save
     MOBULA_MPI(MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, ctx.world));
     if (any)

@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include "core/health/health.h"
+#include "core/metrics/aggregate.h"
 #include "core/runtime/layout.h"
 #include "core/runtime/role_comms.h"
 #include "core/runtime/spec.h"
@@ -21,7 +22,8 @@ struct WorkloadContext {
   const RoleComms& comms;
   MPI_Comm world;
   int rank;
-  health::Watchdog* watchdog = nullptr;  // beat() at every phase; may be null (tests)
+  health::Watchdog* watchdog = nullptr;    // beat() at every phase; may be null (tests)
+  metrics::Aggregator* metrics = nullptr;  // tick() at every phase; may be null (tests)
 };
 
 Status run_workload(const WorkloadContext& ctx);
