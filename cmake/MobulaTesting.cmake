@@ -15,8 +15,9 @@ find_package(GTest REQUIRED)
 # mechanism off (CMA needs ptrace permissions containers often deny).
 set(MOBULA_MPIEXEC_LOCAL_FLAGS --oversubscribe --bind-to none
     --mca btl_vader_single_copy_mechanism none)
+# MOBULA_HOME: the jobs that tests run with `mobula run` register in the build tree, not in ~/.mobula.
 set(MOBULA_TEST_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-    OMPI_MCA_rmaps_base_oversubscribe=1)
+    OMPI_MCA_rmaps_base_oversubscribe=1 MOBULA_HOME=${CMAKE_BINARY_DIR}/test-mobula-home)
 
 add_library(mobula_test_main STATIC ${PROJECT_SOURCE_DIR}/tests/support/test_main.cc)
 target_link_libraries(mobula_test_main PUBLIC GTest::gtest GTest::gmock mobula_core)

@@ -3,6 +3,7 @@
 
 #include "core/config.h"
 #include "launch/commands.h"
+#include "launch/history.h"
 #include "launch/step.h"
 
 namespace mobula::launch {
@@ -84,6 +85,24 @@ int mobula_main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "scancel a submitted job by id or name");
   cancel->add_option("job", cancel_job, "Job id or name")->required();
 
+  bool history_no_slurm = false;
+  auto* history = app.add_subcommand("history", "Every registered job: status, attempts, start, duration, last step");
+  history->add_flag("--no-slurm", history_no_slurm, "Do not ask Slurm about jobs without a job_end event");
+  std::string serve_address = "127.0.0.1";
+  int serve_port = 8470;
+  auto* serve = history->add_subcommand("serve", "Serve the history read-only over HTTP (job table, reports)");
+  serve->add_option("--port", serve_port, "Port (default 8470; 0 = any free port)")->check(CLI::Range(0, 65535));
+  serve->add_option("--address", serve_address, "Address to listen on (default loopback)");
+  std::string show_job, report_job, report_out;
+  int show_events = 20;
+  auto* show = app.add_subcommand("show", "One job's details: status, attempts, layout, checkpoint, recent events");
+  show->add_option("job", show_job, "Job id or name, or a job's work dir")->required();
+  show->add_option("--events", show_events, "How many of the last events to print (default 20)")
+      ->check(CLI::NonNegativeNumber);
+  auto* report = app.add_subcommand("report", "Write a job's self-contained HTML report (plots, timeline, events)");
+  report->add_option("job", report_job, "Job id or name, or a job's work dir")->required();
+  report->add_option("-o,--output", report_out, "The HTML file to write")->required();
+
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
   try {
@@ -104,6 +123,10 @@ int mobula_main(int argc, char** argv) {
   if (status->parsed()) return cmd_status(status_job);
   if (logs->parsed()) return cmd_logs(logs_job, logs_rank, logs_attempt);
   if (cancel->parsed()) return cmd_cancel(cancel_job);
+  if (serve->parsed()) return serve_history(serve_address, serve_port);
+  if (history->parsed()) return cmd_history(!history_no_slurm);
+  if (show->parsed()) return cmd_show(show_job, show_events);
+  if (report->parsed()) return cmd_report(report_job, report_out);
   return cmd_version();
 }
 

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "core/runtime/spec.h"
 #include "core/transport/choice.h"
 #include "io/hdf5.h"
+#include "launch/registry.h"
 #include "slurm/slurm_env.h"
 
 namespace mobula::launch {
@@ -110,6 +112,25 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   // The job's event journal (core/metrics/events.h) lives in its work dir.
   std::error_code ec;
   std::filesystem::create_directories(spec->workdir, ec);
+  // The registry (launch/registry.h) lists it for `mobula history|show|report|logs`.
+  {
+    JobRecord rec;
+    const std::string now = utc_now_seconds();
+    std::string stamp;
+    for (char c : now)
+      if (std::isdigit(static_cast<unsigned char>(c)) || c == 'T') stamp += c;
+    rec.id = "local-" + stamp + "-" + std::to_string(getpid());
+    rec.name = spec->name;
+    rec.workdir = std::filesystem::absolute(spec->workdir, ec).lexically_normal().string();
+    rec.spec = std::filesystem::absolute(a.spec, ec).string();
+    rec.submitted = now;
+    rec.launcher = "local";
+    char host[256] = {0};
+    if (gethostname(host, sizeof host - 1) == 0) rec.host = host;
+    rec.pid = static_cast<long>(getpid());
+    if (Status reg = register_job(rec); !reg.is_ok())
+      std::fprintf(stderr, "mobula run: warning: %s (the job runs unregistered)\n", reg.message().c_str());
+  }
   const int code = with_restarts("mobula run", spec->fault.max_restarts, spec->fault.restart_delay_s, [&](int attempt) {
     auto e = env;
     e.push_back("MOBULA_STEP_ATTEMPT=" + std::to_string(attempt));

@@ -23,6 +23,11 @@ int cmd_status(const std::string& job);  // "" lists every registered job
 // (WORKDIR/logs/attempt-A/rank-R.log); `job` may also be a work dir (mobula run jobs).
 int cmd_logs(const std::string& job, int rank, int attempt);
 int cmd_cancel(const std::string& job);
+// History (launch/history.h): the table of every registered job, one job's details and recent
+// events, its HTML report, and the read-only history server.
+int cmd_history(bool ask_slurm);
+int cmd_show(const std::string& job, int nevents);
+int cmd_report(const std::string& job, const std::string& out);
 int cmd_version();
 
 // Entry point of the `mobula` executable.

@@ -10,6 +10,7 @@
 
 #include "core/runtime/process.h"
 #include "launch/commands.h"
+#include "launch/history.h"
 #include "launch/registry.h"
 #include "slurm/jobs.h"
 
@@ -69,7 +70,12 @@ int cmd_status(const std::string& key) {
     std::printf("%-10s %-24s %-12s %-21s %s\n", "id", "name", "state", "submitted", "work dir");
     for (const auto& r : *all) {
       std::string state;
-      (void)slurm_state(r.id, &state);
+      if (r.local()) {  // mobula run: its events (or whether its launcher lives)
+        auto v = load_job_view(r.workdir);
+        state = v ? job_status(r, *v, false) : "NO WORKDIR";
+      } else {
+        (void)slurm_state(r.id, &state);
+      }
       std::printf("%-10s %-24s %-12s %-21s %s\n", r.id.c_str(), r.name.c_str(), state.c_str(), r.submitted.c_str(),
                   r.workdir.c_str());
     }
@@ -80,6 +86,7 @@ int cmd_status(const std::string& key) {
     std::fprintf(stderr, "mobula status: %s\n", r.status().message().c_str());
     return 2;
   }
+  if (r->local()) return cmd_show(key, 5);  // no Slurm state: the history's view
   std::string state;
   const std::string s = slurm_state(r->id, &state);
   std::printf("job %s (%s): %s\n", r->id.c_str(), r->name.c_str(), s.c_str());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,14 +19,29 @@ std::string registry_root() {
   return ".mobula";
 }
 
+std::string utc_now_seconds() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return when;
+}
+
 Status register_job(const JobRecord& r) {
   const fs::path dir = fs::path(registry_root()) / "jobs";
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::io("job registry " + dir.string() + ": " + ec.message() + "; set MOBULA_HOME elsewhere");
   std::string text;
-  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
-           {"id", r.id}, {"name", r.name}, {"workdir", r.workdir}, {"spec", r.spec}, {"submitted", r.submitted}})
+  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{{"id", r.id},
+                                                                             {"name", r.name},
+                                                                             {"workdir", r.workdir},
+                                                                             {"spec", r.spec},
+                                                                             {"submitted", r.submitted},
+                                                                             {"launcher", r.launcher},
+                                                                             {"host", r.host},
+                                                                             {"pid", std::to_string(r.pid)}})
     text += k + "=" + v + "\n";
   return write_file_atomically((dir / (r.id + ".job")).string(), text);
 }
@@ -39,7 +55,15 @@ Result<JobRecord> read_record(const fs::path& p) {
     const auto eq = line.find('=');
     if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
   }
-  JobRecord r{kv["id"], kv["name"], kv["workdir"], kv["spec"], kv["submitted"]};
+  JobRecord r;
+  r.id = kv["id"];
+  r.name = kv["name"];
+  r.workdir = kv["workdir"];
+  r.spec = kv["spec"];
+  r.submitted = kv["submitted"];
+  if (!kv["launcher"].empty()) r.launcher = kv["launcher"];
+  r.host = kv["host"];
+  r.pid = std::atol(kv["pid"].c_str());
   if (r.id.empty() || r.workdir.empty()) return Status::io(p.string() + ": not a job record (id, workdir missing)");
   return r;
 }
@@ -58,6 +82,7 @@ Result<std::vector<JobRecord>> list_jobs() {
   }
   if (ec) return Status::io(dir.string() + ": " + ec.message());
   std::sort(out.begin(), out.end(), [](const JobRecord& a, const JobRecord& b) {
+    if (a.submitted != b.submitted) return a.submitted < b.submitted;
     return a.id.size() != b.id.size() ? a.id.size() < b.id.size() : a.id < b.id;
   });
   return out;
@@ -71,7 +96,7 @@ Result<JobRecord> find_job(const std::string& key) {
   for (auto it = all->rbegin(); it != all->rend(); ++it)
     if (it->name == key) return *it;
   return Status::not_found("no job '" + key + "' in the registry " + registry_root() +
-                           "/jobs (jobs submitted with mobula submit are registered; MOBULA_HOME moves it)");
+                           "/jobs (jobs of mobula submit and mobula run are registered; MOBULA_HOME moves it)");
 }
 
 }  // namespace mobula::launch

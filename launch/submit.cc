@@ -70,10 +70,13 @@ int cmd_submit(const SpecArgs& a, bool dry_run) {
     std::fprintf(stderr, "mobula submit: %s\n", id.status().message().c_str());
     return 1;
   }
-  char when[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  if (Status reg = register_job({*id, spec->name, workdir.string(), opt.origin, when}); !reg.is_ok())
+  JobRecord rec;
+  rec.id = *id;
+  rec.name = spec->name;
+  rec.workdir = workdir.string();
+  rec.spec = opt.origin;
+  rec.submitted = utc_now_seconds();
+  if (Status reg = register_job(rec); !reg.is_ok())
     std::fprintf(stderr, "mobula submit: warning: job %s runs, but %s\n", id->c_str(), reg.message().c_str());
   std::printf("submitted job %s (%zu component%s); work dir %s, output %s/slurm-%s.out\n", id->c_str(),
               script->components.size(), script->components.size() > 1 ? "s" : "", workdir.c_str(), workdir.c_str(),

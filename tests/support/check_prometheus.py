@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Fetches a Prometheus endpoint (or reads a file) and checks it with the reference parser.
 
-  check_prometheus.py URL|FILE 'name{label="v",...}=value' ...
+  check_prometheus.py URL|FILE 'name{label="v",...}=value' 'name{...}>=value' ...
 
 Parses the text exposition format with prometheus_client (Debian python3-prometheus-client), an
 implementation independent of mobula's, then checks every expected sample (labels given must match
-exactly; the value within 1e-9 relative) and that every histogram is consistent: cumulative buckets
+exactly; `=`: the value within 1e-9 relative, `>=`: at least) and that every histogram is consistent: cumulative buckets
 that never decrease, a +Inf bucket equal to _count. Exit 0 when all holds, 1 with a reason otherwise.
 """
 import re
@@ -47,7 +47,7 @@ def main():
         for s in fam.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
     for want in sys.argv[2:]:
-        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?=(.+)', want)
+        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?(>=|=)(.+)', want)
         if not m:
             sys.exit(f"bad expectation {want!r}")
         labels = frozenset(re.findall(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
@@ -56,8 +56,10 @@ def main():
         if key not in samples:
             near = [f"{n}{dict(l)}" for (n, l) in samples if n == m.group(1)]
             sys.exit(f"missing {want}; samples of that name: {near}")
-        got, exp = samples[key], float(m.group(4))
-        if abs(got - exp) > 1e-9 * max(1.0, abs(exp)):
+        got, exp = samples[key], float(m.group(5))
+        if m.group(4) == ">=" and got < exp:
+            sys.exit(f"{want}: got {got}")
+        if m.group(4) == "=" and abs(got - exp) > 1e-9 * max(1.0, abs(exp)):
             sys.exit(f"{want}: got {got}")
     print(f"ok: {len(samples)} samples, {len(sys.argv) - 2} expectations")
 
