@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "core/runtime/spec.h"
 #include "core/transport/choice.h"
 #include "io/hdf5.h"
+#include "launch/progress.h"
 #include "launch/registry.h"
 #include "slurm/slurm_env.h"
 
@@ -131,6 +133,12 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
     if (Status reg = register_job(rec); !reg.is_ok())
       std::fprintf(stderr, "mobula run: warning: %s (the job runs unregistered)\n", reg.message().c_str());
   }
+  // On a terminal: a progress line instead of a log line per step (launch/progress.h).
+  std::unique_ptr<ProgressLine> progress;
+  if (ProgressLine::wanted() && spec->workload == "grpo") {
+    env.emplace_back("MOBULA_PROGRESS_LINE=1");
+    progress = std::make_unique<ProgressLine>(spec->workdir, spec->steps);
+  }
   const int code = with_restarts("mobula run", spec->fault.max_restarts, spec->fault.restart_delay_s, [&](int attempt) {
     auto e = env;
     e.push_back("MOBULA_STEP_ATTEMPT=" + std::to_string(attempt));
@@ -148,6 +156,7 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
                  {{"exit_code", events::num(*rc)}, {"outcome", events::str(outcome_of(*rc))}});
     return *rc;
   });
+  progress.reset();
   events::emit(spec->workdir, "job_end",
                {{"exit_code", events::num(code)}, {"outcome", events::str(outcome_of(code))}});
   return code;

@@ -34,6 +34,22 @@ Status add_log_file(const std::string& path) {
   return Status::ok();
 }
 
+void log_to_files(spdlog::level::level_enum level, const std::string& msg) {
+  auto logger = spdlog::default_logger();
+  if (!logger->should_log(level)) return;
+  const spdlog::details::log_msg m(spdlog::source_loc{}, logger->name(), level, msg);
+  const auto& sinks = logger->sinks();
+  for (size_t i = 1; i < sinks.size(); ++i) {  // sinks[0] is the console (init_logging)
+    sinks[i]->log(m);
+    sinks[i]->flush();
+  }
+}
+
+bool console_progress() {
+  const char* v = std::getenv("MOBULA_PROGRESS_LINE");  // set by `mobula run` for its ranks
+  return v && std::string(v) == "1";
+}
+
 void init_logging(const std::string& tag) {
   auto logger = spdlog::stdout_logger_mt("mobula");
   spdlog::set_default_logger(logger);

@@ -16,5 +16,9 @@ void set_log_tag(const std::string& tag);
 void init_logging(const std::string& tag);
 // Also writes every line to `path` (appended; directories created). Call once, at start.
 Status add_log_file(const std::string& path);
+// To the log files only, not the console: per-step lines while `mobula run` draws a progress line on
+// its terminal (MOBULA_PROGRESS_LINE=1, set by the launcher).
+void log_to_files(spdlog::level::level_enum level, const std::string& msg);
+bool console_progress();  // MOBULA_PROGRESS_LINE=1
 
 }  // namespace mobula

@@ -818,11 +818,17 @@ Status run_grpo(const WorkloadContext& ctx) {
         m.transfer_s = async ? t_wait : std::max(0.0, t_wait - m.sample_s - m.reward_s);
         m.train_s = t_train;
         m.checkpoint_s = t_ckpt + st->blocked_s + blocked_by_save;  // training blocked by checkpoints
-        spdlog::info(
+        const std::string step_line = fmt::format(
             "step {:4d}  reward {:.3f}±{:.3f}  accuracy {:.3f}  tokens/s {:7.0f}  sync {:6.1f} ms  sample {:.3f} s  "
             "train {:.3f} s  wait {:.3f} s  kl {:.4f}  entropy {:.3f}  clip {:.3f}  lag {}",
             k, m.reward, m.reward_std, m.accuracy, m.tokens_per_s, m.sync_s * 1e3, m.sample_s, m.train_s, m.wait_s,
             m.kl, m.entropy, m.clip, lag);
+        // On a terminal, `mobula run` draws a progress line instead (launch/commands.cc).
+        if (console_progress()) {
+          log_to_files(spdlog::level::info, step_line);
+        } else {
+          spdlog::info("{}", step_line);
+        }
         history.push_back(m);
         record_step(m);
         // The time series survives a crash and spans attempts (summary.json has the last one only).

@@ -154,6 +154,24 @@ TEST_F(History, HistoryShowAndReportSeeBothAttempts) {
   EXPECT_TRUE(fs::exists(root_ / "chromium" / "report.png"));
 }
 
+// On a terminal (script(1) provides one) `mobula run` draws a progress line; the ranks' per-step
+// lines then go to their log files only.
+TEST_F(History, ProgressLineOnATerminalReplacesStepLines) {
+  const std::string work = (root_ / "tty").string(), typescript = (root_ / "tty.typescript").string();
+  auto r = run_capture({"script", "-qec",
+                        kExe + " run " + kSrc + "/examples/grpo-addition.toml --set job.workdir=" + work +
+                            " --set job.steps=20 --set rl.warm_start_steps=50",
+                        typescript},
+                       240);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  ASSERT_EQ(r->exit_code, 0) << r->out << r->err;
+  const std::string tty = slurp(typescript);
+  EXPECT_NE(tty.find("[mobula] step 20/20 (100%)"), std::string::npos) << tty;
+  EXPECT_EQ(tty.find("info: step "), std::string::npos) << tty;
+  EXPECT_NE(tty.find("held-out accuracy, after GRPO"), std::string::npos) << tty;  // other lines still show
+  EXPECT_EQ(count(slurp(fs::path(work) / "logs" / "attempt-0" / "rank-0.log"), "info: step "), 20u);
+}
+
 // A port that was free a moment ago (bound to port 0, then closed): a small race with other
 // processes, fine for a test.
 int free_port() {

@@ -1,0 +1,78 @@
+#include "launch/progress.h"
+
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "launch/history.h"
+
+namespace mobula::launch {
+
+bool ProgressLine::wanted() {
+  const char* v = std::getenv("MOBULA_PROGRESS");
+  if (v && std::string(v) == "0") return false;
+  return isatty(STDERR_FILENO) == 1;
+}
+
+ProgressLine::ProgressLine(const std::string& workdir, int64_t total_steps)
+    : path_(workdir + "/metrics.jsonl"), total_(total_steps), thread_([this] { loop(); }) {}
+
+ProgressLine::~ProgressLine() {
+  stop_ = true;
+  thread_.join();
+}
+
+void ProgressLine::loop() {
+  using Clock = std::chrono::steady_clock;
+  std::error_code ec;
+  std::uintmax_t offset = std::filesystem::file_size(path_, ec);
+  if (ec) offset = 0;
+  std::string partial;
+  long long last_step = -1, attempt = -1, steps_seen = 0;
+  double accuracy = -1;
+  Clock::time_point attempt_t0{};
+  bool drawn = false;
+  for (bool last = false; !last;) {
+    last = stop_;  // one more read and draw after the job ended: the final step
+    std::ifstream in(path_, std::ios::binary);
+    if (in && in.seekg(static_cast<std::streamoff>(offset))) {
+      std::string chunk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      offset += chunk.size();
+      partial += chunk;
+      for (size_t nl; (nl = partial.find('\n')) != std::string::npos; partial.erase(0, nl + 1)) {
+        const auto j = nlohmann::json::parse(partial.substr(0, nl), nullptr, false);
+        if (j.is_discarded() || !j.is_object()) continue;
+        const long long a = j.value("attempt", 0LL);
+        if (a != attempt) {  // a relaunch: the rate starts over
+          attempt = a;
+          attempt_t0 = Clock::now();
+          steps_seen = 0;
+        }
+        ++steps_seen;
+        last_step = j.value("step", last_step);
+        accuracy = j.value("accuracy", accuracy);
+      }
+    }
+    if (last_step >= 0) {
+      const long long done = last_step + 1;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - attempt_t0).count();
+      std::string eta = "-";
+      if (steps_seen > 1 && total_ > done)
+        eta = format_duration(elapsed / double(steps_seen - 1) * double(total_ - done));
+      std::fprintf(stderr, "\r\033[K[mobula] step %lld/%lld (%.0f%%)  ETA %s  acc %.2f  attempt %lld", done,
+                   static_cast<long long>(total_), 100.0 * double(done) / double(std::max<int64_t>(1, total_)),
+                   eta.c_str(), accuracy, attempt);
+      std::fflush(stderr);
+      drawn = true;
+    }
+    for (int i = 0; i < 5 && !stop_ && !last; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (drawn) std::fputs("\n", stderr);
+}
+
+}  // namespace mobula::launch
