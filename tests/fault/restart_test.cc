@@ -154,7 +154,7 @@ TEST_F(Restart, KilledRankIsRelaunchedAndEndsBitwiseIdentical) {
   {
     const std::string m = slurp(root_ / "killed-rank1" / "metrics.jsonl");
     auto step4 = [&](const std::string& attempt) {
-      const auto p = m.find("{\"attempt\": " + attempt + ", \"step\": 4,");
+      const auto p = m.find("\"attempt\": " + attempt + ", \"step\": 4,");  // after the line's "time"
       EXPECT_NE(p, std::string::npos) << m;
       if (p == std::string::npos) return std::string();
       const auto q = m.find(", \"completion_tokens\"", p);
