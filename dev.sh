@@ -17,7 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   slurm-wlm slurm-client munge
   libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev
-  libcpp-httplib-dev chromium python3-prometheus-client
+  libcpp-httplib-dev chromium python3-prometheus-client libpng-dev libjpeg62-turbo-dev
 )
 
 deps() {

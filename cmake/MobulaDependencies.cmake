@@ -28,6 +28,9 @@ find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(nlohmann_json REQUIRED)
+# Image shards: the embed stage decodes PNG / JPEG (io/images.h).
+find_package(PNG REQUIRED)
+find_package(JPEG REQUIRED)
 
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 # The Prometheus endpoint and `mobula history serve` (Debian's libcpp-httplib-dev).
