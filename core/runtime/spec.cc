@@ -460,6 +460,44 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.checkpoint.async = get<bool>(L.set, "checkpoint.async");
   spec.fault.hang_timeout_s = static_cast<int>(get<int64_t>(L.set, "fault.hang_timeout_s"));
   spec.fault.max_requeues = static_cast<int>(get<int64_t>(L.set, "fault.max_requeues"));
+  spec.data.dir = get<std::string>(L.set, "data.dir");
+  if (spec.data.dir.empty()) spec.data.dir = spec.workdir + "/data";
+  spec.data.images = get<int64_t>(L.set, "data.images");
+  spec.data.per_shard = static_cast<int>(get<int64_t>(L.set, "data.per_shard"));
+  spec.data.size = static_cast<int>(get<int64_t>(L.set, "data.size"));
+  spec.data.encoding = get<std::string>(L.set, "data.encoding");
+  spec.latent.mode = get<std::string>(L.set, "latent.mode");
+  spec.latent.batch = static_cast<int>(get<int64_t>(L.set, "latent.batch"));
+  spec.latent.prefetch = static_cast<int>(get<int64_t>(L.set, "latent.prefetch"));
+  spec.latent.base_channels = static_cast<int>(get<int64_t>(L.set, "latent.base_channels"));
+  spec.latent.downsamples = static_cast<int>(get<int64_t>(L.set, "latent.downsamples"));
+  spec.latent.hidden = static_cast<int>(get<int64_t>(L.set, "latent.hidden"));
+  spec.latent.lr = get<double>(L.set, "latent.lr");
+  spec.latent.encoder_weights = get<std::string>(L.set, "latent.encoder_weights");
+  if (spec.workload == "latent-pretrain") {
+    const RoleSpec* tr = spec.role("trainer");
+    const RoleSpec* em = spec.role("embed");
+    if (!tr)
+      return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
+                                  ": roles.trainer.ranks: workload \"latent-pretrain\" needs at least 1 trainer");
+    if (spec.latent.mode == "jit" && !em)
+      return Status::invalid_spec(L.where_of("latent.mode") +
+                                  ": latent.mode: \"jit\" needs embed ranks (roles.embed.ranks >= 1); or use "
+                                  "\"inline\"");
+    if (spec.latent.mode == "inline" && em)
+      return Status::invalid_spec(L.where_of("latent.mode") +
+                                  ": latent.mode: \"inline\" has the trainers encode; set roles.embed.ranks = 0");
+    if (spec.role("rollout"))
+      return Status::invalid_spec(
+          L.where_of("roles.rollout.ranks") +
+          ": roles.rollout.ranks: workload \"latent-pretrain\" has no rollout role; set it to 0");
+    if (spec.latent.batch % tr->ranks != 0)
+      return Status::invalid_spec(L.where_of("latent.batch") + ": latent.batch: " + std::to_string(spec.latent.batch) +
+                                  " is not a multiple of the " + std::to_string(tr->ranks) + " trainer ranks");
+    if (spec.data.size % (1 << spec.latent.downsamples) != 0)
+      return Status::invalid_spec(L.where_of("data.size") + ": data.size: " + std::to_string(spec.data.size) +
+                                  " is not a multiple of 2^latent.downsamples");
+  }
   spec.metrics.port = static_cast<int>(get<int64_t>(L.set, "metrics.port"));
   spec.metrics.address = get<std::string>(L.set, "metrics.address");
   spec.metrics.interval_s = get<double>(L.set, "metrics.interval_s");

@@ -102,6 +102,25 @@ struct FaultSpec {
   int max_requeues = 3;
 };
 
+struct DataSpec {
+  std::string dir;  // resolved: WORKDIR/data when empty
+  int64_t images = 2048;
+  int per_shard = 256;
+  int size = 64;
+  std::string encoding = "png";
+};
+
+struct LatentSpec {
+  std::string mode = "jit";
+  int batch = 32;
+  int prefetch = 4;
+  int base_channels = 16;
+  int downsamples = 3;
+  int hidden = 512;
+  double lr = 1e-3;
+  std::string encoder_weights;
+};
+
 struct MetricsSpec {
   int port = 0;  // 0 off, -1 any free port
   std::string address = "127.0.0.1";
@@ -137,6 +156,8 @@ class JobSpec {
   CheckpointSpec checkpoint;
   FaultSpec fault;
   MetricsSpec metrics;
+  DataSpec data;
+  LatentSpec latent;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

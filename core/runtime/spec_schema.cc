@@ -10,8 +10,8 @@ const std::vector<std::string>& known_roles() {
 }
 
 const std::vector<std::string>& spec_sections() {
-  static const std::vector<std::string> s = {"job",       "roles", "model", "rl",     "checkpoint",
-                                             "transport", "slurm", "fault", "metrics"};
+  static const std::vector<std::string> s = {"job",   "roles", "model",   "rl",   "checkpoint", "transport",
+                                             "slurm", "fault", "metrics", "data", "latent"};
   return s;
 }
 
@@ -54,10 +54,12 @@ std::vector<KeyDef> build_schema() {
                       "Relative paths are relative to the directory the job is started from."));
   s.push_back(int_key("job.seed", 0, 0, INT64_MAX, "Global seed; every rank derives its streams from it."));
   s.push_back(int_key("job.steps", 1, 0, 1'000'000'000, "Number of steps the workload runs."));
-  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo"},
+  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain"},
                       "What the ranks run. `layout-check`: every role and link communicator is "
                       "exercised with collectives each step and verified against the layout. `grpo`: "
-                      "supervised warm start, then GRPO with trainer and rollout roles (needs both)."));
+                      "supervised warm start, then GRPO with trainer and rollout roles (needs both). "
+                      "`latent-pretrain`: trainers train a denoiser on VAE latents of an image dataset, "
+                      "computed by embed ranks (latent.mode)."));
   for (const auto& r : known_roles()) {
     s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
                         "Number of " + r +
@@ -123,6 +125,28 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("fault.hang_timeout_s", 600, 0, 86400,
                       "A rank without progress for this long ends the job (exit 4) so the restart logic takes "
                       "over; 0 disables the watchdog."));
+  // [data], [latent]: the latent-pretrain workload (docs/embedding.md).
+  s.push_back(str_key("data.dir", "", {},
+                      "Image shards (docs/formats/images.md); empty = WORKDIR/data. A synthetic dataset is generated "
+                      "there when it holds none."));
+  s.push_back(int_key("data.images", 2048, 1, 1'000'000'000, "Images of the synthetic dataset."));
+  s.push_back(int_key("data.per_shard", 256, 1, 1'000'000, "Images per shard of the synthetic dataset."));
+  s.push_back(int_key("data.size", 64, 8, 1024, "Width = height of the synthetic images."));
+  s.push_back(str_key("data.encoding", "png", {"png", "jpeg"}, "Encoding of the synthetic images."));
+  s.push_back(str_key("latent.mode", "jit", {"jit", "inline", "offline"},
+                      "Where latents come from: `jit` embed ranks compute them ahead (core/stage); `inline` each "
+                      "trainer encodes its own batch; `offline` every rank encodes a share of the whole dataset into "
+                      "WORKDIR/latents.h5 first, then the trainers train from it."));
+  s.push_back(int_key("latent.batch", 32, 1, 1 << 20, "Samples per step over all trainers (a multiple of them)."));
+  s.push_back(
+      int_key("latent.prefetch", 4, 1, 4096, "Items (steps) a trainer may have in flight from the embed ranks."));
+  s.push_back(int_key("latent.base_channels", 16, 4, 512, "Width of the VAE encoder's first level."));
+  s.push_back(int_key("latent.downsamples", 3, 1, 6, "Downsampling levels of the encoder (64 px -> 8 at 3)."));
+  s.push_back(int_key("latent.hidden", 512, 8, 1 << 16, "Hidden width of the denoiser MLP."));
+  s.push_back(float_key("latent.lr", 1e-3, "Denoiser learning rate (AdamW)."));
+  s.push_back(str_key("latent.encoder_weights", "", {},
+                      "safetensors file of the encoder (rl/encoder/vae_encoder.h); empty = random weights from "
+                      "job.seed (fixed for the whole job)."));
   s.push_back(int_key("metrics.port", 0, -1, 65535,
                       "Prometheus endpoint of the coordinator (world rank 0): GET /metrics on metrics.address. "
                       "0 = off, -1 = any free port (the URL goes to the log and events.jsonl)."));

@@ -87,8 +87,8 @@ Status run_layout_check(const WorkloadContext& ctx) {
 
 Status run_workload(const WorkloadContext& ctx) {
   if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
-  if (ctx.spec.workload == "grpo") {
-    const Status st = run_grpo(ctx);
+  if (ctx.spec.workload == "grpo" || ctx.spec.workload == "latent-pretrain") {
+    const Status st = ctx.spec.workload == "grpo" ? run_grpo(ctx) : run_latent_pretrain(ctx);
     // Say it here: peers may be blocked in a transfer with this rank until their timeout, and only
     // then reach the agreement below.
     if (!st && st.code() != Status::Code::kPreempted) spdlog::error("{}", st.message());

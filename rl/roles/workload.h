@@ -37,4 +37,8 @@ Status run_layout_check(const WorkloadContext& ctx);
 // (rl/roles/grpo.cc, docs/rl.md).
 Status run_grpo(const WorkloadContext& ctx);
 
+// `latent-pretrain`: trainers train a denoiser on VAE latents that embed ranks compute ahead
+// (core/stage), or that the trainers compute themselves (rl/roles/latent.cc, docs/embedding.md).
+Status run_latent_pretrain(const WorkloadContext& ctx);
+
 }  // namespace mobula::rl

@@ -1,0 +1,507 @@
+// `latent-pretrain` (docs/embedding.md): trainers train a denoiser on VAE latents of an image dataset.
+//
+// Embed ranks (latent.mode = jit) read encoded images from HDF5 shards, decode them (libpng /
+// libjpeg), encode them with the convolutional VAE encoder (rl/encoder) and hand the latents to the
+// trainers through the stage runtime (core/stage): pulled, credit-controlled, in a deterministic
+// order. `inline` has every trainer do that work for its own batch; `offline` has every rank encode
+// a share of the whole dataset into WORKDIR/latents.h5 first. The latent of a sample depends only on
+// the sample (z = mean + sigma * eps with eps keyed by the sample id), so all three modes feed the
+// trainers identical data and end with identical weights.
+//
+// The denoiser: an MLP (D+1 -> H, GELU, H -> D) that predicts the noise eps from z + s*eps and the
+// noise level s (per step and sample, from a counter-based RNG); loss = mean squared error. Step j
+// trains on item j of the stage, so the step in the checkpoint is also the data cursor.
+#include <mpi.h>
+
+#include <Kokkos_Core.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/metrics/events.h"
+#include "core/metrics/registry.h"
+#include "core/runtime/files.h"
+#include "core/runtime/log.h"
+#include "core/runtime/mpi.h"
+#include "core/stage/stage.h"
+#include "io/checkpoint.h"
+#include "io/hdf5.h"
+#include "io/images.h"
+#include "rl/encoder/vae_encoder.h"
+#include "rl/model/kernels.h"
+#include "rl/optim/adamw.h"
+#include "rl/roles/workload.h"
+
+namespace mobula::rl {
+
+namespace {
+
+using Exec = Kokkos::DefaultExecutionSpace;
+using View = Kokkos::View<float*, Exec::memory_space>;
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+double uniform(uint64_t key) {
+  return double(mix(key) >> 11) * (1.0 / 9007199254740992.0);
+}
+float normal(uint64_t key) {  // Box-Muller on two counter-based uniforms
+  const double u1 = std::max(uniform(key), 1e-300), u2 = uniform(key ^ 0xa5a5a5a5a5a5a5a5ULL);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+// The encoder side: what an embed rank (jit), a trainer (inline) or any rank (offline) runs.
+class LatentMaker {
+ public:
+  static Result<LatentMaker> create(const JobSpec& spec) {
+    LatentMaker m;
+    auto ds = io::ImageDataset::open(spec.data.dir);
+    if (!ds) return ds.status();
+    m.ds_ = std::make_unique<io::ImageDataset>(std::move(ds).value());
+    VaeEncoderConfig cfg;
+    cfg.image = spec.data.size;
+    cfg.base_channels = spec.latent.base_channels;
+    cfg.downsamples = spec.latent.downsamples;
+    cfg.groups = spec.latent.base_channels % 8 == 0 ? 8 : 4;
+    if (Status v = cfg.validate(); !v.is_ok())
+      return Status::invalid_spec(spec.where("latent.base_channels") + ": encoder: " + v.message());
+    auto enc = VaeEncoder<>::create(cfg);
+    if (!enc) return enc.status();
+    m.enc_ = std::make_unique<VaeEncoder<>>(std::move(enc).value());
+    if (spec.latent.encoder_weights.empty()) {
+      m.enc_->init_random(uint64_t(spec.seed) ^ 0x656e636f646572ULL);
+    } else {
+      MOBULA_RETURN_IF_ERROR(m.enc_->load(spec.latent.encoder_weights));
+    }
+    m.seed_ = uint64_t(spec.seed);
+    m.size_ = spec.data.size;
+    m.floats_ = static_cast<int>(cfg.latent_floats());
+    if (const char* d = std::getenv("MOBULA_FAULT_EMBED_DELAY_MS")) m.delay_ms_ = std::atoi(d);
+    return m;
+  }
+  int latent_floats() const { return floats_; }
+  uint64_t dataset_size() const { return ds_->size(); }
+  // Artificially slow (heterogeneous hardware in the benchmark and tests).
+  void slow_down(bool on) { slow_ = on; }
+
+  // Latents of `ids` into out (ids.size() * latent_floats()).
+  Status make(std::span<const uint64_t> ids, float* out) {
+    const int B = static_cast<int>(ids.size());
+    const size_t px = size_t(size_) * size_t(size_);
+    images_.resize(size_t(B) * 3 * px);
+    for (int b = 0; b < B; ++b) {
+      auto bytes = ds_->read(ids[size_t(b)]);
+      if (!bytes) return bytes.status();
+      auto img = io::decode_image(*bytes);
+      if (!img) return img.status();
+      if (img->width != size_ || img->height != size_ || img->channels != 3)
+        return Status::invalid_argument("sample " + std::to_string(ids[size_t(b)]) + " of " + ds_->dir() + " is " +
+                                        std::to_string(img->width) + "x" + std::to_string(img->height) + "x" +
+                                        std::to_string(img->channels) + ", not " + std::to_string(size_) + "x" +
+                                        std::to_string(size_) + "x3 (data.size)");
+      float* dst = images_.data() + size_t(b) * 3 * px;  // HWC bytes -> CHW in [-1, 1]
+      for (size_t p = 0; p < px; ++p)
+        for (size_t c = 0; c < 3; ++c) dst[c * px + p] = float(img->pixels[p * 3 + c]) * (2.0f / 255.0f) - 1.0f;
+    }
+    mean_.resize(size_t(B) * size_t(floats_));
+    logvar_.resize(mean_.size());
+    MOBULA_RETURN_IF_ERROR(enc_->encode(images_.data(), B, mean_.data(), logvar_.data()));
+    seeds_.resize(size_t(B));
+    for (int b = 0; b < B; ++b) seeds_[size_t(b)] = mix(seed_ ^ mix(ids[size_t(b)] + 0x6c6174656e74ULL));
+    enc_->sample(mean_.data(), logvar_.data(), B, seeds_.data(), out);
+    if (slow_ && delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+    return Status::ok();
+  }
+
+ private:
+  std::unique_ptr<io::ImageDataset> ds_;
+  std::unique_ptr<VaeEncoder<>> enc_;
+  uint64_t seed_ = 0;
+  int size_ = 0, floats_ = 0, delay_ms_ = 0;
+  bool slow_ = false;
+  std::vector<float> images_, mean_, logvar_;
+  std::vector<uint64_t> seeds_;
+};
+
+// The denoiser MLP and its training step on one trainer's share of a step.
+class Denoiser {
+ public:
+  Denoiser(int D, int H, int per, double lr, int steps) : D_(D), H_(H), per_(per) {
+    const int I = D + 1;
+    tensors_ = {{"w1", 0, {H, I}, true},
+                {"b1", size_t(H) * size_t(I), {H}, false},
+                {"w2", size_t(H) * size_t(I) + size_t(H), {D, H}, true},
+                {"b2", size_t(H) * size_t(I) + size_t(H) + size_t(D) * size_t(H), {D}, false}};
+    n_ = tensors_.back().offset + size_t(D);
+    params = View("denoiser_params", n_);
+    grads = View("denoiser_grads", n_);
+    AdamWConfig c;
+    c.lr = static_cast<float>(lr);
+    c.warmup_steps = std::min(20, std::max(1, steps / 10));
+    c.total_steps = steps;
+    opt = std::make_unique<AdamW<Exec>>(c, tensors_, n_);
+    in_ = View("in", size_t(per) * size_t(I));
+    h_ = View("h", size_t(per) * size_t(H));
+    a_ = View("a", size_t(per) * size_t(H));
+    out_ = View("out", size_t(per) * size_t(D));
+    dout_ = View("dout", size_t(per) * size_t(D));
+    da_ = View("da", size_t(per) * size_t(H));
+    dh_ = View("dh", size_t(per) * size_t(H));
+  }
+  size_t size() const { return n_; }
+
+  void init(uint64_t seed) {
+    auto h = Kokkos::create_mirror_view(params);
+    for (size_t i = 0; i < n_; ++i) h(i) = 0.0f;
+    for (const auto& t : tensors_) {
+      if (t.shape.size() != 2) continue;
+      const float sd = 1.0f / std::sqrt(float(t.shape[1]));
+      for (size_t i = 0; i < t.size(); ++i) h(t.offset + i) = sd * normal(mix(seed ^ (t.offset + i)));
+    }
+    Kokkos::deep_copy(params, h);
+  }
+
+  // Forward + backward on x (per, D): gradients (+= into grads, scaled for the global batch), and
+  // the sum of squared errors (this rank's share of the loss).
+  double step(const float* x, uint64_t seed, int64_t step_no, std::span<const uint64_t> ids, int global_batch) {
+    const int I = D_ + 1;
+    auto in = Kokkos::create_mirror_view(in_);
+    std::vector<float> eps(size_t(per_) * size_t(D_));
+    for (int s = 0; s < per_; ++s) {
+      const uint64_t key = mix(seed ^ mix(uint64_t(step_no) * 0x100000001b3ULL + ids[size_t(s)]));
+      const float sigma = 0.1f + 0.9f * static_cast<float>(uniform(key));
+      for (int d = 0; d < D_; ++d) {
+        const float e = normal(key + 1 + uint64_t(d));
+        eps[size_t(s) * size_t(D_) + size_t(d)] = e;
+        in(size_t(s) * size_t(I) + size_t(d)) = x[size_t(s) * size_t(D_) + size_t(d)] + sigma * e;
+      }
+      in(size_t(s) * size_t(I) + size_t(D_)) = sigma;
+    }
+    Kokkos::deep_copy(in_, in);
+    const float* w1 = params.data() + tensors_[0].offset;
+    const float* b1 = params.data() + tensors_[1].offset;
+    const float* w2 = params.data() + tensors_[2].offset;
+    const float* b2 = params.data() + tensors_[3].offset;
+    kernels::matmul_forward<Exec>(h_.data(), in_.data(), w1, b1, per_, I, H_);
+    kernels::gelu_forward<Exec>(a_.data(), h_.data(), long(per_) * H_);
+    kernels::matmul_forward<Exec>(out_.data(), a_.data(), w2, b2, per_, H_, D_);
+    auto out = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out_);
+    auto dout = Kokkos::create_mirror_view(dout_);
+    double sse = 0;
+    const float scale = 2.0f / float(size_t(global_batch) * size_t(D_));
+    for (size_t i = 0; i < eps.size(); ++i) {
+      const float r = out(i) - eps[i];
+      sse += double(r) * double(r);
+      dout(i) = scale * r;
+    }
+    Kokkos::deep_copy(dout_, dout);
+    float* dw1 = grads.data() + tensors_[0].offset;
+    float* db1 = grads.data() + tensors_[1].offset;
+    float* dw2 = grads.data() + tensors_[2].offset;
+    float* db2 = grads.data() + tensors_[3].offset;
+    kernels::matmul_backward<Exec>(da_.data(), dw2, db2, dout_.data(), a_.data(), w2, per_, H_, D_);
+    kernels::gelu_backward<Exec>(dh_.data(), h_.data(), da_.data(), long(per_) * H_);
+    kernels::matmul_backward<Exec>(nullptr, dw1, db1, dh_.data(), in_.data(), w1, per_, I, H_);
+    Kokkos::fence();
+    return sse;
+  }
+
+  View params, grads;
+  std::unique_ptr<AdamW<Exec>> opt;
+
+ private:
+  int D_, H_, per_;
+  size_t n_ = 0;
+  std::vector<TensorInfo> tensors_;
+  View in_, h_, a_, out_, dout_, da_, dh_;
+};
+
+// Rank 0 makes the synthetic dataset when data.dir holds none; everybody waits for it.
+Status ensure_dataset(const WorkloadContext& ctx) {
+  const DataSpec& d = ctx.spec.data;
+  Status st;
+  if (ctx.rank == 0 && !std::filesystem::exists(d.dir + "/dataset.json")) {
+    const double t0 = now();
+    st = io::generate_synthetic_dataset(d.dir, uint64_t(d.images), uint64_t(d.per_shard), d.size,
+                                        uint64_t(ctx.spec.seed), d.encoding);
+    if (st.is_ok())
+      spdlog::info("data: generated {} synthetic {}x{} {} images in {} in {:.1f} s", d.images, d.size, d.size,
+                   d.encoding, d.dir, now() - t0);
+  }
+  int ok = st.is_ok() ? 1 : 0;
+  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
+  if (!ok) return st.is_ok() ? Status::io("data: rank 0 could not create " + d.dir + " (see its log)") : st;
+  return Status::ok();
+}
+
+}  // namespace
+
+Status run_latent_pretrain(const WorkloadContext& ctx) {
+  const JobSpec& spec = ctx.spec;
+  const LatentSpec& L = spec.latent;
+  const Placement& me = ctx.layout.at(ctx.rank);
+  const bool trainer = me.role == "trainer", embed = me.role == "embed";
+  const auto trainer_ranks = ctx.layout.ranks_of("trainer");
+  const int T = static_cast<int>(trainer_ranks.size());
+  const int per = L.batch / T;
+  auto beat = [&](const char* phase, int64_t step) {
+    if (ctx.watchdog) ctx.watchdog->beat(phase, step);
+    if (ctx.metrics) ctx.metrics->tick();
+  };
+  MOBULA_RETURN_IF_ERROR(ensure_dataset(ctx));
+  auto maker_r = LatentMaker::create(spec);
+  if (!maker_r) return maker_r.status();
+  LatentMaker maker = std::move(maker_r).value();
+  const int D = maker.latent_floats();
+  const uint64_t N = maker.dataset_size();
+  if (embed && me.role_rank == 0 && std::getenv("MOBULA_FAULT_EMBED_DELAY_MS")) maker.slow_down(true);
+
+  // ---- offline: every rank encodes a contiguous share of the dataset into latents.h5 ----------
+  std::vector<float> table;  // offline: (N, D) on trainers
+  if (L.mode == "offline") {
+    const double t0 = now();
+    int world = 1;
+    MOBULA_MPI(MPI_Comm_size(ctx.world, &world));
+    const uint64_t lo = N * uint64_t(ctx.rank) / uint64_t(world), hi = N * uint64_t(ctx.rank + 1) / uint64_t(world);
+    std::vector<float> mine((hi - lo) * uint64_t(D));
+    std::vector<uint64_t> ids;
+    for (uint64_t i = lo; i < hi; i += uint64_t(per)) {
+      ids.clear();
+      for (uint64_t k = i; k < std::min(hi, i + uint64_t(per)); ++k) ids.push_back(k);
+      MOBULA_RETURN_IF_ERROR(maker.make(ids, mine.data() + (i - lo) * uint64_t(D)));
+      beat("offline encode", 0);
+    }
+    const std::string path = spec.workdir + "/latents.h5";
+    {
+      auto f = io::H5File::create(path, ctx.world);
+      if (!f) return f.status();
+      MOBULA_RETURN_IF_ERROR(f->write_slices("latents", mine, ctx.world));
+      MOBULA_RETURN_IF_ERROR(f->set_attr("latent_floats", std::to_string(D)));
+      MOBULA_RETURN_IF_ERROR(f->close());
+    }
+    if (trainer) {
+      auto f = io::H5File::open(path, MPI_COMM_SELF);
+      if (!f) return f.status();
+      table.resize(N * uint64_t(D));
+      MOBULA_RETURN_IF_ERROR(f->read_slices("latents", table, MPI_COMM_SELF));
+    }
+    if (ctx.rank == 0) spdlog::info("offline: encoded {} images into {} in {:.2f} s", N, path, now() - t0);
+    if (!trainer) return Status::ok();
+  }
+
+  stage::StageOptions so;
+  so.dataset_size = N;
+  so.seed = uint64_t(spec.seed);
+  so.global_batch = L.batch;
+  so.sample_floats = D;
+  so.prefetch = L.prefetch;
+  MPI_Comm link = L.mode == "jit" ? ctx.comms.link("trainer", "embed") : MPI_COMM_NULL;
+  std::vector<int> consumers, producers;
+  if (link != MPI_COMM_NULL) {  // ranks in the link communicator: ordered by world rank
+    int lrank = 0, lsize = 0;
+    MOBULA_MPI(MPI_Comm_rank(link, &lrank));
+    MOBULA_MPI(MPI_Comm_size(link, &lsize));
+    std::vector<int> roles(static_cast<size_t>(lsize));
+    int mine = trainer ? 1 : 0;
+    MOBULA_MPI(MPI_Allgather(&mine, 1, MPI_INT, roles.data(), 1, MPI_INT, link));
+    for (int r = 0; r < lsize; ++r) (roles[size_t(r)] ? consumers : producers).push_back(r);
+  }
+
+  // ---- embed ranks: produce until the trainers are done -------------------------------------
+  if (embed) {
+    auto p = stage::Producer::create(link, consumers, producers, so);
+    if (!p) return p.status();
+    int64_t n = 0;
+    // Fault injection (docs/testing.md): embed rank 0 dies after computing k items, first attempt.
+    int64_t kill_after = -1;
+    if (const char* k = std::getenv("MOBULA_FAULT_KILL_EMBED_AFTER_ITEMS"); k && me.role_rank == 0) {
+      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
+      if (!a || std::atoi(a) == 0) kill_after = std::atoll(k);
+    }
+    const Status st = (*p)->run([&](std::span<const uint64_t> ids, float* out) {
+      beat("embed", n);
+      if (n++ == kill_after) {
+        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"items", events::num(n - 1)}},
+                     ctx.rank);
+        std::raise(SIGKILL);
+      }
+      return maker.make(ids, out);
+    });
+    const auto s = (*p)->stats();
+    spdlog::info("embed: {} items, {:.2f} s encoding, {:.1f} samples/s while busy", s.items, s.busy_s,
+                 s.busy_s > 0 ? double(s.items) * per / s.busy_s : 0.0);
+    metrics::registry()
+        .counter("mobula_embed_items_total", "Items (steps' shares) this embed rank computed")
+        .inc(double(s.items));
+    return st;
+  }
+  if (!trainer) return Status::ok();
+
+  // ---- trainers ----------------------------------------------------------------------------
+  Denoiser net(D, L.hidden, per, L.lr, static_cast<int>(spec.steps));
+  net.init(uint64_t(spec.seed) ^ 0x64656e6f697365ULL);
+  const bool lead = me.role_rank == 0;
+  int64_t start = 0;
+  auto host_params = Kokkos::create_mirror_view(net.params);
+  auto host_m = Kokkos::create_mirror_view(net.opt->m);
+  auto host_v = Kokkos::create_mirror_view(net.opt->v);
+  auto ckpt_state = [&](int64_t step) {
+    io::CheckpointState c;
+    c.step = step;
+    c.optimizer_steps = net.opt->steps_done();
+    c.spec_hash = spec.hash();
+    c.buffers = {{"params", {host_params.data(), net.size()}},
+                 {"adam_m", {host_m.data(), net.size()}},
+                 {"adam_v", {host_v.data(), net.size()}}};
+    return c;
+  };
+  if (spec.checkpoint.every > 0) {
+    io::CheckpointState c = ckpt_state(0);
+    std::vector<std::string> rejected;
+    auto found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
+    if (!found) return found.status();
+    if (*found) {
+      Kokkos::deep_copy(net.params, host_params);
+      Kokkos::deep_copy(net.opt->m, host_m);
+      Kokkos::deep_copy(net.opt->v, host_v);
+      net.opt->set_steps_done(static_cast<int>(c.optimizer_steps));
+      start = c.step;
+      if (lead) {
+        spdlog::info("resumed from {} (step {}; the data cursor)", **found, start);
+        events::emit(spec.workdir, "checkpoint_loaded", {{"path", events::str(**found)}, {"step", events::num(start)}},
+                     ctx.rank);
+      }
+    }
+  }
+  std::unique_ptr<stage::Consumer> consumer;
+  if (L.mode == "jit") {
+    auto c = stage::Consumer::create(link, consumers, producers, so, start, spec.steps);
+    if (!c) return c.status();
+    consumer = std::move(c).value();
+  }
+  std::vector<float> x(size_t(per) * size_t(D));
+  std::vector<uint64_t> ids(static_cast<size_t>(per));
+  double first_loss = -1, last_loss = 0, t_wait = 0, t_encode = 0, t_train = 0;
+  std::vector<double> losses;
+  const double t_run = now();
+  auto& m_loss = metrics::registry().gauge("mobula_latent_loss", "Denoising loss of the last step");
+  auto& m_stall = metrics::registry().counter("mobula_stage_wait_seconds_total", "Time trainers waited for data");
+  auto& m_steps = metrics::registry().counter("mobula_steps_total", "Training steps");
+  for (int64_t j = start; j < spec.steps; ++j) {
+    beat("step", j);
+    const double t0 = now();
+    if (L.mode == "jit") {
+      auto item = consumer->next();
+      if (!item) return item.status();
+      std::copy(item->samples.begin(), item->samples.end(), ids.begin());
+      std::copy(item->data.begin(), item->data.end(), x.begin());
+      t_wait += now() - t0;
+      m_stall.inc(now() - t0);
+    } else {
+      const uint64_t first = uint64_t(j) * uint64_t(L.batch) + uint64_t(me.role_rank) * uint64_t(per);
+      for (int s = 0; s < per; ++s) ids[size_t(s)] = stage::sample_at(first + uint64_t(s), N, uint64_t(spec.seed));
+      if (L.mode == "inline") {
+        MOBULA_RETURN_IF_ERROR(maker.make(ids, x.data()));
+        t_encode += now() - t0;
+      } else {
+        for (int s = 0; s < per; ++s)
+          std::copy_n(table.data() + ids[size_t(s)] * uint64_t(D), D, x.data() + size_t(s) * size_t(D));
+      }
+    }
+    const double t1 = now();
+    Kokkos::deep_copy(net.grads, 0.0f);
+    double sse = net.step(x.data(), uint64_t(spec.seed), j, ids, L.batch);
+    // Sum of gradients and losses over the trainers (fixed order: the same bits on every trainer).
+    auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), net.grads);
+    MOBULA_MPI(
+        MPI_Allreduce(MPI_IN_PLACE, g.data(), static_cast<int>(net.size()), MPI_FLOAT, MPI_SUM, ctx.comms.role()));
+    MOBULA_MPI(MPI_Allreduce(MPI_IN_PLACE, &sse, 1, MPI_DOUBLE, MPI_SUM, ctx.comms.role()));
+    Kokkos::deep_copy(net.grads, g);
+    net.opt->step(net.params, net.grads);
+    t_train += now() - t1;
+    const double loss = sse / (double(L.batch) * double(D));
+    if (first_loss < 0) first_loss = loss;
+    last_loss = loss;
+    losses.push_back(loss);
+    m_loss.set(loss);
+    m_steps.inc();
+    if (lead && ((j + 1) % 25 == 0 || j + 1 == spec.steps))
+      spdlog::info("step {:4d}  loss {:.4f}  wait {:.1f} ms/step  ({} mode)", j, loss,
+                   1e3 * t_wait / double(j + 1 - start), L.mode);
+    if (spec.checkpoint.every > 0 && (j + 1) % spec.checkpoint.every == 0) {
+      beat("checkpoint", j);
+      Kokkos::deep_copy(host_params, net.params);
+      Kokkos::deep_copy(host_m, net.opt->m);
+      Kokkos::deep_copy(host_v, net.opt->v);
+      MOBULA_RETURN_IF_ERROR(
+          io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j + 1), spec.checkpoint.keep, ctx.comms.role()));
+      if (lead)
+        events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
+                     ctx.rank);
+    }
+    if (const char* k = std::getenv("MOBULA_FAULT_KILL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
+      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
+      if (!a || std::atoi(a) == 0) {
+        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"step", events::num(j)}},
+                     ctx.rank);
+        std::raise(SIGKILL);
+      }
+    }
+  }
+  const double wall = now() - t_run;
+  if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
+  // Every trainer's parameters are identical; their checksum proves it across modes in the tests.
+  Kokkos::deep_copy(host_params, net.params);
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < net.size(); ++i) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &host_params(i), sizeof bits);
+    h = (h ^ bits) * 1099511628211ULL;
+  }
+  if (lead) {
+    const int64_t steps = spec.steps - start;
+    auto mean_of = [&](size_t from, size_t to) {
+      double s = 0;
+      for (size_t i = from; i < to; ++i) s += losses[i];
+      return to > from ? s / double(to - from) : 0.0;
+    };
+    const size_t k = std::min<size_t>(10, losses.size());
+    const double early = mean_of(0, k), late = mean_of(losses.size() - k, losses.size());
+    const double stall = wall > 0 ? t_wait / wall : 0;
+    spdlog::info(
+        "latent-pretrain ({}): loss {:.4f} -> {:.4f} (mean of first/last {} steps {:.4f} -> {:.4f}; predicting 0 "
+        "scores 1)",
+        L.mode, first_loss, last_loss, k, early, late);
+    spdlog::info(
+        "{} steps in {:.2f} s ({:.1f} samples/s); stall {:.1f}% of the wall time, encode {:.2f} s, train {:.2f} s",
+        steps, wall, steps > 0 ? double(steps) * L.batch / wall : 0.0, 100.0 * stall, t_encode, t_train);
+    char buf[1024];
+    std::snprintf(buf, sizeof buf,
+                  "{\n  \"job\": \"%s\", \"mode\": \"%s\", \"trainers\": %d, \"embed\": %zu, \"steps\": %lld, "
+                  "\"first_step\": %lld, \"batch\": %d, \"latent_floats\": %d,\n  \"first_loss\": %.6f, "
+                  "\"final_loss\": %.6f, \"early_loss\": %.6f, \"late_loss\": %.6f,\n  \"wall_s\": %.4f, "
+                  "\"samples_per_s\": %.2f, \"stall_fraction\": %.5f, \"wait_s\": %.4f, \"encode_s\": %.4f, "
+                  "\"train_s\": %.4f,\n  \"params_fnv1a\": \"%016llx\"\n}\n",
+                  spec.name.c_str(), L.mode.c_str(), T, ctx.layout.ranks_of("embed").size(),
+                  static_cast<long long>(spec.steps), static_cast<long long>(start), L.batch, D, first_loss, last_loss,
+                  early, late, wall, steps > 0 ? double(steps) * L.batch / wall : 0.0, stall, t_wait, t_encode, t_train,
+                  static_cast<unsigned long long>(h));
+    MOBULA_RETURN_IF_ERROR(write_file_atomically(spec.workdir + "/summary.json", buf));
+  }
+  return Status::ok();
+}
+
+}  // namespace mobula::rl
