@@ -227,9 +227,13 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   // the ranks; they agree at a step boundary, the trainers publish a checkpoint, every rank exits 3,
   // mobula step requeues the job (scontrol requeue), and the next allocation resumes and completes
   // with the weights of an uninterrupted run.
-  const std::vector<std::string> sets = {"job.steps=150",       "rl.warm_start_steps=30",
-                                         "rl.eval_problems=8",  "checkpoint.every=5",
-                                         "slurm.partition=gpu", "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"};
+  // 40 ms per step (MOBULA_FAULT_STEP_DELAY_MS, same in both jobs; it changes no result): the RL
+  // steps take >= 6 s, so the signal sent after step 3 arrives while they run even when slurmctld is
+  // slow (CI once saw the whole job finish in 1.5 s before the signal was delivered).
+  const std::vector<std::string> sets = {
+      "job.steps=150",       "rl.warm_start_steps=30",
+      "rl.eval_problems=8",  "checkpoint.every=5",
+      "slurm.partition=gpu", "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_STEP_DELAY_MS=40\"]"};
   const std::string work = (dir_ / "run").string(), clean = (dir_ / "clean").string();
   const std::string id = submit(grpo_args(work, sets));
   const std::string clean_id = submit(grpo_args(clean, sets));
