@@ -55,14 +55,14 @@ class History : public ::testing::Test {
     if (!::testing::UnitTest::GetInstance()->Failed()) fs::remove_all(root_);
   }
   // The job every test below looks at: run once (the first test), 80 steps, rank 0 SIGKILLed after
-  // step 12 of the first attempt, checkpoints every 5 steps, 20 ms per step so a scrape finds it
+  // step 12 of the first attempt, checkpoints every 5 steps, 40 ms per step so a scrape finds it
   // running.
   static void run_job_once() {
     if (ran_) return;
     ran_ = true;
     const std::string work = (root_ / "job").string();
     setenv("MOBULA_FAULT_KILL_AFTER_STEP", "12", 1);  // inherited by the job's ranks (first attempt only)
-    setenv("MOBULA_FAULT_STEP_DELAY_MS", "20", 1);
+    setenv("MOBULA_FAULT_STEP_DELAY_MS", "40", 1);
     auto job = std::async(std::launch::async, [work] {
       return run_capture({kExe, "run", kSrc + "/examples/grpo-addition.toml", "--set", "job.workdir=" + work, "--set",
                           "job.name=history-demo", "--set", "job.steps=80", "--set", "checkpoint.every=5", "--set",
