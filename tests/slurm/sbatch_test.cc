@@ -221,6 +221,51 @@ TEST_F(Sbatch, SubmitRendersAHetJobFromRoleResources) {
   EXPECT_NE(out.find("layout check passed: 3 ranks, 2 roles, 1 links, 2 steps"), std::string::npos) << out;
 }
 
+TEST_F(Sbatch, LatentPretrainWithEmbedRanksOnTheCpuPartition) {
+  // JIT embedding across a heterogeneous job: trainers on the gpu partition (n1, n2), the embed rank
+  // on cpu (n3), one MPI world; the stage feeds the trainers across nodes. The weights equal those of
+  // the same spec run with `mobula run` on local ranks: the data order does not depend on placement.
+  const std::vector<std::string> sets = {"roles.embed.ranks=1",
+                                         "job.steps=30",
+                                         "latent.batch=8",
+                                         "latent.hidden=128",
+                                         "data.images=64",
+                                         "data.per_shard=32",
+                                         "checkpoint.every=10",
+                                         "slurm.time=5",
+                                         "slurm.partition=gpu",
+                                         "slurm.trainer.tasks_per_node=1",
+                                         "slurm.embed.partition=cpu",
+                                         "slurm.env=[\"OMPI_MCA_btl=self,tcp\"]"};
+  std::vector<std::string> args = {kSrc + "/examples/latent-pretrain.toml"};
+  for (const auto& x : sets) args.insert(args.end(), {"--set", x});
+  const std::string work = (dir_ / "run").string(), local = (dir_ / "local").string();
+  auto sub_args = args;
+  sub_args.insert(sub_args.end(), {"--set", "job.workdir=" + work});
+  std::string printed;
+  const std::string id = submit(sub_args, &printed);
+  ASSERT_FALSE(id.empty());
+  EXPECT_NE(printed.find("(2 components)"), std::string::npos) << printed;
+  std::vector<std::string> run_argv = {kExe, "run"};
+  run_argv.insert(run_argv.end(), args.begin(), args.end());
+  run_argv.insert(run_argv.end(), {"--set", "job.workdir=" + local});
+  auto loc = run_capture(run_argv, 240);
+  ASSERT_TRUE(loc.is_ok() && loc->exit_code == 0) << (loc ? loc->out + loc->err : loc.status().message());
+  auto end = slurm::wait_job(id, 300);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const std::string out = slurp(fs::path(work) / ("slurm-" + id + ".out"));
+  EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("   2  embed     0/1          1  n3"), std::string::npos) << out;
+  EXPECT_NE(out.find("latent-pretrain (jit)"), std::string::npos) << out;
+  const auto hash = [](const std::string& summary) {
+    const auto p = summary.find("\"params_fnv1a\": \"");
+    return p == std::string::npos ? std::string() : summary.substr(p + 17, 16);
+  };
+  const std::string a = hash(slurp(fs::path(work) / "summary.json")), b = hash(slurp(fs::path(local) / "summary.json"));
+  EXPECT_FALSE(a.empty()) << out;
+  EXPECT_EQ(a, b) << "the het job trained other weights than the local run";
+}
+
 TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   // The batch shell gets the pre-timeout signal (here sent at once with scancel --batch, as
   // --signal=B:USR1@grace would before the time limit): mobula step forwards it to srun, srun to
