@@ -24,6 +24,7 @@
 #include <fstream>
 #include <thread>
 
+#include "core/health/health.h"
 #include "core/metrics/events.h"
 #include "core/metrics/registry.h"
 #include "core/runtime/files.h"
@@ -368,7 +369,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
                  {"adam_v", {host_v.data(), net.size()}}};
     return c;
   };
-  if (spec.checkpoint.every > 0) {
+  {  // resume from the newest checkpoint, periodic or written at a stop signal
     io::CheckpointState c = ckpt_state(0);
     std::vector<std::string> rejected;
     auto found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
@@ -400,8 +401,40 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   auto& m_loss = metrics::registry().gauge("mobula_latent_loss", "Denoising loss of the last step");
   auto& m_stall = metrics::registry().counter("mobula_stage_wait_seconds_total", "Time trainers waited for data");
   auto& m_steps = metrics::registry().counter("mobula_steps_total", "Training steps");
+  // Preemption (core/health): the trainers all-reduce their stop signals at every step boundary,
+  // completed one boundary later, so all of them stop at the same step; they publish a checkpoint
+  // of the steps done, end the stage (the embed ranks stop too) and return "preempted" (exit 3).
+  int stop_mine = 0, stop_any = 0;
+  MPI_Request stop_req = MPI_REQUEST_NULL;
+  auto preempt = [&](int64_t j, int sig) -> Status {
+    beat("preemption checkpoint", j);
+    Kokkos::deep_copy(host_params, net.params);
+    Kokkos::deep_copy(host_m, net.opt->m);
+    Kokkos::deep_copy(host_v, net.opt->v);
+    const Status saved =
+        io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j), std::max(1, spec.checkpoint.keep), ctx.comms.role());
+    if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
+    if (lead) {
+      if (saved.is_ok())
+        events::emit(spec.workdir, "checkpoint_durable",
+                     {{"step", events::num(j)}, {"mode", events::str("preemption")}}, ctx.rank);
+      events::emit(
+          spec.workdir, "preempted",
+          {{"signal", events::num(sig)}, {"step", events::num(j)}, {"checkpointed", saved.is_ok() ? "true" : "false"}},
+          ctx.rank);
+    }
+    MOBULA_RETURN_IF_ERROR(saved);
+    return Status::preempted("preempted by signal " + std::to_string(sig) + " at the boundary of step " +
+                             std::to_string(j) + "; checkpoint of " + std::to_string(j) + " steps published");
+  };
   for (int64_t j = start; j < spec.steps; ++j) {
     beat("step", j);
+    if (j > start) {
+      MOBULA_MPI(MPI_Wait(&stop_req, MPI_STATUS_IGNORE));
+      if (stop_any) return preempt(j, stop_any);
+    }
+    stop_mine = health::stop_signal();
+    MOBULA_MPI(MPI_Iallreduce(&stop_mine, &stop_any, 1, MPI_INT, MPI_MAX, ctx.comms.role(), &stop_req));
     const double t0 = now();
     if (L.mode == "jit") {
       auto item = consumer->next();
@@ -452,6 +485,14 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
         events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
                      ctx.rank);
     }
+    if (const char* k = std::getenv("MOBULA_FAULT_SIGNAL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
+      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
+      if (!a || std::atoi(a) == 0) {
+        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(j)}},
+                     ctx.rank);
+        std::raise(SIGUSR1);  // the stop handler (core/health) records it
+      }
+    }
     if (const char* k = std::getenv("MOBULA_FAULT_KILL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
       const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
       if (!a || std::atoi(a) == 0) {
@@ -461,6 +502,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
       }
     }
   }
+  if (stop_req != MPI_REQUEST_NULL) MOBULA_MPI(MPI_Wait(&stop_req, MPI_STATUS_IGNORE));
   const double wall = now() - t_run;
   if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
   // Every trainer's parameters are identical; their checksum proves it across modes in the tests.

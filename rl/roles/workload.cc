@@ -11,10 +11,14 @@ namespace {
 
 // Agree on success across the world: every rank returns an error if any rank failed.
 Status agree(MPI_Comm world, const Status& local) {
-  int bad = local.is_ok() ? 0 : 1, any = 0;
-  MOBULA_MPI(MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, world));
-  if (!local.is_ok()) return local;
-  if (any) return Status::external("workload failed on another rank (see its log)");
+  // 0 ok, 1 preempted (a checkpoint was published: restart me), 2 failed.
+  const int mine = local.is_ok() ? 0 : local.code() == Status::Code::kPreempted ? 1 : 2;
+  int any = 0;
+  MOBULA_MPI(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, world));
+  if (any == 2 && mine == 2) return local;
+  if (any == 2) return Status::external("workload failed on another rank (see its log)");
+  if (any == 1 && mine == 1) return local;
+  if (any == 1) return Status::preempted("preempted: other ranks checkpointed at a stop signal");
   return Status::ok();
 }
 

@@ -113,6 +113,27 @@ TEST_F(Latent, AKilledEmbedRankIsRecoveredWithoutSkippingOrRepeatingASample) {
       << "the restarted job trained on other data than the uninterrupted one";
 }
 
+TEST_F(Latent, AStopSignalCheckpointsExits3AndTheRelaunchResumes) {
+  // Trainer 0 raises SIGUSR1 after step 12 (as Slurm's pre-timeout signal would): the trainers agree
+  // at the next step boundary, publish a checkpoint, end the stage, and every rank exits 3 (the embed
+  // rank too); `mobula run` relaunches and the job ends with the uninterrupted run's weights.
+  const auto clean = run("clean-signal", {"checkpoint.every=0"});
+  ASSERT_EQ(clean.exit_code, 0) << clean.out << clean.err;
+  setenv("MOBULA_FAULT_SIGNAL_AFTER_STEP", "12", 1);
+  const auto r = run("signalled", {"checkpoint.every=0"});
+  unsetenv("MOBULA_FAULT_SIGNAL_AFTER_STEP");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string events = slurp(root_ / "signalled" / "events.jsonl");
+  EXPECT_NE(events.find("\"event\": \"preempted\""), std::string::npos) << events;
+  EXPECT_NE(events.find("\"outcome\": \"preempted\""), std::string::npos) << events;
+  EXPECT_NE(events.find("\"checkpoint_loaded\""), std::string::npos) << events;
+  EXPECT_NE(r.out.find("preempted by signal 10 at the boundary of step"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("resumed from " + (root_ / "signalled").string() + "/checkpoints/ckpt-"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(field(slurp(root_ / "signalled" / "summary.json"), "params_fnv1a"),
+            field(slurp(root_ / "clean-signal" / "summary.json"), "params_fnv1a"));
+}
+
 TEST_F(Latent, JitWithoutEmbedRanksIsRefusedWithOneLine) {
   const auto r = run("bad", {"roles.embed.ranks=0"});
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
