@@ -42,31 +42,7 @@ std::string event_name(const nlohmann::json& e) {
   return e.is_object() && e.contains("event") && e["event"].is_string() ? e["event"].get<std::string>() : "";
 }
 
-std::string html(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
+}  // namespace
 
 std::string slurp(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
@@ -74,8 +50,6 @@ std::string slurp(const std::string& p) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-}  // namespace
 
 std::string format_duration(double s) {
   if (!(s >= 0)) return "-";
@@ -296,7 +270,7 @@ int serve_history(const std::string& address, int port) {
         "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
         "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}"
         "</style></head><body><h1>mobula history</h1><p>Registry: " +
-        html(registry_root()) +
+        html_escape(registry_root()) +
         "/jobs</p><table><tr><th>name</th><th>id</th><th>status</th><th>attempts</th>"
         "<th>started</th><th>duration</th><th>step</th><th>headline</th><th></th></tr>";
     if (all) {
@@ -304,11 +278,11 @@ int serve_history(const std::string& address, int port) {
         auto v = load_job_view(it->workdir);
         JobSummary s;
         if (v) s = summarize(*it, *v, false);
-        const std::string id = html(it->id);
-        page += "<tr><td>" + html(it->name) + "</td><td>" + id + "</td><td>" + html(s.status) + "</td><td>" +
-                std::to_string(s.attempts) + "</td><td>" + html(s.started) + "</td><td>" +
+        const std::string id = html_escape(it->id);
+        page += "<tr><td>" + html_escape(it->name) + "</td><td>" + id + "</td><td>" + html_escape(s.status) +
+                "</td><td>" + std::to_string(s.attempts) + "</td><td>" + html_escape(s.started) + "</td><td>" +
                 format_duration(s.duration_s) + "</td><td>" + (s.last_step >= 0 ? std::to_string(s.last_step) : "-") +
-                "</td><td>" + html(s.headline) + "</td><td><a href=\"/jobs/" + id +
+                "</td><td>" + html_escape(s.headline) + "</td><td><a href=\"/jobs/" + id +
                 "/report\">report</a> <a href=\"/jobs/" + id + "/events.jsonl\">events</a></td></tr>";
       }
     }

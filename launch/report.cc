@@ -509,6 +509,10 @@ std::string card(const std::string& title, const std::string& body, bool wide = 
 
 }  // namespace
 
+std::string html_escape(std::string_view s) {
+  return esc(s);
+}
+
 Result<JobView> load_job_view(const std::string& workdir) {
   std::error_code ec;
   if (!fs::is_directory(workdir, ec))

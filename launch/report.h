@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/runtime/status.h"
@@ -30,6 +31,9 @@ struct JobView {
 // Reads WORKDIR/events.jsonl, metrics.jsonl and summary.json; missing files are empty, a torn or
 // malformed line is skipped and counted. Fails only when WORKDIR is not a directory.
 Result<JobView> load_job_view(const std::string& workdir);
+
+// Text for HTML (& < > " ' escaped); the report's and the history server's pages use it.
+std::string html_escape(std::string_view s);
 
 // The page: title and status, summary figures, plots (reward/accuracy, loss/KL, tokens/s, step-time
 // breakdown stacked, weight-sync time, checkpoint stage/durable times), the attempt/restart timeline,

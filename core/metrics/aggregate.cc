@@ -8,6 +8,8 @@
 #include <set>
 #include <thread>
 
+#include "core/runtime/mpi.h"
+
 namespace mobula::metrics {
 
 namespace {
@@ -16,13 +18,6 @@ constexpr int kTagSnapshot = 1;
 constexpr int kTagFinal = 2;
 
 using Clock = std::chrono::steady_clock;
-
-std::string mpi_error(int rc) {
-  char msg[MPI_MAX_ERROR_STRING] = {0};
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
-  return std::string(msg, static_cast<size_t>(len));
-}
 
 }  // namespace
 
@@ -50,7 +45,8 @@ struct Aggregator::Impl {
 
   void fail(const char* what, int rc) {
     if (!broken)
-      spdlog::warn("metrics: {} failed ({}); metrics aggregation stops, the job goes on", what, mpi_error(rc));
+      spdlog::warn("metrics: {}; metrics aggregation stops, the job goes on",
+                   ::mobula::mpi_error(rc, what, __FILE__, __LINE__).message());
     broken = true;
   }
 
@@ -112,12 +108,9 @@ Aggregator::~Aggregator() {
 Result<std::unique_ptr<Aggregator>> Aggregator::create(MPI_Comm comm, std::string role, double interval_s) {
   auto impl = std::make_unique<Impl>();
   int rank = 0;
-  if (int rc = MPI_Comm_dup(comm, &impl->comm); rc != MPI_SUCCESS)
-    return Status::external("metrics: MPI_Comm_dup failed: " + mpi_error(rc));
-  if (int rc = MPI_Comm_rank(impl->comm, &rank); rc != MPI_SUCCESS)
-    return Status::external("metrics: MPI_Comm_rank failed: " + mpi_error(rc));
-  if (int rc = MPI_Comm_size(impl->comm, &impl->size); rc != MPI_SUCCESS)
-    return Status::external("metrics: MPI_Comm_size failed: " + mpi_error(rc));
+  MOBULA_MPI(MPI_Comm_dup(comm, &impl->comm));
+  MOBULA_MPI(MPI_Comm_rank(impl->comm, &rank));
+  MOBULA_MPI(MPI_Comm_size(impl->comm, &impl->size));
   impl->role = std::move(role);
   impl->interval = std::chrono::duration<double>(interval_s);
   return std::unique_ptr<Aggregator>(new Aggregator(std::move(impl), rank));

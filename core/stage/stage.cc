@@ -12,6 +12,8 @@
 #include <string>
 #include <thread>
 
+#include "core/runtime/mpi.h"
+
 namespace mobula::stage {
 
 namespace {
@@ -32,19 +34,6 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-std::string mpi_error(int rc) {
-  char msg[MPI_MAX_ERROR_STRING] = {0};
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
-  return std::string(msg, static_cast<size_t>(len));
-}
-
-#define STAGE_MPI(call)                                                                       \
-  do {                                                                                        \
-    if (int rc_ = (call); rc_ != MPI_SUCCESS)                                                 \
-      return Status::external(std::string("stage: ") + #call + " failed: " + mpi_error(rc_)); \
-  } while (0)
-
 int data_tag(int64_t item) {
   return kTagData + static_cast<int>(item % kTagSpan);
 }
@@ -56,7 +45,7 @@ size_t item_bytes(int samples, int floats) {
 Status validate(MPI_Comm comm, const std::vector<int>& consumers, const std::vector<int>& producers,
                 const StageOptions& opt) {
   int size = 0;
-  STAGE_MPI(MPI_Comm_size(comm, &size));
+  MOBULA_MPI(MPI_Comm_size(comm, &size));
   if (consumers.empty() || producers.empty())
     return Status::invalid_argument("stage: needs at least one consumer and one producer rank");
   std::vector<int> seen(size_t(size), 0);
@@ -146,7 +135,7 @@ struct Consumer::Impl {
   std::thread pump;
 
   Status send(const Msg& m, int dst) {
-    STAGE_MPI(MPI_Send(m.data(), 3, MPI_INT64_T, dst, kTagCtrl, ctrl));
+    MOBULA_MPI(MPI_Send(m.data(), 3, MPI_INT64_T, dst, kTagCtrl, ctrl));
     return Status::ok();
   }
 
@@ -163,7 +152,7 @@ struct Consumer::Impl {
       } else {
         s.buf.resize(bytes);
       }
-      STAGE_MPI(MPI_Irecv(s.buf.data(), static_cast<int>(bytes), MPI_BYTE, MPI_ANY_SOURCE, data_tag(j), data, &s.req));
+      MOBULA_MPI(MPI_Irecv(s.buf.data(), static_cast<int>(bytes), MPI_BYTE, MPI_ANY_SOURCE, data_tag(j), data, &s.req));
       stats.max_in_flight = std::max(stats.max_in_flight, static_cast<int>(slots.size()));
       if (dispatcher) {
         credits.push({j, cidx});
@@ -176,7 +165,7 @@ struct Consumer::Impl {
       if (s.done || s.req == MPI_REQUEST_NULL) continue;
       int flag = 0;
       MPI_Status st;
-      STAGE_MPI(MPI_Test(&s.req, &flag, &st));
+      MOBULA_MPI(MPI_Test(&s.req, &flag, &st));
       if (flag) {
         s.done = true;
         s.producer = st.MPI_SOURCE;
@@ -189,10 +178,10 @@ struct Consumer::Impl {
     for (;;) {
       int flag = 0;
       MPI_Status st;
-      STAGE_MPI(MPI_Iprobe(MPI_ANY_SOURCE, kTagCtrl, ctrl, &flag, &st));
+      MOBULA_MPI(MPI_Iprobe(MPI_ANY_SOURCE, kTagCtrl, ctrl, &flag, &st));
       if (!flag) break;
       Msg m{};
-      STAGE_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, st.MPI_SOURCE, kTagCtrl, ctrl, MPI_STATUS_IGNORE));
+      MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, st.MPI_SOURCE, kTagCtrl, ctrl, MPI_STATUS_IGNORE));
       *busy = true;
       switch (m[0]) {
         case kCredit:
@@ -302,13 +291,13 @@ Result<std::unique_ptr<Consumer>> Consumer::create(MPI_Comm comm, std::vector<in
                                                    int64_t start_item, int64_t end_item) {
   MOBULA_RETURN_IF_ERROR(validate(comm, consumers, producers, opt));
   int me = 0;
-  STAGE_MPI(MPI_Comm_rank(comm, &me));
+  MOBULA_MPI(MPI_Comm_rank(comm, &me));
   const auto it = std::find(consumers.begin(), consumers.end(), me);
   if (it == consumers.end()) return Status::invalid_argument("stage: Consumer::create on a rank that is no consumer");
   if (start_item < 0 || end_item < start_item) return Status::invalid_argument("stage: bad item range");
   auto impl = std::make_unique<Impl>();
-  STAGE_MPI(MPI_Comm_dup(comm, &impl->ctrl));
-  STAGE_MPI(MPI_Comm_dup(comm, &impl->data));
+  MOBULA_MPI(MPI_Comm_dup(comm, &impl->ctrl));
+  MOBULA_MPI(MPI_Comm_dup(comm, &impl->data));
   impl->cidx = static_cast<int>(it - consumers.begin());
   impl->dispatcher = impl->cidx == 0;
   impl->consumers = std::move(consumers);
@@ -404,12 +393,12 @@ Result<std::unique_ptr<Producer>> Producer::create(MPI_Comm comm, std::vector<in
                                                    std::vector<int> producers, const StageOptions& opt) {
   MOBULA_RETURN_IF_ERROR(validate(comm, consumers, producers, opt));
   int me = 0;
-  STAGE_MPI(MPI_Comm_rank(comm, &me));
+  MOBULA_MPI(MPI_Comm_rank(comm, &me));
   if (std::find(producers.begin(), producers.end(), me) == producers.end())
     return Status::invalid_argument("stage: Producer::create on a rank that is no producer");
   std::unique_ptr<Producer> p(new Producer());
-  STAGE_MPI(MPI_Comm_dup(comm, &p->ctrl_));
-  STAGE_MPI(MPI_Comm_dup(comm, &p->data_));
+  MOBULA_MPI(MPI_Comm_dup(comm, &p->ctrl_));
+  MOBULA_MPI(MPI_Comm_dup(comm, &p->data_));
   p->dispatcher_ = consumers[0];
   p->consumers_ = std::move(consumers);
   p->opt_ = opt;
@@ -425,14 +414,14 @@ Status Producer::run(const ProduceFn& fn) {
   std::vector<MPI_Request> reqs(static_cast<size_t>(nslots), MPI_REQUEST_NULL);
   int next_buf = 0;
   const Msg ready{kReady, 0, 0};
-  for (int i = 0; i < nslots; ++i) STAGE_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
+  for (int i = 0; i < nslots; ++i) MOBULA_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
   for (;;) {
     Msg m{};
-    STAGE_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+    MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
     if (m[0] == kStop) {
-      STAGE_MPI(MPI_Waitall(nslots, reqs.data(), MPI_STATUSES_IGNORE));
+      MOBULA_MPI(MPI_Waitall(nslots, reqs.data(), MPI_STATUSES_IGNORE));
       const Msg bye{kBye, 0, 0};
-      STAGE_MPI(MPI_Send(bye.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
+      MOBULA_MPI(MPI_Send(bye.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
       return Status::ok();
     }
     if (m[0] != kAssign || m[1] < 0 || m[1] >= C)
@@ -442,7 +431,7 @@ Status Producer::run(const ProduceFn& fn) {
     std::vector<char>& buf = bufs[size_t(next_buf)];
     MPI_Request& req = reqs[size_t(next_buf)];
     next_buf = (next_buf + 1) % nslots;
-    STAGE_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE));  // that buffer's previous item has left
+    MOBULA_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE));  // that buffer's previous item has left
     const int64_t header[2] = {j, per};
     std::memcpy(buf.data(), header, sizeof header);
     auto* samples = reinterpret_cast<uint64_t*>(buf.data() + sizeof header);
@@ -452,10 +441,10 @@ Status Producer::run(const ProduceFn& fn) {
     const auto t0 = Clock::now();
     MOBULA_RETURN_IF_ERROR(fn(std::span<const uint64_t>(samples, size_t(per)), out));
     stats_.busy_s += std::chrono::duration<double>(Clock::now() - t0).count();
-    STAGE_MPI(
+    MOBULA_MPI(
         MPI_Isend(buf.data(), static_cast<int>(bytes), MPI_BYTE, consumers_[size_t(c)], data_tag(j), data_, &req));
     ++stats_.items;
-    STAGE_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
+    MOBULA_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
   }
 }
 
