@@ -273,9 +273,15 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
                    requeues, o.max_requeues);
       return code;
     }
-    // Before the command: a requeue ends this batch script at once.
+    // Before the command: a requeue can end this batch script (SIGTERM/SIGKILL) before scontrol returns,
+    // so the event and the message are written first.
     event("requeue",
           {{"slurm_restart_count", events::num(requeues + 1)}, {"max_requeues", events::num(o.max_requeues)}});
+    std::fprintf(stderr,
+                 "mobula step: the job was %s; requeueing it (requeue %ld of %d); it resumes from its "
+                 "checkpoint\n",
+                 node_lost ? "left with a lost node" : "preempted", requeues + 1, o.max_requeues);
+    std::fflush(stderr);
     auto r = run_capture({"scontrol", "requeue", job}, 60);
     if (!r || r->exit_code != 0) {
       event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("preempted, requeue failed")}});
@@ -283,11 +289,6 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
                    job, r ? (r->err + r->out).c_str() : r.status().message().c_str());
       return code;
     }
-    std::fprintf(stderr,
-                 "mobula step: the job was %s; requeued it (requeue %ld of %d); it resumes from its "
-                 "checkpoint\n",
-                 node_lost ? "left with a lost node" : "preempted", requeues + 1, o.max_requeues);
-    std::fflush(stderr);
   }
   return code;
 }
