@@ -60,6 +60,22 @@ function(mobula_add_mpi_test name)
   endforeach()
 endfunction()
 
+# One more ctest entry for an mpi test binary: only the gtest cases matching FILTER, in a process of
+# their own (for cases that must not share MPI state with others), at each NP. LABELS add to "mpi".
+function(mobula_add_mpi_test_case target case)
+  cmake_parse_arguments(T "" "TIMEOUT;FILTER" "LABELS;NP" ${ARGN})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 180)
+  endif()
+  foreach(np IN LISTS T_NP)
+    add_test(NAME ${target}.${case}.np${np}
+             COMMAND ${MOBULA_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} ${np} ${MOBULA_MPIEXEC_LOCAL_FLAGS}
+                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${target}> ${MPIEXEC_POSTFLAGS} --gtest_filter=${T_FILTER})
+    set_tests_properties(${target}.${case}.np${np} PROPERTIES LABELS "mpi;${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+                         PROCESSORS ${np} ENVIRONMENT "${MOBULA_TEST_ENV}")
+  endforeach()
+endfunction()
+
 # A single-process gtest that drives the `mobula` executable (`mobula run` starts mpiexec itself):
 # MOBULA_EXE and MOBULA_TEST_SOURCE_DIR are defined, mobula is built first, 2 processors reserved.
 function(mobula_add_launcher_test name)

@@ -24,8 +24,20 @@ constexpr int kTagCtrl = 1;
 constexpr int kTagData = 100;
 constexpr int kTagSpan = 16384;  // data tags kTagData + item % kTagSpan: unique among items in flight
 
-enum Kind : int64_t { kCredit = 1, kReady, kAssign, kDone, kStop, kBye, kAllStopped };
+enum Kind : int64_t { kCredit = 1, kReady, kAssign, kDone, kStop, kBye, kAllStopped, kAbort };
 using Msg = std::array<int64_t, 3>;
+
+// A failing rank tells the others that the stage is over ({kAbort, its rank, 0}), so they return an
+// error at once instead of waiting for data or work until a timeout. Fire and forget: the peers may
+// be dead or gone, and the job is failing anyway.
+void send_abort(MPI_Comm ctrl, int me, const std::vector<int>& to) {
+  const Msg m{kAbort, me, 0};
+  for (int r : to) {
+    if (r == me) continue;
+    MPI_Request req = MPI_REQUEST_NULL;
+    if (MPI_Isend(m.data(), 3, MPI_INT64_T, r, kTagCtrl, ctrl, &req) == MPI_SUCCESS) (void)MPI_Request_free(&req);
+  }
+}
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -122,6 +134,8 @@ struct Consumer::Impl {
   std::deque<int64_t> to_credit;
   int64_t cursor = 0, held = -1;
   bool finishing = false, done_sent = false, stopped = false, abandon = false;
+  int aborted_by = -1;  // the rank whose kAbort arrived (it needs no telling)
+  int me = 0;           // my rank in comm
   Status error;
   Stats stats;
   int arrived = 0;  // received and not yet released
@@ -199,6 +213,12 @@ struct Consumer::Impl {
         case kAllStopped:
           stopped = true;
           break;
+        case kAbort:
+          aborted_by = static_cast<int>(m[1]);
+          return Status::external(
+              "stage: rank " + std::to_string(m[1]) + " (a " +
+              (std::find(producers.begin(), producers.end(), int(m[1])) != producers.end() ? "producer" : "consumer") +
+              ") failed and ended the stage; its log has the cause");
         default:
           return Status::external("stage: unexpected control message " + std::to_string(m[0]) + " from rank " +
                                   std::to_string(st.MPI_SOURCE));
@@ -272,15 +292,23 @@ struct Consumer::Impl {
 Consumer::Consumer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Consumer::~Consumer() {
-  if (impl_->pump.joinable()) {
+  int finalized = 0;
+  const bool mpi_up = MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized;
+  if (impl_->pump.joinable()) {  // destroyed without finish(): this rank is failing; end the stage
     {
       std::lock_guard lock(impl_->mu);
       impl_->abandon = true;
     }
     impl_->pump.join();
+    if (mpi_up) {  // the others, but not the rank that told us
+      std::vector<int> to;
+      for (const auto* group : {&impl_->producers, &impl_->consumers})
+        for (int r : *group)
+          if (r != impl_->aborted_by) to.push_back(r);
+      send_abort(impl_->ctrl, impl_->me, to);
+    }
   }
-  int finalized = 0;
-  if (MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) {
+  if (mpi_up) {
     if (impl_->ctrl != MPI_COMM_NULL) (void)MPI_Comm_free(&impl_->ctrl);
     if (impl_->data != MPI_COMM_NULL) (void)MPI_Comm_free(&impl_->data);
   }
@@ -299,6 +327,7 @@ Result<std::unique_ptr<Consumer>> Consumer::create(MPI_Comm comm, std::vector<in
   MOBULA_MPI(MPI_Comm_dup(comm, &impl->ctrl));
   MOBULA_MPI(MPI_Comm_dup(comm, &impl->data));
   impl->cidx = static_cast<int>(it - consumers.begin());
+  impl->me = me;
   impl->dispatcher = impl->cidx == 0;
   impl->consumers = std::move(consumers);
   impl->producers = std::move(producers);
@@ -400,12 +429,20 @@ Result<std::unique_ptr<Producer>> Producer::create(MPI_Comm comm, std::vector<in
   MOBULA_MPI(MPI_Comm_dup(comm, &p->ctrl_));
   MOBULA_MPI(MPI_Comm_dup(comm, &p->data_));
   p->dispatcher_ = consumers[0];
+  p->me_ = me;
   p->consumers_ = std::move(consumers);
   p->opt_ = opt;
   return p;
 }
 
 Status Producer::run(const ProduceFn& fn) {
+  Status st = run_items(fn);
+  // A failure here (not one a consumer told us about) ends the stage on the consumers at once.
+  if (!st.is_ok() && !peer_aborted_) send_abort(ctrl_, me_, consumers_);
+  return st;
+}
+
+Status Producer::run_items(const ProduceFn& fn) {
   const int C = static_cast<int>(consumers_.size());
   const int per = opt_.global_batch / C;
   const size_t bytes = item_bytes(per, opt_.sample_floats);
@@ -417,7 +454,12 @@ Status Producer::run(const ProduceFn& fn) {
   for (int i = 0; i < nslots; ++i) MOBULA_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
   for (;;) {
     Msg m{};
-    MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+    MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+    if (m[0] == kAbort) {  // items still being sent are left: the job is failing
+      peer_aborted_ = true;
+      return Status::external("stage: consumer rank " + std::to_string(m[1]) +
+                              " failed and ended the stage; its log has the cause");
+    }
     if (m[0] == kStop) {
       MOBULA_MPI(MPI_Waitall(nslots, reqs.data(), MPI_STATUSES_IGNORE));
       const Msg bye{kBye, 0, 0};

@@ -71,6 +71,8 @@ class Consumer {
   int64_t cursor() const;
   // Ends the stage on every consumer and producer (collective with the producers' run()); items
   // still in flight are received and dropped. Call it also when stopping early (preemption).
+  // Destroying a Consumer without finish() (a failing rank) aborts the stage: every producer's run()
+  // and every other consumer's next() return an error naming this rank, at once.
   Status finish();
 
   struct Stats {
@@ -99,7 +101,9 @@ class Producer {
   Producer(const Producer&) = delete;
   Producer& operator=(const Producer&) = delete;
 
-  // Takes items until the consumers finish. A failing `fn` ends it with that error.
+  // Takes items until the consumers finish. A failing `fn` ends it with that error, and tells the
+  // consumers (their next() fails at once); a consumer that fails (destroyed without finish()) ends
+  // run() with an error naming it.
   Status run(const ProduceFn& fn);
 
   struct Stats {
@@ -110,6 +114,9 @@ class Producer {
 
  private:
   Producer() = default;
+  Status run_items(const ProduceFn& fn);
+  int me_ = 0;
+  bool peer_aborted_ = false;
   MPI_Comm ctrl_ = MPI_COMM_NULL, data_ = MPI_COMM_NULL;
   std::vector<int> consumers_;
   StageOptions opt_;
