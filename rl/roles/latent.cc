@@ -479,12 +479,23 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
       Kokkos::deep_copy(host_params, net.params);
       Kokkos::deep_copy(host_m, net.opt->m);
       Kokkos::deep_copy(host_v, net.opt->v);
-      MOBULA_RETURN_IF_ERROR(
-          io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j + 1), spec.checkpoint.keep, ctx.comms.role()));
-      if (lead)
+      // As in GRPO: a failed save (the same status on every trainer) is reported and training goes
+      // on; `latest` still names the previous checkpoint and the next interval tries again.
+      const Status saved =
+          io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j + 1), spec.checkpoint.keep, ctx.comms.role());
+      if (lead && saved.is_ok())
         events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
                      ctx.rank);
+      if (lead && !saved.is_ok()) {
+        spdlog::error("checkpoint after step {} failed: {}", j, saved.message());
+        events::emit(spec.workdir, "checkpoint_failed",
+                     {{"step", events::num(j + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
+      }
     }
+    // Fault injection (docs/testing.md): every trainer fails at step k, as a deterministic error
+    // (a NaN check, a bad sample) would; the embed ranks must hear of it from the stage at once.
+    if (const char* k = std::getenv("MOBULA_FAULT_ERROR_AT_STEP"); k && std::atoll(k) == j)
+      return Status::external("injected failure at step " + std::to_string(j) + " (MOBULA_FAULT_ERROR_AT_STEP)");
     if (const char* k = std::getenv("MOBULA_FAULT_SIGNAL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
       const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
       if (!a || std::atoi(a) == 0) {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -132,6 +133,26 @@ TEST_F(Latent, AStopSignalCheckpointsExits3AndTheRelaunchResumes) {
       << r.out;
   EXPECT_EQ(field(slurp(root_ / "signalled" / "summary.json"), "params_fnv1a"),
             field(slurp(root_ / "clean-signal" / "summary.json"), "params_fnv1a"));
+}
+
+TEST_F(Latent, AFailedSaveTrainsOnAndAFailingTrainerEndsTheEmbedRanksAtOnce) {
+  // The save of the checkpoint of 10 steps fails (ENOSPC): reported, training goes on. At step 17
+  // every trainer fails: their stage consumers tell the embed rank, which ends too, long before
+  // the hang watchdog (300 s here) would; no relaunch (fault.max_restarts = 0).
+  setenv("MOBULA_FAULT_SAVE_ERROR_AT_STEP", "10", 1);
+  setenv("MOBULA_FAULT_ERROR_AT_STEP", "17", 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run("failing", {"checkpoint.every=5", "fault.max_restarts=0", "fault.hang_timeout_s=300"});
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  unsetenv("MOBULA_FAULT_SAVE_ERROR_AT_STEP");
+  unsetenv("MOBULA_FAULT_ERROR_AT_STEP");
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_LT(took, 120.0) << "the embed rank waited for a timeout:\n" << r.out << r.err;
+  const std::string all = r.out + r.err, events = slurp(root_ / "failing" / "events.jsonl");
+  EXPECT_NE(events.find("\"event\": \"checkpoint_failed\""), std::string::npos) << events;
+  EXPECT_NE(events.find("\"step\": 15"), std::string::npos) << "no checkpoint after the failed one:\n" << events;
+  EXPECT_NE(all.find("injected failure at step 17"), std::string::npos) << all;
+  EXPECT_NE(all.find("stage: consumer rank"), std::string::npos) << "the embed rank did not hear of it:\n" << all;
 }
 
 TEST_F(Latent, JitWithoutEmbedRanksIsRefusedWithOneLine) {
