@@ -12,30 +12,28 @@ herr_t innermost(unsigned n, const H5E_error2_t* e, void* out) {
   return 0;
 }
 
-Status h5_error(const char* call, const std::string& what, const char* file, int line) {
+struct SilenceHdf5 {
+  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+};
+
+}  // namespace
+
+std::string h5_detail() {
   std::string detail;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost, &detail);
   H5Eclear2(H5E_DEFAULT);
+  return detail;
+}
+
+Status h5_error(const char* call, const std::string& what, const char* file, int line) {
+  const std::string detail = h5_detail();
   return Status::io(std::string(call) + " failed for " + what + " at " + file + ":" + std::to_string(line) +
                     (detail.empty() ? "" : ": " + detail));
 }
 
-struct SilenceHdf5 {
-  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-};
-void silence() {
+void hdf5_quiet() {
   static SilenceHdf5 once;
 }
-
-}  // namespace
-
-#define MOBULA_H5(call, what)                                           \
-  do {                                                                  \
-    if ((call) < 0) return h5_error(#call, (what), __FILE__, __LINE__); \
-  } while (0)
-#define MOBULA_H5_ID(var, call, what) \
-  Handle var{(call)};                 \
-  if (!var.valid()) return h5_error(#call, (what), __FILE__, __LINE__)
 
 std::string hdf5_version() {
   unsigned maj = 0, min = 0, rel = 0;
@@ -92,7 +90,7 @@ Status Handle::close() {
 }
 
 static Result<Handle> mpio_fapl(MPI_Comm comm, const std::string& path) {
-  silence();
+  hdf5_quiet();
   MOBULA_H5_ID(fapl, H5Pcreate(H5P_FILE_ACCESS), path);
   MOBULA_H5(H5Pset_fapl_mpio(fapl.get(), comm, MPI_INFO_NULL), path);
   return fapl;

@@ -22,6 +22,13 @@ namespace mobula::io {
 
 std::string hdf5_version();
 
+// HDF5 failures as Status: "<call> failed for <what> at <file>:<line>: <HDF5's innermost message>"
+// (clears HDF5's error stack). h5_detail(): that innermost message alone. hdf5_quiet(): stops HDF5
+// printing its own error stacks (once per process): errors are reported through Status.
+Status h5_error(const char* call, const std::string& what, const char* file, int line);
+std::string h5_detail();
+void hdf5_quiet();
+
 // Owns an hid_t and closes it with the matching H5*close.
 class Handle {
  public:
@@ -39,6 +46,15 @@ class Handle {
  private:
   hid_t id_ = H5I_INVALID_HID;
 };
+
+// Return h5_error(...) from the enclosing function when `call` fails (< 0) / yields an invalid id.
+#define MOBULA_H5(call, what)                                           \
+  do {                                                                  \
+    if ((call) < 0) return h5_error(#call, (what), __FILE__, __LINE__); \
+  } while (0)
+#define MOBULA_H5_ID(var, call, what) \
+  Handle var{(call)};                 \
+  if (!var.valid()) return h5_error(#call, (what), __FILE__, __LINE__)
 
 class H5File {
  public:

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "core/runtime/files.h"
+#include "core/runtime/hash.h"
 
 namespace mobula::io {
 
@@ -217,13 +218,6 @@ Result<Image> jpeg_decode(std::span<const uint8_t> bytes, bool header_only) {
 
 // ---- Procedural images ---------------------------------------------------------------------------
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 // Random number k of sample `base` = splitmix64(splitmix64(seed) ^ index).
 uint64_t draw(uint64_t base, uint64_t k) {
   return splitmix64(base ^ splitmix64(k));
@@ -232,45 +226,9 @@ double uniform(uint64_t base, uint64_t k) {
   return static_cast<double>(draw(base, k) >> 11) * 0x1.0p-53;
 }
 
-// ---- HDF5 ------------------------------------------------------------------------------------
-
-herr_t innermost(unsigned n, const H5E_error2_t* e, void* out) {
-  if (n == 0) *static_cast<std::string*>(out) = e->desc ? e->desc : "";
-  return 0;
-}
-
-// HDF5's innermost error message; clears the error stack.
-std::string h5_detail() {
-  std::string detail;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost, &detail);
-  H5Eclear2(H5E_DEFAULT);
-  return detail;
-}
-
-Status h5_error(const char* call, const std::string& what, const char* file, int line) {
-  const std::string detail = h5_detail();
-  return Status::io(std::string(call) + " failed for " + what + " at " + file + ":" + std::to_string(line) +
-                    (detail.empty() ? "" : ": " + detail));
-}
-
-struct SilenceHdf5 {
-  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-};
-void silence() {
-  static SilenceHdf5 once;
-}
-
 const char* const kDocs = "docs/formats/images.md";
 
 }  // namespace
-
-#define IMAGES_H5(call, what)                                           \
-  do {                                                                  \
-    if ((call) < 0) return h5_error(#call, (what), __FILE__, __LINE__); \
-  } while (0)
-#define IMAGES_H5_ID(var, call, what) \
-  Handle var{(call)};                 \
-  if (!var.valid()) return h5_error(#call, (what), __FILE__, __LINE__)
 
 // ---- Codecs ------------------------------------------------------------------------------------
 
@@ -454,30 +412,30 @@ Status write_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_ty
                      const std::string& path) {
   const std::string what = path + ":/" + name;
   hsize_t dims[1] = {n};
-  IMAGES_H5_ID(space, H5Screate_simple(1, dims, nullptr), what);
-  IMAGES_H5_ID(dset, H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
-  IMAGES_H5(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
+  MOBULA_H5_ID(space, H5Screate_simple(1, dims, nullptr), what);
+  MOBULA_H5_ID(dset, H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  MOBULA_H5(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
   return dset.close();
 }
 
 // Variable-length UTF-8 string (h5py reads it as str).
 Status write_str_attr(hid_t obj, const char* name, const std::string& value, const std::string& path) {
   const std::string what = path + ":/@" + name;
-  IMAGES_H5_ID(type, H5Tcopy(H5T_C_S1), what);
-  IMAGES_H5(H5Tset_size(type.get(), H5T_VARIABLE), what);
-  IMAGES_H5(H5Tset_cset(type.get(), H5T_CSET_UTF8), what);
-  IMAGES_H5_ID(space, H5Screate(H5S_SCALAR), what);
-  IMAGES_H5_ID(attr, H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
+  MOBULA_H5_ID(type, H5Tcopy(H5T_C_S1), what);
+  MOBULA_H5(H5Tset_size(type.get(), H5T_VARIABLE), what);
+  MOBULA_H5(H5Tset_cset(type.get(), H5T_CSET_UTF8), what);
+  MOBULA_H5_ID(space, H5Screate(H5S_SCALAR), what);
+  MOBULA_H5_ID(attr, H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
   const char* c = value.c_str();
-  IMAGES_H5(H5Awrite(attr.get(), type.get(), &c), what);
+  MOBULA_H5(H5Awrite(attr.get(), type.get(), &c), what);
   return attr.close();
 }
 
 Status write_u64_attr(hid_t obj, const char* name, hid_t file_type, uint64_t value, const std::string& path) {
   const std::string what = path + ":/@" + name;
-  IMAGES_H5_ID(space, H5Screate(H5S_SCALAR), what);
-  IMAGES_H5_ID(attr, H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
-  IMAGES_H5(H5Awrite(attr.get(), H5T_NATIVE_UINT64, &value), what);
+  MOBULA_H5_ID(space, H5Screate(H5S_SCALAR), what);
+  MOBULA_H5_ID(attr, H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), what);
+  MOBULA_H5(H5Awrite(attr.get(), H5T_NATIVE_UINT64, &value), what);
   return attr.close();
 }
 
@@ -494,8 +452,8 @@ Status missing_attr(const std::string& path, const char* name) {
 // Opens attribute `name` and checks it holds exactly one element.
 Result<Handle> open_scalar_attr(hid_t file, const char* name, const std::string& path) {
   const std::string what = path + ":/@" + name;
-  IMAGES_H5_ID(attr, H5Aopen(file, name, H5P_DEFAULT), what);
-  IMAGES_H5_ID(space, H5Aget_space(attr.get()), what);
+  MOBULA_H5_ID(attr, H5Aopen(file, name, H5P_DEFAULT), what);
+  MOBULA_H5_ID(space, H5Aget_space(attr.get()), what);
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n < 0) return h5_error("H5Sget_simple_extent_npoints", what, __FILE__, __LINE__);
   if (n != 1)
@@ -509,25 +467,25 @@ Result<std::string> read_str_attr(hid_t file, const char* name, const std::strin
   const std::string what = path + ":/@" + name;
   auto attr = open_scalar_attr(file, name, path);
   if (!attr) return attr.status();
-  IMAGES_H5_ID(type, H5Aget_type(attr->get()), what);
+  MOBULA_H5_ID(type, H5Aget_type(attr->get()), what);
   if (H5Tget_class(type.get()) != H5T_STRING)
     return Status::io(path + ": attribute '" + name + "' is not a string; the shard is corrupt (" + kDocs + ")");
   const htri_t var = H5Tis_variable_str(type.get());
   if (var < 0) return h5_error("H5Tis_variable_str", what, __FILE__, __LINE__);
   if (var > 0) {
-    IMAGES_H5_ID(mem, H5Tcopy(H5T_C_S1), what);
-    IMAGES_H5(H5Tset_size(mem.get(), H5T_VARIABLE), what);
-    IMAGES_H5(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), what);
+    MOBULA_H5_ID(mem, H5Tcopy(H5T_C_S1), what);
+    MOBULA_H5(H5Tset_size(mem.get(), H5T_VARIABLE), what);
+    MOBULA_H5(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), what);
     char* c = nullptr;
-    IMAGES_H5(H5Aread(attr->get(), mem.get(), &c), what);
+    MOBULA_H5(H5Aread(attr->get(), mem.get(), &c), what);
     std::string out = c ? c : "";
-    IMAGES_H5(H5free_memory(c), what);
+    MOBULA_H5(H5free_memory(c), what);
     return out;
   }
   const size_t n = H5Tget_size(type.get());
   if (n == 0) return h5_error("H5Tget_size", what, __FILE__, __LINE__);
   std::string out(n, '\0');
-  IMAGES_H5(H5Aread(attr->get(), type.get(), out.data()), what);
+  MOBULA_H5(H5Aread(attr->get(), type.get(), out.data()), what);
   while (!out.empty() && out.back() == '\0') out.pop_back();
   return out;
 }
@@ -537,19 +495,19 @@ Result<uint64_t> read_uint_attr(hid_t file, const char* name, const std::string&
   const std::string what = path + ":/@" + name;
   auto attr = open_scalar_attr(file, name, path);
   if (!attr) return attr.status();
-  IMAGES_H5_ID(type, H5Aget_type(attr->get()), what);
+  MOBULA_H5_ID(type, H5Aget_type(attr->get()), what);
   if (H5Tget_class(type.get()) != H5T_INTEGER)
     return Status::io(path + ": attribute '" + name + "' is not an integer; the shard is corrupt (" + kDocs + ")");
   if (H5Tget_sign(type.get()) == H5T_SGN_2) {
     int64_t v = 0;
-    IMAGES_H5(H5Aread(attr->get(), H5T_NATIVE_INT64, &v), what);
+    MOBULA_H5(H5Aread(attr->get(), H5T_NATIVE_INT64, &v), what);
     if (v < 0)
       return Status::io(path + ": attribute '" + name + "' = " + std::to_string(v) +
                         " is negative; the shard is corrupt (" + kDocs + ")");
     return static_cast<uint64_t>(v);
   }
   uint64_t v = 0;
-  IMAGES_H5(H5Aread(attr->get(), H5T_NATIVE_UINT64, &v), what);
+  MOBULA_H5(H5Aread(attr->get(), H5T_NATIVE_UINT64, &v), what);
   return v;
 }
 
@@ -562,15 +520,15 @@ Result<Handle> open_1d(hid_t file, const char* name, const std::string& path, hs
     return Status::io(path + ": dataset /" + std::string(name) +
                       " is missing; the shard is incomplete or was not written by write_shard, regenerate it (" +
                       kDocs + ")");
-  IMAGES_H5_ID(dset, H5Dopen2(file, name, H5P_DEFAULT), what);
-  IMAGES_H5_ID(type, H5Dget_type(dset.get()), what);
+  MOBULA_H5_ID(dset, H5Dopen2(file, name, H5P_DEFAULT), what);
+  MOBULA_H5_ID(type, H5Dget_type(dset.get()), what);
   if (H5Tget_class(type.get()) != H5T_INTEGER)
     return Status::io(path + ": dataset /" + std::string(name) + " is not of an integer type; the shard is corrupt (" +
                       kDocs + ")");
-  IMAGES_H5_ID(space, H5Dget_space(dset.get()), what);
+  MOBULA_H5_ID(space, H5Dget_space(dset.get()), what);
   if (H5Sget_simple_extent_ndims(space.get()) != 1)
     return Status::io(path + ": dataset /" + std::string(name) + " is not 1-D; the shard is corrupt (" + kDocs + ")");
-  IMAGES_H5(H5Sget_simple_extent_dims(space.get(), n, nullptr), what);
+  MOBULA_H5(H5Sget_simple_extent_dims(space.get(), n, nullptr), what);
   return dset;
 }
 
@@ -578,7 +536,7 @@ template <class T>
 Status read_all(hid_t dset, hid_t mem_type, std::vector<T>* out, hsize_t n, const std::string& what) {
   out->resize(n);
   if (n == 0) return Status::ok();
-  IMAGES_H5(H5Dread(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out->data()), what);
+  MOBULA_H5(H5Dread(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out->data()), what);
   return Status::ok();
 }
 
@@ -605,7 +563,7 @@ Status write_shard_file(const std::string& tmp, uint64_t first_index, const std:
   std::vector<uint8_t> data;
   data.reserve(offsets.back());
   for (const auto& e : encoded) data.insert(data.end(), e.begin(), e.end());
-  IMAGES_H5_ID(file, H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp);
+  MOBULA_H5_ID(file, H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp);
   const hid_t f = file.get();
   MOBULA_RETURN_IF_ERROR(write_dataset(f, "data", H5T_STD_U8LE, H5T_NATIVE_UINT8, data.data(), data.size(), tmp));
   MOBULA_RETURN_IF_ERROR(
@@ -637,7 +595,7 @@ bool shard_number(const std::string& name, uint64_t* k) {
 
 Status write_shard(const std::string& path, uint64_t first_index, const std::vector<std::vector<uint8_t>>& encoded,
                    const std::vector<int32_t>& labels, const std::string& encoding, const std::string& generator) {
-  silence();
+  hdf5_quiet();
   if (encoded.empty()) return Status::invalid_argument(path + ": no samples; a shard holds at least one image");
   if (labels.size() != encoded.size())
     return Status::invalid_argument(path + ": " + std::to_string(encoded.size()) + " images but " +
@@ -673,7 +631,7 @@ Status write_shard(const std::string& path, uint64_t first_index, const std::vec
 }
 
 Result<ShardReader> ShardReader::open(const std::string& path) {
-  silence();
+  hdf5_quiet();
   std::error_code ec;
   if (!fs::is_regular_file(path, ec))
     return Status::not_found(path + ": no such shard file; check the path, or generate the dataset (" + kDocs + ")");
@@ -732,7 +690,7 @@ Result<ShardReader> ShardReader::open(const std::string& path) {
   auto data = open_1d(f, "data", path, &data_size);
   if (!data) return data.status();
   {
-    IMAGES_H5_ID(type, H5Dget_type(data->get()), path + ":/data");
+    MOBULA_H5_ID(type, H5Dget_type(data->get()), path + ":/data");
     if (H5Tget_size(type.get()) != 1 || H5Tget_sign(type.get()) != H5T_SGN_NONE)
       return Status::io(path + ": dataset /data is not uint8; the shard is corrupt (" + std::string(kDocs) + ")");
   }
@@ -773,11 +731,11 @@ Result<std::vector<uint8_t>> ShardReader::read(uint64_t i) {
                                     std::to_string(count()) + " samples");
   const std::string what = path_ + ":/data";
   hsize_t off[1] = {offsets_[i]}, cnt[1] = {offsets_[i + 1] - offsets_[i]};
-  IMAGES_H5_ID(fspace, H5Dget_space(data_.get()), what);
-  IMAGES_H5(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr), what);
-  IMAGES_H5_ID(mspace, H5Screate_simple(1, cnt, nullptr), what);
+  MOBULA_H5_ID(fspace, H5Dget_space(data_.get()), what);
+  MOBULA_H5(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr), what);
+  MOBULA_H5_ID(mspace, H5Screate_simple(1, cnt, nullptr), what);
   std::vector<uint8_t> out(cnt[0]);
-  IMAGES_H5(H5Dread(data_.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), H5P_DEFAULT, out.data()), what);
+  MOBULA_H5(H5Dread(data_.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), H5P_DEFAULT, out.data()), what);
   return out;
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "core/runtime/hash.h"
 #include "core/runtime/mpi.h"
 
 namespace mobula::stage {
@@ -37,13 +38,6 @@ void send_abort(MPI_Comm ctrl, int me, const std::vector<int>& to) {
     MPI_Request req = MPI_REQUEST_NULL;
     if (MPI_Isend(m.data(), 3, MPI_INT64_T, r, kTagCtrl, ctrl, &req) == MPI_SUCCESS) (void)MPI_Request_free(&req);
   }
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
 }
 
 int data_tag(int64_t item) {

@@ -28,6 +28,7 @@
 #include "core/metrics/events.h"
 #include "core/metrics/registry.h"
 #include "core/runtime/files.h"
+#include "core/runtime/hash.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "core/stage/stage.h"
@@ -50,14 +51,8 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 double uniform(uint64_t key) {
-  return double(mix(key) >> 11) * (1.0 / 9007199254740992.0);
+  return double(splitmix64(key) >> 11) * (1.0 / 9007199254740992.0);
 }
 float normal(uint64_t key) {  // Box-Muller on two counter-based uniforms
   const double u1 = std::max(uniform(key), 1e-300), u2 = uniform(key ^ 0xa5a5a5a5a5a5a5a5ULL);
@@ -121,7 +116,7 @@ class LatentMaker {
     logvar_.resize(mean_.size());
     MOBULA_RETURN_IF_ERROR(enc_->encode(images_.data(), B, mean_.data(), logvar_.data()));
     seeds_.resize(size_t(B));
-    for (int b = 0; b < B; ++b) seeds_[size_t(b)] = mix(seed_ ^ mix(ids[size_t(b)] + 0x6c6174656e74ULL));
+    for (int b = 0; b < B; ++b) seeds_[size_t(b)] = splitmix64(seed_ ^ splitmix64(ids[size_t(b)] + 0x6c6174656e74ULL));
     enc_->sample(mean_.data(), logvar_.data(), B, seeds_.data(), out);
     if (slow_ && delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     return Status::ok();
@@ -170,7 +165,7 @@ class Denoiser {
     for (const auto& t : tensors_) {
       if (t.shape.size() != 2) continue;
       const float sd = 1.0f / std::sqrt(float(t.shape[1]));
-      for (size_t i = 0; i < t.size(); ++i) h(t.offset + i) = sd * normal(mix(seed ^ (t.offset + i)));
+      for (size_t i = 0; i < t.size(); ++i) h(t.offset + i) = sd * normal(splitmix64(seed ^ (t.offset + i)));
     }
     Kokkos::deep_copy(params, h);
   }
@@ -182,7 +177,7 @@ class Denoiser {
     auto in = Kokkos::create_mirror_view(in_);
     std::vector<float> eps(size_t(per_) * size_t(D_));
     for (int s = 0; s < per_; ++s) {
-      const uint64_t key = mix(seed ^ mix(uint64_t(step_no) * 0x100000001b3ULL + ids[size_t(s)]));
+      const uint64_t key = splitmix64(seed ^ splitmix64(uint64_t(step_no) * 0x100000001b3ULL + ids[size_t(s)]));
       const float sigma = 0.1f + 0.9f * static_cast<float>(uniform(key));
       for (int d = 0; d < D_; ++d) {
         const float e = normal(key + 1 + uint64_t(d));
@@ -369,6 +364,12 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
                  {"adam_v", {host_v.data(), net.size()}}};
     return c;
   };
+  auto save = [&](int64_t step, int keep) {  // parameters and moments after `step` steps
+    Kokkos::deep_copy(host_params, net.params);
+    Kokkos::deep_copy(host_m, net.opt->m);
+    Kokkos::deep_copy(host_v, net.opt->v);
+    return io::save_checkpoint(spec.checkpoint.dir, ckpt_state(step), keep, ctx.comms.role());
+  };
   {  // resume from the newest checkpoint, periodic or written at a stop signal
     io::CheckpointState c = ckpt_state(0);
     std::vector<std::string> rejected;
@@ -408,11 +409,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   MPI_Request stop_req = MPI_REQUEST_NULL;
   auto preempt = [&](int64_t j, int sig) -> Status {
     beat("preemption checkpoint", j);
-    Kokkos::deep_copy(host_params, net.params);
-    Kokkos::deep_copy(host_m, net.opt->m);
-    Kokkos::deep_copy(host_v, net.opt->v);
-    const Status saved =
-        io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j), std::max(1, spec.checkpoint.keep), ctx.comms.role());
+    const Status saved = save(j, std::max(1, spec.checkpoint.keep));
     if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
     if (lead) {
       if (saved.is_ok())
@@ -476,13 +473,9 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
                    1e3 * t_wait / double(j + 1 - start), L.mode);
     if (spec.checkpoint.every > 0 && (j + 1) % spec.checkpoint.every == 0) {
       beat("checkpoint", j);
-      Kokkos::deep_copy(host_params, net.params);
-      Kokkos::deep_copy(host_m, net.opt->m);
-      Kokkos::deep_copy(host_v, net.opt->v);
       // As in GRPO: a failed save (the same status on every trainer) is reported and training goes
       // on; `latest` still names the previous checkpoint and the next interval tries again.
-      const Status saved =
-          io::save_checkpoint(spec.checkpoint.dir, ckpt_state(j + 1), spec.checkpoint.keep, ctx.comms.role());
+      const Status saved = save(j + 1, spec.checkpoint.keep);
       if (lead && saved.is_ok())
         events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
                      ctx.rank);

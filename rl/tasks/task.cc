@@ -2,16 +2,11 @@
 
 #include <algorithm>
 
+#include "core/runtime/hash.h"
+
 namespace mobula::rl {
 
 namespace {
-
-uint64_t mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 uint64_t pow10(int d) {
   uint64_t p = 1;
@@ -19,14 +14,14 @@ uint64_t pow10(int d) {
   return p;
 }
 
-// Problems are numbered; problem p is held out iff mix(p) % 8 == 0. Training streams draw problem
+// Problems are numbered; problem p is held out iff splitmix64(p) % 8 == 0. Training streams draw problem
 // numbers from (seed, index) and skip held-out ones; eval enumerates held-out ones.
 class NumberedTask : public Task {
  public:
   NumberedTask(int digits, uint64_t problems) : digits_(digits), problems_(problems) {}
   TaskExample example(uint64_t seed, uint64_t index) const override {
     for (uint64_t k = 0;; ++k) {
-      const uint64_t p = mix(mix(seed) ^ mix(index * 1315423911ull + k)) % problems_;
+      const uint64_t p = splitmix64(splitmix64(seed) ^ splitmix64(index * 1315423911ull + k)) % problems_;
       if (!held_out(p)) return make(p);
     }
   }
@@ -42,7 +37,7 @@ class NumberedTask : public Task {
   }
 
  protected:
-  static bool held_out(uint64_t p) { return mix(p ^ 0x5bd1e995ull) % 8 == 0; }
+  static bool held_out(uint64_t p) { return splitmix64(p ^ 0x5bd1e995ull) % 8 == 0; }
   virtual TaskExample make(uint64_t p) const = 0;
   int digits_;
   uint64_t problems_;
@@ -52,7 +47,7 @@ class NumberedTask : public Task {
 
 TaskExample Task::warm_start_example(uint64_t seed, uint64_t index, int noise_percent) const {
   TaskExample ex = example(seed, index);
-  if (static_cast<int>(mix(mix(seed ^ 0x77) + index) % 100) < noise_percent) ex.answer = wrong_answer(ex);
+  if (static_cast<int>(splitmix64(splitmix64(seed ^ 0x77) + index) % 100) < noise_percent) ex.answer = wrong_answer(ex);
   return ex;
 }
 
