@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
+#include "core/metrics/events.h"
 #include "core/runtime/files.h"
 
 namespace mobula::launch {
@@ -20,12 +20,7 @@ std::string registry_root() {
 }
 
 std::string utc_now_seconds() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char when[32];
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return when;
+  return events::now_utc(/*millis=*/false);
 }
 
 Status register_job(const JobRecord& r) {

@@ -56,7 +56,7 @@ std::string num(long long x) {
   return std::to_string(x);
 }
 
-std::string now_utc() {
+std::string now_utc(bool millis) {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
   const long ms =
@@ -65,6 +65,7 @@ std::string now_utc() {
   gmtime_r(&t, &tm);
   char buf[40];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!millis) return std::string(buf) + "Z";
   char out[48];
   std::snprintf(out, sizeof out, "%s.%03ldZ", buf, ms);
   return out;
