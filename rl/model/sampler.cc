@@ -113,7 +113,24 @@ Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, 
   s.slot_h_ = Kokkos::create_mirror_view(s.slot_);
   s.logits_ = Buffer("sampler_logits", size_t(max_rows) * cfg.vocab);
   s.logits_h_ = Kokkos::create_mirror_view(s.logits_);
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, Mem>::accessible && cfg.d_model % kernels::kPanel == 0 &&
+      cfg.hidden() % kernels::kPanel == 0)
+    s.panels_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "sampler_panels"), s.off_.count);
   return s;
+}
+
+template <class Exec>
+void Sampler<Exec>::pack(const Buffer& params) {
+  if (panels_.extent(0) == 0) return;
+  const int C = cfg_.d_model, H = cfg_.hidden();
+  const GptOffsets& o = off_;
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const size_t lo = size_t(l) * o.layer_stride;
+    kernels::pack_panels<Exec>(panels_.data() + o.qkvw + lo, params.data() + o.qkvw + lo, C, 3 * C);
+    kernels::pack_panels<Exec>(panels_.data() + o.attprojw + lo, params.data() + o.attprojw + lo, C, C);
+    kernels::pack_panels<Exec>(panels_.data() + o.fcw + lo, params.data() + o.fcw + lo, C, H);
+    kernels::pack_panels<Exec>(panels_.data() + o.fcprojw + lo, params.data() + o.fcprojw + lo, H, C);
+  }
 }
 
 template <class Exec>
@@ -143,12 +160,20 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
         for (int c = 0; c < C; ++c) x[r * C + c] = e[c] + p[c];
       });
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const bool panels = panels_.extent(0) > 0;
+  // out (R,OC) = inp (R,IC) W^T + bias, the weights and bias at offsets wo, bo of the parameters.
+  auto matmul = [&](float* out, const float* inp, size_t wo, size_t bo, int IC, int OC) {
+    if (panels)
+      K::matmul_forward_panels<Exec>(out, inp, panels_.data() + wo, P + bo, R, IC, OC);
+    else
+      K::matmul_forward<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
+  };
   for (int l = 0; l < cfg_.layers; ++l) {
     const size_t lo = size_t(l) * o.layer_stride;              // this layer's offset from layer 0
     float* kc = kcache_.data() + size_t(l) * Rmax * Lmax * C;  // (Rmax, NH, Lmax, hs)
     float* vc = vcache_.data() + size_t(l) * Rmax * Lmax * C;
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, P + o.ln1w + lo, P + o.ln1b + lo, R, C);
-    K::matmul_forward<Exec>(qkv, ln, P + o.qkvw + lo, P + o.qkvb + lo, R, C, 3 * C);
+    matmul(qkv, ln, o.qkvw + lo, o.qkvb + lo, C, 3 * C);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
     // (a transposed K made every store a cache miss: 35% of a decode step). The q.k dot products
     // use 16 independent partial sums, so they vectorize without reassociating (deterministic).
@@ -195,12 +220,12 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
             for (int d = 0; d < hs; ++d) y[d] += a * vrow[d];
           }
         });
-    K::matmul_forward<Exec>(res, atty, P + o.attprojw + lo, P + o.attprojb + lo, R, C, C);
+    matmul(res, atty, o.attprojw + lo, o.attprojb + lo, C, C);
     K::add_inplace<Exec>(res, x, long(R) * C);
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, res, P + o.ln2w + lo, P + o.ln2b + lo, R, C);
-    K::matmul_forward<Exec>(fch, ln, P + o.fcw + lo, P + o.fcb + lo, R, C, H);
+    matmul(fch, ln, o.fcw + lo, o.fcb + lo, C, H);
     K::gelu_forward<Exec>(fchg, fch, long(R) * H);
-    K::matmul_forward<Exec>(x, fchg, P + o.fcprojw + lo, P + o.fcprojb + lo, R, H, C);
+    matmul(x, fchg, o.fcprojw + lo, o.fcprojb + lo, H, C);
     K::add_inplace<Exec>(x, res, long(R) * C);
   }
   K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, P + o.lnfw, P + o.lnfb, R, C);
@@ -239,6 +264,7 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
         return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
   }
   row_steps_ = 0;
+  pack(params);
   // Prefill: each distinct prompt once, into the cache slot of its first row, all but its last token.
   int maxlen = 0;
   for (const auto& pr : prompts) maxlen = std::max(maxlen, static_cast<int>(pr.size()));

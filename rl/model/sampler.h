@@ -72,6 +72,11 @@ class Sampler {
   typename Kokkos::View<int*, Mem>::HostMirror tok_h_, pos_h_, slot_h_;
   Buffer logits_;
   typename Buffer::HostMirror logits_h_;
+  // Host backends: the layers' weight matrices packed into panels (kernels::pack_panels) at the
+  // offsets they have in the parameter buffer, repacked at every sample call (the weights change
+  // between calls); decode matmuls then skip BLAS's per-call packing. Empty: BLAS (GPU, odd sizes).
+  Buffer panels_;
+  void pack(const Buffer& params);
   long row_steps_ = 0;
   GptOffsets off_{};
 };

@@ -425,5 +425,24 @@ TEST(Kernels, RowsIndependentOfBatchInMatmul) {
   for (int j = 0; j < OC; ++j) EXPECT_NEAR(one[j], all[3 * OC + j], 1e-5f);
 }
 
+// The decode matmul on packed panels equals the BLAS matmul, and a row's result is bitwise the same
+// whatever the rows around it (sampling must not depend on the batch).
+TEST(Kernels, PanelMatmulMatchesBlasAndRowsAreIndependent) {
+  const int C = 40, OC = 48;
+  auto W = randn(size_t(OC) * C, 4), b = randn(OC, 5), x = randn(size_t(21) * C, 6);
+  std::vector<float> panels(W.size());
+  K::pack_panels<Exec>(panels.data(), W.data(), C, OC);
+  std::vector<float> ref(size_t(21) * OC), got(size_t(21) * OC), one(OC), nob(size_t(21) * OC);
+  K::matmul_forward<Exec>(ref.data(), x.data(), W.data(), b.data(), 21, C, OC);
+  for (int R : {1, 5, 8, 13, 21}) {
+    K::matmul_forward_panels<Exec>(got.data(), x.data(), panels.data(), b.data(), R, C, OC);
+    for (int i = 0; i < R * OC; ++i) EXPECT_NEAR(got[size_t(i)], ref[size_t(i)], 1e-5f) << "R " << R << " i " << i;
+  }
+  K::matmul_forward_panels<Exec>(one.data(), x.data() + 12 * C, panels.data(), b.data(), 1, C, OC);
+  EXPECT_EQ(0, std::memcmp(one.data(), got.data() + 12 * OC, OC * sizeof(float))) << "row 12 depends on the batch";
+  K::matmul_forward_panels<Exec>(nob.data(), x.data(), panels.data(), nullptr, 21, C, OC);
+  for (int i = 0; i < 21 * OC; ++i) EXPECT_NEAR(nob[size_t(i)] + b[size_t(i % OC)], ref[size_t(i)], 1e-5f);
+}
+
 }  // namespace
 }  // namespace mobula::rl
