@@ -28,16 +28,25 @@ constexpr int kTagSpan = 16384;  // data tags kTagData + item % kTagSpan: unique
 enum Kind : int64_t { kCredit = 1, kReady, kAssign, kDone, kStop, kBye, kAllStopped, kAbort };
 using Msg = std::array<int64_t, 3>;
 
-// A failing rank tells the others that the stage is over ({kAbort, its rank, 0}), so they return an
-// error at once instead of waiting for data or work until a timeout. Fire and forget: the peers may
-// be dead or gone, and the job is failing anyway.
-void send_abort(MPI_Comm ctrl, int me, const std::vector<int>& to) {
-  const Msg m{kAbort, me, 0};
+// A failing rank tells the others that the stage is over ({kAbort, origin, sender}), so they return
+// an error at once instead of waiting for data or work until a timeout. `origin` is the rank that
+// failed first: a consumer that ends because of an abort passes the origin on, so every rank names
+// the root cause whichever message reaches it first. Fire and forget: the peers may be dead or gone,
+// and the job is failing anyway.
+void send_abort(MPI_Comm ctrl, int origin, int me, const std::vector<int>& to) {
+  const Msg m{kAbort, origin, me};
   for (int r : to) {
-    if (r == me) continue;
+    if (r == me || r == origin) continue;
     MPI_Request req = MPI_REQUEST_NULL;
     if (MPI_Isend(m.data(), 3, MPI_INT64_T, r, kTagCtrl, ctrl, &req) == MPI_SUCCESS) (void)MPI_Request_free(&req);
   }
+}
+
+// The error a rank returns when it hears that `origin` failed.
+Status aborted_by(int64_t origin, const std::vector<int>& consumers) {
+  const bool consumer = std::find(consumers.begin(), consumers.end(), int(origin)) != consumers.end();
+  return Status::external("stage: rank " + std::to_string(origin) + (consumer ? " (a consumer)" : " (a producer)") +
+                          " failed and ended the stage; its log has the cause");
 }
 
 int data_tag(int64_t item) {
@@ -128,8 +137,8 @@ struct Consumer::Impl {
   std::deque<int64_t> to_credit;
   int64_t cursor = 0, held = -1;
   bool finishing = false, done_sent = false, stopped = false, abandon = false;
-  int aborted_by = -1;  // the rank whose kAbort arrived (it needs no telling)
-  int me = 0;           // my rank in comm
+  int abort_origin = -1;  // the failed rank named by the kAbort that arrived
+  int me = 0;             // my rank in comm
   Status error;
   Stats stats;
   int arrived = 0;  // received and not yet released
@@ -208,11 +217,8 @@ struct Consumer::Impl {
           stopped = true;
           break;
         case kAbort:
-          aborted_by = static_cast<int>(m[1]);
-          return Status::external(
-              "stage: rank " + std::to_string(m[1]) + " (a " +
-              (std::find(producers.begin(), producers.end(), int(m[1])) != producers.end() ? "producer" : "consumer") +
-              ") failed and ended the stage; its log has the cause");
+          abort_origin = static_cast<int>(m[1]);
+          return aborted_by(m[1], consumers);
         default:
           return Status::external("stage: unexpected control message " + std::to_string(m[0]) + " from rank " +
                                   std::to_string(st.MPI_SOURCE));
@@ -294,12 +300,10 @@ Consumer::~Consumer() {
       impl_->abandon = true;
     }
     impl_->pump.join();
-    if (mpi_up) {  // the others, but not the rank that told us
-      std::vector<int> to;
-      for (const auto* group : {&impl_->producers, &impl_->consumers})
-        for (int r : *group)
-          if (r != impl_->aborted_by) to.push_back(r);
-      send_abort(impl_->ctrl, impl_->me, to);
+    if (mpi_up) {  // everyone else; the origin is this rank unless another rank failed first
+      std::vector<int> to = impl_->producers;
+      to.insert(to.end(), impl_->consumers.begin(), impl_->consumers.end());
+      send_abort(impl_->ctrl, impl_->abort_origin >= 0 ? impl_->abort_origin : impl_->me, impl_->me, to);
     }
   }
   if (mpi_up) {
@@ -432,7 +436,7 @@ Result<std::unique_ptr<Producer>> Producer::create(MPI_Comm comm, std::vector<in
 Status Producer::run(const ProduceFn& fn) {
   Status st = run_items(fn);
   // A failure here (not one a consumer told us about) ends the stage on the consumers at once.
-  if (!st.is_ok() && !peer_aborted_) send_abort(ctrl_, me_, consumers_);
+  if (!st.is_ok() && !peer_aborted_) send_abort(ctrl_, me_, me_, consumers_);
   return st;
 }
 
@@ -446,13 +450,19 @@ Status Producer::run_items(const ProduceFn& fn) {
   int next_buf = 0;
   const Msg ready{kReady, 0, 0};
   for (int i = 0; i < nslots; ++i) MOBULA_MPI(MPI_Send(ready.data(), 3, MPI_INT64_T, dispatcher_, kTagCtrl, ctrl_));
+  // Control messages that arrived while waiting for a send (below), in order.
+  std::deque<Msg> early;
   for (;;) {
     Msg m{};
-    MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+    if (!early.empty()) {
+      m = early.front();
+      early.pop_front();
+    } else {
+      MOBULA_MPI(MPI_Recv(m.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+    }
     if (m[0] == kAbort) {  // items still being sent are left: the job is failing
       peer_aborted_ = true;
-      return Status::external("stage: consumer rank " + std::to_string(m[1]) +
-                              " failed and ended the stage; its log has the cause");
+      return aborted_by(m[1], consumers_);
     }
     if (m[0] == kStop) {
       MOBULA_MPI(MPI_Waitall(nslots, reqs.data(), MPI_STATUSES_IGNORE));
@@ -467,7 +477,25 @@ Status Producer::run_items(const ProduceFn& fn) {
     std::vector<char>& buf = bufs[size_t(next_buf)];
     MPI_Request& req = reqs[size_t(next_buf)];
     next_buf = (next_buf + 1) % nslots;
-    MOBULA_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE));  // that buffer's previous item has left
+    // That buffer's previous item must have left. A consumer that failed never receives it, so
+    // wait by polling, watching for its abort (larger items go by rendezvous and never complete).
+    for (int done = 0;;) {
+      MOBULA_MPI(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      if (done) break;
+      int flag = 0;
+      MOBULA_MPI(MPI_Iprobe(MPI_ANY_SOURCE, kTagCtrl, ctrl_, &flag, MPI_STATUS_IGNORE));
+      if (flag) {
+        Msg x{};
+        MOBULA_MPI(MPI_Recv(x.data(), 3, MPI_INT64_T, MPI_ANY_SOURCE, kTagCtrl, ctrl_, MPI_STATUS_IGNORE));
+        if (x[0] == kAbort) {
+          peer_aborted_ = true;
+          return aborted_by(x[1], consumers_);
+        }
+        early.push_back(x);
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    }
     const int64_t header[2] = {j, per};
     std::memcpy(buf.data(), header, sizeof header);
     auto* samples = reinterpret_cast<uint64_t*>(buf.data() + sizeof header);

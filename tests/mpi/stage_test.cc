@@ -1,29 +1,25 @@
 // core/stage at np = 2, 3, 4 (1 or 2 consumers, the other ranks producers): the deterministic order
 // (a permutation per epoch), every consumer receiving exactly its sequence whatever the number and
 // speed of producers, pull balancing towards a fast producer, the prefetch bound on buffered items,
-// and a restart from the consumers' cursor that neither skips nor repeats a sample.
+// and a restart from the consumers' cursor that neither skips nor repeats a sample; a failing rank
+// ending the stage everywhere (StageAbort, np 3 and 4, in ctest entries of their own).
 #include "core/stage/stage.h"
 
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "tests/support/mpi_world.h"
+
 namespace mobula::stage {
 namespace {
 
-int rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using test::world_rank;
+using test::world_size;
 
 struct Roles {
   std::vector<int> consumers, producers;
@@ -43,7 +39,7 @@ float value(uint64_t sample, int k) {
 // What a producer computes: a function of the sample id only; producer 0 may be slowed down.
 ProduceFn produce(int slow_rank, int delay_ms) {
   return [slow_rank, delay_ms](std::span<const uint64_t> samples, float* out) {
-    if (rank() == slow_rank) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (world_rank() == slow_rank) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     for (size_t s = 0; s < samples.size(); ++s)
       for (int k = 0; k < kFloats; ++k) out[s * kFloats + size_t(k)] = value(samples[s], k);
     return Status::ok();
@@ -96,7 +92,7 @@ StageRun run(const StageOptions& o, int64_t start, int64_t stop_at, int64_t end,
              int consume_delay_ms) {
   const Roles r = roles();
   StageRun out;
-  const auto me = std::find(r.consumers.begin(), r.consumers.end(), rank());
+  const auto me = std::find(r.consumers.begin(), r.consumers.end(), world_rank());
   if (me != r.consumers.end()) {
     const int c = static_cast<int>(me - r.consumers.begin());
     const int per = o.global_batch / static_cast<int>(r.consumers.size());
@@ -178,7 +174,7 @@ TEST(Stage, BadOptionsAreRefusedOnEveryRank) {
   StageOptions o = options(4);
   o.global_batch = 0;
   const Roles r = roles();
-  if (rank() < static_cast<int>(r.consumers.size())) {
+  if (world_rank() < static_cast<int>(r.consumers.size())) {
     auto c = Consumer::create(MPI_COMM_WORLD, r.consumers, r.producers, o, 0, 1);
     ASSERT_FALSE(c.is_ok());
     EXPECT_NE(c.status().message().find("multiple of the consumer count"), std::string::npos) << c.status().message();
@@ -190,6 +186,79 @@ TEST(Stage, BadOptionsAreRefusedOnEveryRank) {
   auto c = Consumer::create(MPI_COMM_WORLD, r.consumers, r.producers, o, 0, 1);
   ASSERT_FALSE(c.is_ok());
   EXPECT_NE(c.status().message().find("prefetch"), std::string::npos) << c.status().message();
+}
+
+// A failing rank ends the stage on every rank at once (np 3 and 4): the others return an error
+// naming it instead of waiting for data or work until a timeout (60 s here). These run only in ctest
+// entries of their own (stage_test.consumer_fails / .producer_fails, one scenario per process): the
+// messages a failed stage leaves unreceived must not meet a later stage in the same process.
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(StageAbort, AConsumerThatFailsEndsTheStageOnEveryRank) {
+  const Roles r = roles();
+  const StageOptions o = options(2);
+  if (world_rank() < static_cast<int>(r.consumers.size())) {
+    auto c = Consumer::create(MPI_COMM_WORLD, r.consumers, r.producers, o, 0, 1000);
+    ASSERT_TRUE(c.is_ok()) << c.status().message();
+    if (world_rank() == 0) {
+      for (int j = 0; j < 3; ++j) ASSERT_TRUE((*c)->next().is_ok());
+      c->reset();  // consumer 0 fails: destroyed without finish()
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      Result<Item> item = (*c)->next();
+      while (item.is_ok()) item = (*c)->next();
+      EXPECT_LT(seconds_since(t0), 20.0) << "the other consumer waited for its timeout";
+      EXPECT_NE(item.status().message().find("stage: rank 0 (a consumer) failed and ended the stage"),
+                std::string::npos)
+          << item.status().message();
+    }
+  } else {
+    auto p = Producer::create(MPI_COMM_WORLD, r.consumers, r.producers, o);
+    ASSERT_TRUE(p.is_ok()) << p.status().message();
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status st = (*p)->run(produce(-1, 0));
+    EXPECT_LT(seconds_since(t0), 20.0);
+    ASSERT_FALSE(st.is_ok()) << "run() ended normally although a consumer failed";
+    EXPECT_NE(st.message().find("stage: rank 0 (a consumer) failed and ended the stage"), std::string::npos)
+        << st.message();
+  }
+}
+
+TEST(StageAbort, AProducerThatFailsEndsTheStageOnEveryRank) {
+  const Roles r = roles();
+  const StageOptions o = options(2);
+  const int bad = r.producers.front();
+  if (world_rank() < static_cast<int>(r.consumers.size())) {
+    auto c = Consumer::create(MPI_COMM_WORLD, r.consumers, r.producers, o, 0, 1000);
+    ASSERT_TRUE(c.is_ok()) << c.status().message();
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<Item> item = (*c)->next();
+    while (item.is_ok()) item = (*c)->next();
+    EXPECT_LT(seconds_since(t0), 20.0) << "the consumer waited for its timeout";
+    const std::string want = "stage: rank " + std::to_string(bad) + " (a producer) failed and ended the stage";
+    EXPECT_NE(item.status().message().find(want), std::string::npos) << item.status().message();
+    c->reset();  // failing in turn: tells the producers that are still waiting for work
+  } else {
+    auto p = Producer::create(MPI_COMM_WORLD, r.consumers, r.producers, o);
+    ASSERT_TRUE(p.is_ok()) << p.status().message();
+    int n = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status st = (*p)->run([&](std::span<const uint64_t> samples, float* out) {
+      if (world_rank() == bad && ++n == 4) return Status::io("synthetic decode failure");
+      return produce(-1, 0)(samples, out);
+    });
+    EXPECT_LT(seconds_since(t0), 20.0);
+    ASSERT_FALSE(st.is_ok());
+    if (world_rank() == bad)
+      EXPECT_EQ(st.message(), "synthetic decode failure");
+    else
+      EXPECT_NE(st.message().find("stage: rank " + std::to_string(bad) + " (a producer) failed and ended the stage"),
+                std::string::npos)
+          << "the other producer must hear of the producer that failed (through a consumer):\n"
+          << st.message();
+  }
 }
 
 }  // namespace
