@@ -42,8 +42,9 @@ function(mobula_add_unit_test name)
                        ENVIRONMENT "${MOBULA_TEST_ENV}")
 endfunction()
 
+# ARGS: arguments for the test binary (e.g. --gtest_filter=-Cases.RunElsewhere*).
 function(mobula_add_mpi_test name)
-  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS;NP" ${ARGN})
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS;NP;ARGS" ${ARGN})
   _mobula_test_target(${name} SOURCES ${T_SOURCES} LIBS ${T_LIBS})
   if(NOT T_NP)
     set(T_NP 1 2 4)
@@ -54,7 +55,7 @@ function(mobula_add_mpi_test name)
   foreach(np IN LISTS T_NP)
     add_test(NAME ${name}.np${np}
              COMMAND ${MOBULA_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} ${np} ${MOBULA_MPIEXEC_LOCAL_FLAGS}
-                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS})
+                     ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS} ${T_ARGS})
     set_tests_properties(${name}.np${np} PROPERTIES LABELS "mpi;${T_LABELS}" TIMEOUT ${T_TIMEOUT}
                          PROCESSORS ${np} ENVIRONMENT "${MOBULA_TEST_ENV}")
   endforeach()

@@ -9,20 +9,13 @@
 
 #include "core/metrics/aggregate.h"
 #include "core/metrics/registry.h"
+#include "tests/support/mpi_world.h"
 
 namespace mobula::metrics {
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using test::world_rank;
+using test::world_size;
 
 // Every rank records values it can predict for every other rank; rank 0 gathers them at "step
 // boundaries", serves them on a free loopback port, and the reference parser checks each rank's

@@ -5,20 +5,13 @@
 #include "core/runtime/layout.h"
 #include "core/runtime/role_comms.h"
 #include "rl/roles/workload.h"
+#include "tests/support/mpi_world.h"
 
 namespace mobula {
 namespace {
 
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_rank;
+using test::world_size;
 
 // trainer = ceil(n/2), rollout = floor(n/2) (none at np 1).
 JobSpec spec_for(int n, int steps = 2) {
