@@ -106,13 +106,6 @@ Result<int64_t> read_fence(const std::string& dir) {
   return parse_i64(v, dir + "/fence");
 }
 
-// The fault-injection switches apply to launch MOBULA_FAULT_KILL_ATTEMPT (default 0; -1: every
-// launch), like MOBULA_FAULT_KILL_AFTER_STEP (docs/testing.md).
-bool fault_attempt_matches() {
-  const long want = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);
-  return want < 0 || want == env_long("MOBULA_STEP_ATTEMPT", 0);
-}
-
 // Every rank reads the whole file on its own (MPI_COMM_SELF): no collective, and any number of
 // ranks can load what any number wrote.
 Status read_file(const std::string& path, CheckpointState* s) {

@@ -34,10 +34,10 @@ Result<JobRecord> resolve_job(const std::string& key);
 // The view for the report: files + id and status.
 Result<JobView> load_job(const JobRecord& rec, bool ask_slurm);
 
-std::string format_duration(double seconds);
+std::string format_duration(double seconds);  // "1h02m", "3m05s", "42s", "-"
 
 // A whole file as text; "" when it cannot be read (the work dir's files are optional).
-std::string slurp(const std::string& path);  // "1h02m", "3m05s", "42s", "-"
+std::string slurp(const std::string& path);
 
 // The read-only history server of `mobula history serve`: GET / (the job table), GET
 // /jobs/ID/report (the HTML report), GET /jobs/ID/events.jsonl|metrics.jsonl|summary.json. IDs are

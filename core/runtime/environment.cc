@@ -38,6 +38,11 @@ long env_long(const std::string& name, long def) {
   return (end && *end == '\0') ? x : def;
 }
 
+bool fault_attempt_matches() {
+  const long want = env_long("MOBULA_FAULT_KILL_ATTEMPT", 0);
+  return want < 0 || want == env_long("MOBULA_STEP_ATTEMPT", 0);
+}
+
 int slurm_het_group() {
   // Explicit override (e.g. from a wrapper script) wins.
   if (const long g = env_long("MOBULA_HET_GROUP", -1); g >= 0 && g < 64) return static_cast<int>(g);

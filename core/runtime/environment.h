@@ -38,6 +38,9 @@ class Environment {
 std::string host_name();
 // Integer value of environment variable `name`; `def` when unset, empty or not an integer.
 long env_long(const std::string& name, long def);
+// Whether the fault-injection switches (docs/testing.md) apply to this launch: launch number
+// MOBULA_STEP_ATTEMPT equals MOBULA_FAULT_KILL_ATTEMPT (default 0, the first launch; -1: every launch).
+bool fault_attempt_matches();
 // Slurm heterogeneous-job component of this process (-1 if none); usable without MPI.
 int slurm_het_group();
 

@@ -26,6 +26,14 @@ namespace kmath = ::Kokkos;
 namespace kmath = ::Kokkos::Experimental;
 #endif
 
+// Host code built by GCC/Clang may use GCC vector types (HostV16: 16 floats, one AVX-512 register or
+// two AVX2 ones) to keep accumulators in registers; device code and other compilers take the
+// portable loops.
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+#define MOBULA_HOST_VECTORS 1
+typedef float HostV16 __attribute__((vector_size(16 * sizeof(float))));
+#endif
+
 // exp(x) for the element-wise kernels (GELU, softmax). On the host: Cody-Waite range reduction and
 // a degree-6 polynomial, within 2 ulp of expf over [-87, 88] (clamped outside: exp(-87) ~ 1.6e-38
 // underflows nothing that matters; +88 saturates near FLT_MAX), NaN in -> NaN out. Unlike a call to
@@ -233,14 +241,14 @@ void matmul_forward_panels(float* out,           // (R,OC)
         const long p = i / nrb, r0 = (i % nrb) * kRows;
         const float* P = panels + p * long(C) * kPanel;
         const int rn = R - r0 < kRows ? int(R - r0) : kRows;
-#if defined(__GNUC__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+#ifdef MOBULA_HOST_VECTORS
         // Host: the 8 x 16 accumulators as GCC vectors, so they stay in registers (with plain arrays
         // GCC vectorizes the 16-wide update but keeps the accumulators in memory: 4x slower).
-        typedef float V16 __attribute__((vector_size(kPanel * sizeof(float))));
-        V16 acc[kRows];
-        for (int r = 0; r < kRows; ++r) acc[r] = V16{};
+        static_assert(kPanel == 16, "a panel is one HostV16 wide");
+        HostV16 acc[kRows];
+        for (int r = 0; r < kRows; ++r) acc[r] = HostV16{};
         for (int c = 0; c < C; ++c) {
-          V16 w;
+          HostV16 w;
           __builtin_memcpy(&w, P + long(c) * kPanel, sizeof w);
           if (rn == kRows) {
             for (int r = 0; r < kRows; ++r) acc[r] += inp[(r0 + r) * C + c] * w;

@@ -62,17 +62,16 @@ std::pair<int, float> pick_token(const float* z, int V, const SamplingParams& sp
 
 namespace {
 
-#if defined(__GNUC__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+#ifdef MOBULA_HOST_VECTORS
 // y (16 NV) = sum over j < n of (a[j] * inv) * V[j] (rows of 16 NV floats), summed in order of j:
 // NV vector accumulators that stay in registers (the decode attention's weighted sum of values).
 template <int NV>
 inline void av_accumulate(float* y, const float* a, float inv, const float* V, int n) {
-  typedef float V16 __attribute__((vector_size(16 * sizeof(float))));
-  V16 acc[NV] = {};
+  kernels::HostV16 acc[NV] = {};
   for (int j = 0; j < n; ++j) {
     const float w = a[j] * inv;
     for (int c = 0; c < NV; ++c) {
-      V16 v;
+      kernels::HostV16 v;
       __builtin_memcpy(&v, V + (long(j) * NV + c) * 16, sizeof v);
       acc[c] += w * v;
     }
@@ -232,16 +231,15 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
           }
           const float inv = 1.0f / sum;
           float* y = atty + r * C + h * hs;
-#if defined(__GNUC__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
-          // Host: 16 outputs at a time in a register, the same sums in the same order as below (GCC
-          // keeps y in memory otherwise, as it may alias the cache: a load and a store per FMA).
-          // Each V row is read once, whole, into hs / 16 independent accumulators.
+#ifdef MOBULA_HOST_VECTORS
+          // Host: hs / 16 register accumulators, each V row read once, whole; the same sums in the
+          // same order as the loop below (where GCC keeps y in memory, as it may alias the cache: a
+          // load and a store per FMA).
           if (hs == 16 || hs == 32 || hs == 64 || hs == 128) {
-            const float* a = s;
-            if (hs == 16) av_accumulate<1>(y, a, inv, vr, n);
-            if (hs == 32) av_accumulate<2>(y, a, inv, vr, n);
-            if (hs == 64) av_accumulate<4>(y, a, inv, vr, n);
-            if (hs == 128) av_accumulate<8>(y, a, inv, vr, n);
+            if (hs == 16) av_accumulate<1>(y, s, inv, vr, n);
+            if (hs == 32) av_accumulate<2>(y, s, inv, vr, n);
+            if (hs == 64) av_accumulate<4>(y, s, inv, vr, n);
+            if (hs == 128) av_accumulate<8>(y, s, inv, vr, n);
             return;
           }
 #endif

@@ -545,15 +545,7 @@ Status run_grpo(const WorkloadContext& ctx) {
       if (!r) saved = r.status();
     }
     if (lead && !saved.is_ok()) spdlog::error("preemption checkpoint at step {}: {}", k, saved.message());
-    if (lead) {
-      if (saved.is_ok())
-        events::emit(spec.workdir, "checkpoint_durable",
-                     {{"step", events::num(k)}, {"mode", events::str("preemption")}}, ctx.rank);
-      events::emit(
-          spec.workdir, "preempted",
-          {{"signal", events::num(sig)}, {"step", events::num(k)}, {"checkpointed", saved.is_ok() ? "true" : "false"}},
-          ctx.rank);
-    }
+    if (lead) record_preemption(ctx, k, sig, saved.is_ok());
     return Status::preempted(
         "preempted by signal " + std::to_string(sig) + " at the boundary of step " + std::to_string(k) +
         (saved.is_ok() && trainer ? "; the checkpoint of " + std::to_string(k) + " steps is durable" : "") +
@@ -768,11 +760,7 @@ Status run_grpo(const WorkloadContext& ctx) {
         // A failed save is reported and training goes on: `latest` still names the previous
         // checkpoint (io/checkpoint.h); the next interval tries again.
         // (Asynchronous saves log their failure from the background thread when it happens.)
-        if (!saved.is_ok() && lead && !async_ckpt) {
-          spdlog::error("checkpoint after step {} failed: {}", k, saved.message());
-          events::emit(spec.workdir, "checkpoint_failed",
-                       {{"step", events::num(k + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
-        }
+        if (!saved.is_ok() && lead && !async_ckpt) record_checkpoint_failure(ctx, k, saved);
         if (saved.is_ok() && lead && !async_ckpt) {
           spdlog::info("checkpoint after step {} published in {:.3f} s", k, t_ckpt);
           events::emit(spec.workdir, "checkpoint_durable",

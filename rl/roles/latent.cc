@@ -18,7 +18,6 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +26,7 @@
 #include "core/health/health.h"
 #include "core/metrics/events.h"
 #include "core/metrics/registry.h"
+#include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/hash.h"
 #include "core/runtime/log.h"
@@ -85,13 +85,12 @@ class LatentMaker {
     m.seed_ = uint64_t(spec.seed);
     m.size_ = spec.data.size;
     m.floats_ = static_cast<int>(cfg.latent_floats());
-    if (const char* d = std::getenv("MOBULA_FAULT_EMBED_DELAY_MS")) m.delay_ms_ = std::atoi(d);
     return m;
   }
   int latent_floats() const { return floats_; }
   uint64_t dataset_size() const { return ds_->size(); }
-  // Artificially slow (heterogeneous hardware in the benchmark and tests).
-  void slow_down(bool on) { slow_ = on; }
+  // Artificially slow: sleep `ms` per batch (heterogeneous hardware in the benchmark and tests).
+  void slow_down(int ms) { delay_ms_ = ms; }
 
   // Latents of `ids` into out (ids.size() * latent_floats()).
   Status make(std::span<const uint64_t> ids, float* out) {
@@ -118,7 +117,7 @@ class LatentMaker {
     seeds_.resize(size_t(B));
     for (int b = 0; b < B; ++b) seeds_[size_t(b)] = splitmix64(seed_ ^ splitmix64(ids[size_t(b)] + 0x6c6174656e74ULL));
     enc_->sample(mean_.data(), logvar_.data(), B, seeds_.data(), out);
-    if (slow_ && delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+    if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     return Status::ok();
   }
 
@@ -127,7 +126,6 @@ class LatentMaker {
   std::unique_ptr<VaeEncoder<>> enc_;
   uint64_t seed_ = 0;
   int size_ = 0, floats_ = 0, delay_ms_ = 0;
-  bool slow_ = false;
   std::vector<float> images_, mean_, logvar_;
   std::vector<uint64_t> seeds_;
 };
@@ -263,7 +261,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   LatentMaker maker = std::move(maker_r).value();
   const int D = maker.latent_floats();
   const uint64_t N = maker.dataset_size();
-  if (embed && me.role_rank == 0 && std::getenv("MOBULA_FAULT_EMBED_DELAY_MS")) maker.slow_down(true);
+  if (embed && me.role_rank == 0) maker.slow_down(static_cast<int>(env_long("MOBULA_FAULT_EMBED_DELAY_MS", 0)));
 
   // ---- offline: every rank encodes a contiguous share of the dataset into latents.h5 ----------
   std::vector<float> table;  // offline: (N, D) on trainers
@@ -321,12 +319,9 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
     auto p = stage::Producer::create(link, consumers, producers, so);
     if (!p) return p.status();
     int64_t n = 0;
-    // Fault injection (docs/testing.md): embed rank 0 dies after computing k items, first attempt.
-    int64_t kill_after = -1;
-    if (const char* k = std::getenv("MOBULA_FAULT_KILL_EMBED_AFTER_ITEMS"); k && me.role_rank == 0) {
-      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
-      if (!a || std::atoi(a) == 0) kill_after = std::atoll(k);
-    }
+    // Fault injection (docs/testing.md): embed rank 0 dies after computing k items.
+    const int64_t kill_after =
+        me.role_rank == 0 && fault_attempt_matches() ? env_long("MOBULA_FAULT_KILL_EMBED_AFTER_ITEMS", -1) : -1;
     const Status st = (*p)->run([&](std::span<const uint64_t> ids, float* out) {
       beat("embed", n);
       if (n++ == kill_after) {
@@ -411,19 +406,20 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
     beat("preemption checkpoint", j);
     const Status saved = save(j, std::max(1, spec.checkpoint.keep));
     if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
-    if (lead) {
-      if (saved.is_ok())
-        events::emit(spec.workdir, "checkpoint_durable",
-                     {{"step", events::num(j)}, {"mode", events::str("preemption")}}, ctx.rank);
-      events::emit(
-          spec.workdir, "preempted",
-          {{"signal", events::num(sig)}, {"step", events::num(j)}, {"checkpointed", saved.is_ok() ? "true" : "false"}},
-          ctx.rank);
-    }
+    if (lead) record_preemption(ctx, j, sig, saved.is_ok());
     MOBULA_RETURN_IF_ERROR(saved);
     return Status::preempted("preempted by signal " + std::to_string(sig) + " at the boundary of step " +
                              std::to_string(j) + "; checkpoint of " + std::to_string(j) + " steps published");
   };
+  // Fault injection (docs/testing.md), read once; -1: off (or another launch's).
+  struct {
+    long error_at = -1, signal_after = -1, kill_after = -1;
+  } fault;
+  if (fault_attempt_matches()) {
+    fault.error_at = env_long("MOBULA_FAULT_ERROR_AT_STEP", -1);
+    fault.signal_after = env_long("MOBULA_FAULT_SIGNAL_AFTER_STEP", -1);
+    fault.kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
+  }
   for (int64_t j = start; j < spec.steps; ++j) {
     beat("step", j);
     if (j > start) {
@@ -479,31 +475,21 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
       if (lead && saved.is_ok())
         events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
                      ctx.rank);
-      if (lead && !saved.is_ok()) {
-        spdlog::error("checkpoint after step {} failed: {}", j, saved.message());
-        events::emit(spec.workdir, "checkpoint_failed",
-                     {{"step", events::num(j + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
-      }
+      if (lead && !saved.is_ok()) record_checkpoint_failure(ctx, j, saved);
     }
-    // Fault injection (docs/testing.md): every trainer fails at step k, as a deterministic error
-    // (a NaN check, a bad sample) would; the embed ranks must hear of it from the stage at once.
-    if (const char* k = std::getenv("MOBULA_FAULT_ERROR_AT_STEP"); k && std::atoll(k) == j)
+    // Every trainer fails at step k, as a deterministic error (a NaN check, a bad sample) would;
+    // the embed ranks must hear of it from the stage at once.
+    if (fault.error_at == j)
       return Status::external("injected failure at step " + std::to_string(j) + " (MOBULA_FAULT_ERROR_AT_STEP)");
-    if (const char* k = std::getenv("MOBULA_FAULT_SIGNAL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
-      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
-      if (!a || std::atoi(a) == 0) {
-        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(j)}},
-                     ctx.rank);
-        std::raise(SIGUSR1);  // the stop handler (core/health) records it
-      }
+    if (fault.signal_after == j && lead) {
+      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(j)}},
+                   ctx.rank);
+      std::raise(SIGUSR1);  // the stop handler (core/health) records it
     }
-    if (const char* k = std::getenv("MOBULA_FAULT_KILL_AFTER_STEP"); k && lead && std::atoll(k) == j) {
-      const char* a = std::getenv("MOBULA_STEP_ATTEMPT");
-      if (!a || std::atoi(a) == 0) {
-        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"step", events::num(j)}},
-                     ctx.rank);
-        std::raise(SIGKILL);
-      }
+    if (fault.kill_after == j && lead) {
+      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"step", events::num(j)}},
+                   ctx.rank);
+      std::raise(SIGKILL);
     }
   }
   if (stop_req != MPI_REQUEST_NULL) MOBULA_MPI(MPI_Wait(&stop_req, MPI_STATUS_IGNORE));

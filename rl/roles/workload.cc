@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/metrics/events.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 
@@ -87,6 +88,22 @@ Status run_layout_check(const WorkloadContext& ctx) {
     spdlog::info("layout check passed: {} ranks, {} roles, {} links, {} steps", ctx.layout.world_size(),
                  ctx.layout.roles().size(), ctx.layout.links().size(), ctx.spec.steps);
   return Status::ok();
+}
+
+void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed) {
+  if (checkpointed)
+    events::emit(ctx.spec.workdir, "checkpoint_durable",
+                 {{"step", events::num(step)}, {"mode", events::str("preemption")}}, ctx.rank);
+  events::emit(
+      ctx.spec.workdir, "preempted",
+      {{"signal", events::num(sig)}, {"step", events::num(step)}, {"checkpointed", checkpointed ? "true" : "false"}},
+      ctx.rank);
+}
+
+void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const Status& saved) {
+  spdlog::error("checkpoint after step {} failed: {}", step, saved.message());
+  events::emit(ctx.spec.workdir, "checkpoint_failed",
+               {{"step", events::num(step + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
 }
 
 Status run_workload(const WorkloadContext& ctx) {
