@@ -3,7 +3,7 @@
 // PyTorch running the identical config (perf/model/bench_torch.py) in the same run.
 //
 //   taskset -c 0 build/perf/model/bench_model [--repeat 3 --layers 4 --d-model 256 --heads 4 --context 128
-//                                              --vocab 64 --batch 16 --iters 5 --no-torch]
+//                                              --vocab 64 --batch 16 --iters 5 --no-torch --no-train]
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
 #include <chrono>
@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   GptConfig cfg;
   int batch = 16, iters = 5, prompt = 8, new_tokens = 56, repeat = 3;
-  bool torch = true;
+  bool torch = true, train = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
       iters = next();
     else if (a == "--no-torch")
       torch = false;
+    else if (a == "--no-train")  // sampling only (profiling)
+      train = false;
     else if (a == "--repeat")
       repeat = std::max(1, next());
     else {
@@ -140,7 +142,7 @@ int main(int argc, char** argv) {
       cfg.to_string().c_str(), batch, model->num_params(), peak, repeat);
   std::vector<double> mt, m16, m64, pt, p16, p64;
   for (int round = 0; round < repeat; ++round) {
-    mt.push_back(measure_train());
+    if (train) mt.push_back(measure_train());
     m16.push_back(measure_sample(16));
     m64.push_back(measure_sample(64));
     if (!torch) continue;
@@ -160,9 +162,11 @@ int main(int argc, char** argv) {
     p16.push_back(json_number(r->out, "16"));
     p64.push_back(json_number(r->out, "64"));
   }
-  const double train_tps = perf::median(mt);
-  std::printf("train    %8.0f tokens/s  step %.1f ms  %.1f GFLOP/s  MFU %.2f\n", train_tps, batch * T / train_tps * 1e3,
-              flops * train_tps / (batch * T) / 1e9, flops * train_tps / (batch * T) / 1e9 / peak);
+  const double train_tps = train ? perf::median(mt) : 0.0;
+  if (train)
+    std::printf("train    %8.0f tokens/s  step %.1f ms  %.1f GFLOP/s  MFU %.2f\n", train_tps,
+                batch * T / train_tps * 1e3, flops * train_tps / (batch * T) / 1e9,
+                flops * train_tps / (batch * T) / 1e9 / peak);
   std::printf("sample   %8.0f tokens/s  batch 16, prompt %d, %d new tokens, KV cache\n", perf::median(m16), prompt,
               new_tokens);
   std::printf("sample   %8.0f tokens/s  batch 64\n", perf::median(m64));
