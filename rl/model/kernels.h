@@ -219,10 +219,14 @@ template <class Exec>
 void pack_panels(float* panels,   // (OC/16, C, 16)
                  const float* W,  // (OC,C)
                  int C, int OC) {
+  // One item per (panel, c): its 16 floats are contiguous in the panels (one division per 16 floats,
+  // not two per float: the per-float version took 11% of a batch-16 sampling call).
   Kokkos::parallel_for(
-      "pack_panels", Range<Exec>(0, long(OC) * C), KOKKOS_LAMBDA(long i) {
-        const long p = i / (long(C) * kPanel), c = (i / kPanel) % C, k = i % kPanel;
-        panels[i] = W[(p * kPanel + k) * C + c];
+      "pack_panels", Range<Exec>(0, long(OC / kPanel) * C), KOKKOS_LAMBDA(long i) {
+        const long p = i / C, c = i % C;
+        const float* w = W + p * kPanel * long(C) + c;
+        float* o = panels + i * kPanel;
+        for (int k = 0; k < kPanel; ++k) o[k] = w[long(k) * C];
       });
 }
 
