@@ -132,11 +132,23 @@ void layernorm_forward(float* out,        // (N,C)
   Kokkos::parallel_for(
       "layernorm_forward", Range<Exec>(0, N), KOKKOS_LAMBDA(long i) {
         const float* x = inp + i * C;
+        // Both sums in 16 interleaved partial sums, added up in order at the end: they vectorize
+        // without reassociation (one running sum is a chain of C dependent adds: 6% of a decode
+        // step at batch 64), and the result stays deterministic.
+        const int C16 = C - C % 16;
+        float part[16] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int c0 = 0; c0 < C16; c0 += 16)
+          for (int k = 0; k < 16; ++k) part[k] += x[c0 + k];
         float m = 0.f;
-        for (int c = 0; c < C; ++c) m += x[c];
+        for (int k = 0; k < 16; ++k) m += part[k];
+        for (int c = C16; c < C; ++c) m += x[c];
         m /= C;
+        for (int k = 0; k < 16; ++k) part[k] = 0.f;
+        for (int c0 = 0; c0 < C16; c0 += 16)
+          for (int k = 0; k < 16; ++k) part[k] += (x[c0 + k] - m) * (x[c0 + k] - m);
         float v = 0.f;
-        for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+        for (int k = 0; k < 16; ++k) v += part[k];
+        for (int c = C16; c < C; ++c) v += (x[c] - m) * (x[c] - m);
         v /= C;
         const float s = 1.0f / kmath::sqrt(v + 1e-5f);
         float* o = out + i * C;

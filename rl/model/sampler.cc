@@ -196,11 +196,13 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     // (a transposed K made every store a cache miss: 35% of a decode step). The q.k dot products
     // use 16 independent partial sums, so they vectorize without reassociating (deterministic).
     Kokkos::parallel_for(
-        "decode_kv_store", Range(0, long(R) * C), KOKKOS_LAMBDA(long i) {
-          const long r = i / C, c = i % C, h = c / hs, d = c % hs;
-          const long at_pos = ((long(slot[r]) * NH + h) * Lmax + pos[r]) * hs + d;
-          kc[at_pos] = qkv[r * 3 * C + C + c];
-          vc[at_pos] = qkv[r * 3 * C + 2 * C + c];
+        "decode_kv_store", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {  // one (row, head): hs floats
+          const long r = i / NH, h = i % NH;
+          const long at_pos = ((long(slot[r]) * NH + h) * Lmax + pos[r]) * hs;
+          const float* kn = qkv + r * 3 * C + C + h * hs;
+          const float* vn = kn + C;
+          for (int d = 0; d < hs; ++d) kc[at_pos + d] = kn[d];
+          for (int d = 0; d < hs; ++d) vc[at_pos + d] = vn[d];
         });
     Kokkos::parallel_for(
         "decode_attention", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {
@@ -240,7 +242,7 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
           for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
           float sum = 0.f;
           for (int j = 0; j < n; ++j) {
-            s[j] = K::kmath::exp(s[j] - mx);
+            s[j] = K::exp_fast(s[j] - mx);  // as in the training forward's softmax
             sum += s[j];
           }
           const float inv = 1.0f / sum;
