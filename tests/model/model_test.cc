@@ -69,6 +69,30 @@ TEST(Kernels, LayernormGradients) {
   expect_grad(loss, b, db, "db");
 }
 
+// The forward against a double-precision reference, for widths below, at and above the 16-wide
+// partial sums (and a tail).
+TEST(Kernels, LayernormForwardMatchesDoubleReference) {
+  for (int C : {10, 16, 37, 64}) {
+    const long N = 3;
+    auto x = randn(N * C, 7), w = randn(C, 8), b = randn(C, 9);
+    for (auto& v : x) v = 3.0f + 2.0f * v;  // an offset mean, so the variance is a difference of sums
+    std::vector<float> out(N * C), mean(N), rstd(N);
+    K::layernorm_forward<Exec>(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+    for (long i = 0; i < N; ++i) {
+      double m = 0, v = 0;
+      for (int c = 0; c < C; ++c) m += x[size_t(i * C + c)];
+      m /= C;
+      for (int c = 0; c < C; ++c) v += (x[size_t(i * C + c)] - m) * (x[size_t(i * C + c)] - m);
+      const double s = 1.0 / std::sqrt(v / C + 1e-5);
+      EXPECT_NEAR(mean[size_t(i)], m, 1e-5) << "C " << C;
+      EXPECT_NEAR(rstd[size_t(i)], s, 1e-4 * s) << "C " << C;
+      for (int c = 0; c < C; ++c)
+        EXPECT_NEAR(out[size_t(i * C + c)], (x[size_t(i * C + c)] - m) * s * w[size_t(c)] + b[size_t(c)], 1e-4)
+            << "C " << C << " row " << i << " c " << c;
+    }
+  }
+}
+
 TEST(Kernels, MatmulGradients) {
   const long N = 5;
   const int C = 7, OC = 9;
@@ -434,7 +458,7 @@ TEST(Kernels, PanelMatmulMatchesBlasAndRowsAreIndependent) {
   K::pack_panels<Exec>(panels.data(), W.data(), C, OC);
   std::vector<float> ref(size_t(21) * OC), got(size_t(21) * OC), one(OC), nob(size_t(21) * OC);
   K::matmul_forward<Exec>(ref.data(), x.data(), W.data(), b.data(), 21, C, OC);
-  for (int R : {1, 5, 8, 13, 21}) {
+  for (int R : {1, 2, 3, 4, 5, 6, 7, 8, 13, 21}) {  // every tail row count; 3 panels: a pair and a single
     K::matmul_forward_panels<Exec>(got.data(), x.data(), panels.data(), b.data(), R, C, OC);
     for (int i = 0; i < R * OC; ++i) EXPECT_NEAR(got[size_t(i)], ref[size_t(i)], 1e-5f) << "R " << R << " i " << i;
   }

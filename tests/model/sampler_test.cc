@@ -14,19 +14,22 @@
 namespace mobula::rl {
 namespace {
 
-GptConfig cfg() {
+// d_model 16 x 2 heads: head size 8, the portable attention loops. Head sizes 16..128 take the host
+// vector path (register accumulators), so the tests also run d_model 32 x 2 and 64 x 1.
+GptConfig cfg(int d_model = 16, int heads = 2) {
   GptConfig c;
   c.vocab = 17;
   c.max_seq = 24;
   c.layers = 2;
-  c.heads = 2;
-  c.d_model = 16;
+  c.heads = heads;
+  c.d_model = d_model;
   return c;
 }
+const GptConfig kConfigs[] = {cfg(), cfg(32, 2), cfg(64, 1)};
 
 // A model with O(1) random weights so that distributions are far from uniform.
-Gpt<> model() {
-  auto m = Gpt<>::create(cfg(), 4);
+Gpt<> model(const GptConfig& c = cfg()) {
+  auto m = Gpt<>::create(c, 4);
   EXPECT_TRUE(m.is_ok());
   m->init(5);
   auto h = Kokkos::create_mirror_view(m->params);
@@ -37,51 +40,60 @@ Gpt<> model() {
 }
 
 TEST(Sampler, GreedyEqualsArgmaxOfFullForward) {
-  auto m = model();
-  auto s = Sampler<>::create(cfg(), 4, 24);
-  ASSERT_TRUE(s.is_ok()) << s.status().message();
-  SamplingParams sp;
-  sp.temperature = 0;
-  sp.max_new_tokens = 12;
-  const std::vector<std::vector<int>> prompts = {{3, 4, 5}, {9}, {1, 2, 3, 4, 5, 6}};
-  auto out = s->sample(m.params, prompts, {1, 2, 3}, sp);
-  ASSERT_TRUE(out.is_ok()) << out.status().message();
-  for (size_t r = 0; r < prompts.size(); ++r) {
-    std::vector<int> seq = prompts[r];
-    ASSERT_EQ((*out)[r].tokens.size(), 12u);
-    for (int k = 0; k < 12; ++k) {
-      const int T = static_cast<int>(seq.size());
-      std::vector<int> tg(seq.size(), -1);
-      std::vector<float> lp(seq.size());
-      ASSERT_TRUE(m.forward(seq, tg, 1, T, lp).is_ok());
-      const auto logits = m.logits_host();
-      const float* last = logits.data() + size_t(T - 1) * cfg().vocab;
-      const int want = static_cast<int>(std::max_element(last, last + cfg().vocab) - last);
-      ASSERT_EQ((*out)[r].tokens[size_t(k)], want) << "row " << r << " token " << k;
-      // The model log-prob reported by the sampler matches the full forward's.
-      double mx = *std::max_element(last, last + cfg().vocab), sum = 0;
-      for (int v = 0; v < cfg().vocab; ++v) sum += std::exp(last[v] - mx);
-      EXPECT_NEAR((*out)[r].model_logprobs[size_t(k)], last[want] - mx - std::log(sum), 1e-4);
-      seq.push_back(want);
+  for (const GptConfig& c : kConfigs) {
+    SCOPED_TRACE(c.to_string());
+    auto m = model(c);
+    auto s = Sampler<>::create(c, 4, 24);
+    ASSERT_TRUE(s.is_ok()) << s.status().message();
+    SamplingParams sp;
+    sp.temperature = 0;
+    sp.max_new_tokens = 12;
+    // Prompt + new tokens from 13 to 18 positions: the attention's blocks of 16 positions, whole
+    // and partial.
+    const std::vector<std::vector<int>> prompts = {{3, 4, 5}, {9}, {1, 2, 3, 4, 5, 6}};
+    auto out = s->sample(m.params, prompts, {1, 2, 3}, sp);
+    ASSERT_TRUE(out.is_ok()) << out.status().message();
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      std::vector<int> seq = prompts[r];
+      ASSERT_EQ((*out)[r].tokens.size(), 12u);
+      for (int k = 0; k < 12; ++k) {
+        const int T = static_cast<int>(seq.size());
+        std::vector<int> tg(seq.size(), -1);
+        std::vector<float> lp(seq.size());
+        ASSERT_TRUE(m.forward(seq, tg, 1, T, lp).is_ok());
+        const auto logits = m.logits_host();
+        const float* last = logits.data() + size_t(T - 1) * c.vocab;
+        const int want = static_cast<int>(std::max_element(last, last + c.vocab) - last);
+        ASSERT_EQ((*out)[r].tokens[size_t(k)], want) << "row " << r << " token " << k;
+        // The model log-prob reported by the sampler matches the full forward's.
+        double mx = *std::max_element(last, last + c.vocab), sum = 0;
+        for (int v = 0; v < c.vocab; ++v) sum += std::exp(last[v] - mx);
+        EXPECT_NEAR((*out)[r].model_logprobs[size_t(k)], last[want] - mx - std::log(sum), 1e-4);
+        seq.push_back(want);
+      }
     }
   }
 }
 
 TEST(Sampler, SequenceDoesNotDependOnItsBatch) {
-  auto m = model();
-  auto s = Sampler<>::create(cfg(), 4, 24);
-  ASSERT_TRUE(s.is_ok());
-  SamplingParams sp;
-  sp.temperature = 1.0f;
-  sp.max_new_tokens = 15;
-  auto alone = s->sample(m.params, {{5, 6, 7}}, {42}, sp);
-  auto crowd = s->sample(m.params, {{1}, {5, 6, 7}, {2, 2, 2, 2, 2}, {8, 9}}, {7, 42, 9, 11}, sp);
-  ASSERT_TRUE(alone.is_ok() && crowd.is_ok());
-  EXPECT_EQ((*alone)[0].tokens, (*crowd)[1].tokens);
-  EXPECT_EQ((*alone)[0].logprobs, (*crowd)[1].logprobs);
-  // A different seed gives a different sequence (with overwhelming probability at T=1).
-  auto other = s->sample(m.params, {{5, 6, 7}}, {43}, sp);
-  EXPECT_NE((*alone)[0].tokens, (*other)[0].tokens);
+  for (const GptConfig& c : kConfigs) {
+    SCOPED_TRACE(c.to_string());
+    auto m = model(c);
+    auto s = Sampler<>::create(c, 4, 24);
+    ASSERT_TRUE(s.is_ok());
+    SamplingParams sp;
+    sp.temperature = 1.0f;
+    sp.max_new_tokens = 15;
+    auto alone = s->sample(m.params, {{5, 6, 7}}, {42}, sp);
+    auto crowd = s->sample(m.params, {{1}, {5, 6, 7}, {2, 2, 2, 2, 2}, {8, 9}}, {7, 42, 9, 11}, sp);
+    ASSERT_TRUE(alone.is_ok() && crowd.is_ok());
+    EXPECT_EQ((*alone)[0].tokens, (*crowd)[1].tokens);
+    EXPECT_EQ((*alone)[0].logprobs, (*crowd)[1].logprobs);
+    EXPECT_EQ((*alone)[0].model_logprobs, (*crowd)[1].model_logprobs);
+    // A different seed gives a different sequence (with overwhelming probability at T=1).
+    auto other = s->sample(m.params, {{5, 6, 7}}, {43}, sp);
+    EXPECT_NE((*alone)[0].tokens, (*other)[0].tokens);
+  }
 }
 
 TEST(Sampler, PrefixSharingSameResultsFewerSteps) {
