@@ -188,6 +188,27 @@ TEST(PickToken, TopKTopPAndTemperature) {
   for (int v = 0; v < 5; ++v) EXPECT_NEAR(counts[size_t(v)] / double(n), std::exp(z[v]) / sum, 0.015) << v;
 }
 
+// The inverse-CDF walk goes over tokens by descending logit, ties by index: u picks the token whose
+// interval covers it. Checked against that order built directly, on logits with ties, +-0, negatives.
+TEST(PickToken, WalksTokensByDescendingLogitThenIndex) {
+  const std::vector<float> z = {0.5f, -0.0f, 2.0f, 0.5f, -3.0f, 0.0f, 2.0f, -1.5f, 0.5f};
+  const int V = static_cast<int>(z.size());
+  std::vector<int> order(z.size());
+  for (int v = 0; v < V; ++v) order[size_t(v)] = v;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return z[size_t(a)] > z[size_t(b)]; });
+  double sum = 0;
+  for (float x : z) sum += std::exp(double(x) - 2.0);
+  SamplingParams sp;
+  double lo = 0;
+  for (int v : order) {
+    const double width = std::exp(double(z[size_t(v)]) - 2.0) / sum;
+    const auto [t, lp] = pick_token(z.data(), V, sp, lo + 0.5 * width);  // the middle of v's interval
+    EXPECT_EQ(t, v) << "u " << lo + 0.5 * width;
+    EXPECT_NEAR(lp, std::log(width), 1e-5);
+    lo += width;
+  }
+}
+
 TEST(Tokenizer, CharRoundTripAndErrors) {
   CharTokenizer tok("0123456789+=");
   EXPECT_EQ(tok.vocab_size(), 15);
