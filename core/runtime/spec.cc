@@ -459,6 +459,7 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.checkpoint.keep = static_cast<int>(get<int64_t>(L.set, "checkpoint.keep"));
   spec.checkpoint.async = get<bool>(L.set, "checkpoint.async");
   spec.fault.hang_timeout_s = static_cast<int>(get<int64_t>(L.set, "fault.hang_timeout_s"));
+  spec.fault.abort_grace_s = static_cast<int>(get<int64_t>(L.set, "fault.abort_grace_s"));
   spec.fault.max_requeues = static_cast<int>(get<int64_t>(L.set, "fault.max_requeues"));
   spec.data.dir = get<std::string>(L.set, "data.dir");
   if (spec.data.dir.empty()) spec.data.dir = spec.workdir + "/data";

@@ -99,6 +99,7 @@ struct FaultSpec {
   int max_restarts = 2;
   int restart_delay_s = 5;
   int hang_timeout_s = 600;
+  int abort_grace_s = 10;  // a failed rank's wait for the outcome agreement before MPI_Abort
   int max_requeues = 3;
 };
 

@@ -125,6 +125,10 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("fault.hang_timeout_s", 600, 0, 86400,
                       "A rank without progress for this long ends the job (exit 4) so the restart logic takes "
                       "over; 0 disables the watchdog."));
+  s.push_back(int_key("fault.abort_grace_s", 10, 0, 3600,
+                      "A rank whose workload failed waits this long for every rank to agree on the outcome, then "
+                      "aborts the job (MPI_Abort): peers blocked in a collective with it end at once, not after "
+                      "fault.hang_timeout_s."));
   // [data], [latent]: the latent-pretrain workload (docs/embedding.md).
   s.push_back(str_key("data.dir", "", {},
                       "Image shards (docs/formats/images.md); empty = WORKDIR/data. A synthetic dataset is generated "

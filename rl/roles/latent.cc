@@ -414,9 +414,13 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   // Fault injection (docs/testing.md), read once; -1: off (or another launch's).
   struct {
     long error_at = -1, signal_after = -1, kill_after = -1;
+    bool error_alone = false;
   } fault;
   if (fault_attempt_matches()) {
-    fault.error_at = env_long("MOBULA_FAULT_ERROR_AT_STEP", -1);
+    // MOBULA_FAULT_ERROR_RANK: only that world rank fails (-1, the default: every trainer).
+    const long error_rank = env_long("MOBULA_FAULT_ERROR_RANK", -1);
+    if (error_rank < 0 || error_rank == ctx.rank) fault.error_at = env_long("MOBULA_FAULT_ERROR_AT_STEP", -1);
+    fault.error_alone = error_rank >= 0;
     fault.signal_after = env_long("MOBULA_FAULT_SIGNAL_AFTER_STEP", -1);
     fault.kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
   }
@@ -450,6 +454,16 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
     const double t1 = now();
     Kokkos::deep_copy(net.grads, 0.0f);
     double sse = net.step(x.data(), uint64_t(spec.seed), j, ids, L.batch);
+    // Every trainer fails at step k, as a deterministic error (a NaN check after the backward)
+    // would, or one of them (a local fault): the embed ranks must hear of it from the stage at once,
+    // and the other trainers, waiting in this step's gradient all-reduce, from the failed rank's
+    // MPI_Abort after fault.abort_grace_s (rl/roles/workload.cc).
+    if (fault.error_at == j) {
+      // Alone, it fails a second late, so the other trainers are surely waiting in the all-reduce
+      // (not in the stage, where the abort would reach them).
+      if (fault.error_alone) std::this_thread::sleep_for(std::chrono::seconds(1));
+      return Status::external("injected failure at step " + std::to_string(j) + " (MOBULA_FAULT_ERROR_AT_STEP)");
+    }
     // Sum of gradients and losses over the trainers (fixed order: the same bits on every trainer).
     auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), net.grads);
     MOBULA_MPI(
@@ -477,10 +491,6 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
                      ctx.rank);
       if (lead && !saved.is_ok()) record_checkpoint_failure(ctx, j, saved);
     }
-    // Every trainer fails at step k, as a deterministic error (a NaN check, a bad sample) would;
-    // the embed ranks must hear of it from the stage at once.
-    if (fault.error_at == j)
-      return Status::external("injected failure at step " + std::to_string(j) + " (MOBULA_FAULT_ERROR_AT_STEP)");
     if (fault.signal_after == j && lead) {
       events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(j)}},
                    ctx.rank);

@@ -1,7 +1,9 @@
 #include "rl/roles/workload.h"
 
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 #include "core/metrics/events.h"
 #include "core/runtime/log.h"
@@ -11,11 +13,34 @@ namespace mobula::rl {
 namespace {
 
 // Agree on success across the world: every rank returns an error if any rank failed.
-Status agree(MPI_Comm world, const Status& local) {
+// A failed rank waits at most `grace_s` for the agreement: after a local fault its peers may be
+// blocked in a collective with it (a trainer in the gradient all-reduce while another trainer has
+// failed) and never arrive; it then returns its own error, and the worker's MPI_Abort ends them.
+// Ranks that succeeded or were preempted wait without a bound (a slow peer is not a failure; the
+// hang watchdog covers a stuck one).
+Status agree(MPI_Comm world, const Status& local, int grace_s) {
   // 0 ok, 1 preempted (a checkpoint was published: restart me), 2 failed.
   const int mine = local.is_ok() ? 0 : local.code() == Status::Code::kPreempted ? 1 : 2;
   int any = 0;
-  MOBULA_MPI(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, world));
+  MPI_Request req = MPI_REQUEST_NULL;
+  MOBULA_MPI(MPI_Iallreduce(&mine, &any, 1, MPI_INT, MPI_MAX, world, &req));
+  if (mine == 2) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace_s);
+    for (int done = 0;;) {
+      MOBULA_MPI(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      if (done) break;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        spdlog::error(
+            "not every rank reached the end of the workload within fault.abort_grace_s = {} s (a peer "
+            "may be blocked in a collective this failure left incomplete); aborting the job",
+            grace_s);
+        return local;  // the request stays pending: the worker aborts
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  } else {
+    MOBULA_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE));
+  }
   if (any == 2 && mine == 2) return local;
   if (any == 2) return Status::external("workload failed on another rank (see its log)");
   if (any == 1 && mine == 1) return local;
@@ -82,7 +107,7 @@ Status run_layout_check(const WorkloadContext& ctx) {
       std::sort(members.begin(), members.end());
       st = check_comm(l.comm, members, ctx.layout, step, ctx.spec.seed, "link " + l.a + "+" + l.b);
     }
-    MOBULA_RETURN_IF_ERROR(agree(ctx.world, st));
+    MOBULA_RETURN_IF_ERROR(agree(ctx.world, st, ctx.spec.fault.abort_grace_s));
   }
   if (ctx.rank == 0)
     spdlog::info("layout check passed: {} ranks, {} roles, {} links, {} steps", ctx.layout.world_size(),
@@ -113,7 +138,7 @@ Status run_workload(const WorkloadContext& ctx) {
     // Say it here: peers may be blocked in a transfer with this rank until their timeout, and only
     // then reach the agreement below.
     if (!st && st.code() != Status::Code::kPreempted) spdlog::error("{}", st.message());
-    return agree(ctx.world, st);
+    return agree(ctx.world, st, ctx.spec.fault.abort_grace_s);
   }
   return Status::invalid_spec(ctx.spec.where("job.workload") + ": job.workload: \"" + ctx.spec.workload +
                               "\" is not implemented by this build");

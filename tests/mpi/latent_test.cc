@@ -157,6 +157,27 @@ TEST_F(Latent, AFailedSaveTrainsOnAndAFailingTrainerEndsTheEmbedRanksAtOnce) {
       << all;
 }
 
+TEST_F(Latent, OneFailingTrainerEndsTheWholeJobAtOnce) {
+  // Only trainer 1 (world rank 1) fails at step 17; trainer 0 then waits in the gradient all-reduce
+  // of step 17, where no stage message reaches it, and never joins the outcome agreement. Trainer 1
+  // waits fault.abort_grace_s (3 s here) for it, then aborts the job (launch/worker.cc: MPI_Abort);
+  // before, the job sat until the hang watchdog (300 s here, 600 by default).
+  setenv("MOBULA_FAULT_ERROR_AT_STEP", "17", 1);
+  setenv("MOBULA_FAULT_ERROR_RANK", "1", 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run("one-failing", {"checkpoint.every=0", "fault.max_restarts=0", "fault.hang_timeout_s=300",
+                                     "fault.abort_grace_s=3"});
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  unsetenv("MOBULA_FAULT_ERROR_AT_STEP");
+  unsetenv("MOBULA_FAULT_ERROR_RANK");
+  const std::string all = r.out + r.err;
+  EXPECT_NE(r.exit_code, 0) << all;
+  EXPECT_LT(took, 60.0) << "the other ranks waited for a timeout:\n" << all;
+  EXPECT_NE(all.find("injected failure at step 17"), std::string::npos) << all;
+  EXPECT_NE(all.find("within fault.abort_grace_s = 3 s"), std::string::npos) << all;
+  EXPECT_EQ(all.find("watchdog:"), std::string::npos) << "ended by the watchdog:\n" << all;
+}
+
 TEST_F(Latent, JitWithoutEmbedRanksIsRefusedWithOneLine) {
   const auto r = run("bad", {"roles.embed.ranks=0"});
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
