@@ -20,6 +20,7 @@
 
 #include "core/config.h"
 #include "core/metrics/events.h"
+#include "core/runtime/blas_cpu.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/layout.h"
 #include "core/runtime/log.h"
@@ -100,6 +101,7 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
       auto r = resolve_transport(*spec, key, v, MemoryPlace::kHost);
       if (r) spdlog::info("{} = {} -> {}", key, v, *r);
     }
+    if (const std::string blas = blas_description(); !blas.empty()) spdlog::info("blas: {}", blas);
   }
   auto comms = RoleComms::create(MPI_COMM_WORLD, *layout);
   if (!comms) return comms.status();

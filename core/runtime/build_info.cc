@@ -1,4 +1,5 @@
 #include "core/runtime/build_info.h"
+#include "core/runtime/blas_cpu.h"
 
 #include <mpi.h>
 
@@ -37,6 +38,7 @@ std::vector<std::pair<std::string, std::string>> core_build_info() {
   kokkos += " backends: serial";
 #endif
   out.emplace_back("kokkos", kokkos);
+  if (const std::string blas = blas_description(); !blas.empty()) out.emplace_back("blas", blas);
 #if MOBULA_HAVE_UCX
   out.emplace_back("ucx", std::string(ucp_get_version_string()));
 #else

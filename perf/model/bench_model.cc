@@ -3,7 +3,8 @@
 // PyTorch running the identical config (perf/model/bench_torch.py) in the same run.
 //
 //   taskset -c 0 build/perf/model/bench_model [--repeat 3 --layers 4 --d-model 256 --heads 4 --context 128
-//                                              --vocab 64 --batch 16 --iters 5 --no-torch --no-train]
+//                                              --vocab 64 --batch 16 --iters 5 --no-torch --no-train
+//                                              --python /usr/bin/python3 --torch-script perf/model/bench_torch.py]
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/runtime/blas_cpu.h"
 #include "core/runtime/process.h"
 #include "perf/harness.h"
 #include "rl/model/gpt.h"
@@ -50,13 +52,23 @@ double json_number(const std::string& s, const std::string& key) {
   return std::atof(s.c_str() + s.find(':', p) + 1);
 }
 
+// The string value of "key" in a flat JSON object ("" when absent).
+std::string json_string(const std::string& s, const std::string& key) {
+  const auto p = s.find("\"" + key + "\": \"");
+  if (p == std::string::npos) return "";
+  const auto b = p + key.size() + 5, e = s.find('"', b);
+  return e == std::string::npos ? "" : s.substr(b, e - b);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  reexec_with_openblas_fix(argv);  // as mobula does (core/runtime/blas_cpu.h)
   Kokkos::ScopeGuard kokkos(argc, argv);
   GptConfig cfg;
   int batch = 16, iters = 5, prompt = 8, new_tokens = 56, repeat = 3;
   bool torch = true, train = true;
+  std::string python = "/usr/bin/python3", torch_script = MOBULA_BENCH_TORCH_SCRIPT, torch_version;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
@@ -78,6 +90,10 @@ int main(int argc, char** argv) {
       torch = false;
     else if (a == "--no-train")  // sampling only (profiling)
       train = false;
+    else if (a == "--python" && i + 1 < argc)  // the interpreter that has PyTorch (a venv's, a module's)
+      python = argv[++i];
+    else if (a == "--torch-script" && i + 1 < argc)  // bench_torch.py, when the source tree has moved
+      torch_script = argv[++i];
     else if (a == "--repeat")
       repeat = std::max(1, next());
     else {
@@ -137,20 +153,26 @@ int main(int argc, char** argv) {
   const double attn = 3.0 * 4.0 * batch * cfg.heads * double(T) * T * cfg.head_size() * cfg.layers;
   const double flops = 6.0 * n * batch * T + attn;  // per training step
   std::printf(
-      "# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3); %d rounds, "
+      "# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3; %s); %d rounds, "
       "mobula and PyTorch interleaved, medians\n",
-      cfg.to_string().c_str(), batch, model->num_params(), peak, repeat);
+      cfg.to_string().c_str(), batch, model->num_params(), peak,
+      blas_description().empty() ? "BLAS not OpenBLAS" : blas_description().c_str(), repeat);
   std::vector<double> mt, m16, m64, pt, p16, p64;
   for (int round = 0; round < repeat; ++round) {
     if (train) mt.push_back(measure_train());
     m16.push_back(measure_sample(16));
     m64.push_back(measure_sample(64));
     if (!torch) continue;
-    auto r = run_capture({"/usr/bin/python3", MOBULA_BENCH_TORCH_SCRIPT,   "--layers",      std::to_string(cfg.layers),
-                          "--d-model",        std::to_string(cfg.d_model), "--heads",       std::to_string(cfg.heads),
-                          "--context",        std::to_string(T),           "--vocab",       std::to_string(cfg.vocab),
-                          "--batch",          std::to_string(batch),       "--train-iters", std::to_string(iters),
-                          "--prompt",         std::to_string(prompt),      "--new-tokens",  std::to_string(new_tokens)},
+    auto r = run_capture({python,          torch_script,
+                          "--layers",      std::to_string(cfg.layers),
+                          "--d-model",     std::to_string(cfg.d_model),
+                          "--heads",       std::to_string(cfg.heads),
+                          "--context",     std::to_string(T),
+                          "--vocab",       std::to_string(cfg.vocab),
+                          "--batch",       std::to_string(batch),
+                          "--train-iters", std::to_string(iters),
+                          "--prompt",      std::to_string(prompt),
+                          "--new-tokens",  std::to_string(new_tokens)},
                          1200);
     if (!r || r->exit_code != 0) {
       std::printf("pytorch  not available (%s): no ratios\n",
@@ -158,6 +180,7 @@ int main(int argc, char** argv) {
       torch = false;
       continue;
     }
+    torch_version = json_string(r->out, "torch");
     pt.push_back(json_number(r->out, "train_tokens_per_s"));
     p16.push_back(json_number(r->out, "16"));
     p64.push_back(json_number(r->out, "64"));
@@ -171,8 +194,10 @@ int main(int argc, char** argv) {
               new_tokens);
   std::printf("sample   %8.0f tokens/s  batch 64\n", perf::median(m64));
   if (torch && !pt.empty()) {
-    std::printf("pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (same config, eager, 1 thread)\n",
-                perf::median(pt), perf::median(p16), perf::median(p64));
+    std::printf(
+        "pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (PyTorch %s, same config, eager, 1 "
+        "thread)\n",
+        perf::median(pt), perf::median(p16), perf::median(p64), torch_version.c_str());
     std::printf("ratio    train mobula/pytorch %.2f   sample b16 %.2f   sample b64 %.2f\n",
                 train_tps / perf::median(pt), perf::median(m16) / perf::median(p16),
                 perf::median(m64) / perf::median(p64));

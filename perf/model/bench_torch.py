@@ -95,7 +95,7 @@ def main():
         opt.step()
         if i > 0:
             times.append(time.perf_counter() - t0)
-    out = {"train_tokens_per_s": a.batch * a.context / statistics.median(times), "sample": {}}
+    out = {"torch": torch.__version__, "train_tokens_per_s": a.batch * a.context / statistics.median(times), "sample": {}}
     with torch.no_grad():
         for bs in [int(s) for s in a.sample_batches.split(",")]:
             ts = []

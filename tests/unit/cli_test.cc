@@ -97,6 +97,14 @@ TEST(Cli, VersionListsComponents) {
   for (const char* k : {"mobula", "compiler", "mpi", "kokkos", "ucx", "cuda", "nccl", "hdf5"})
     EXPECT_NE(("\n" + r.out).find(std::string("\n") + k + " "), std::string::npos) << k << " missing in:\n" << r.out;
   EXPECT_NE(r.out.find("(parallel)"), std::string::npos) << r.out;
+  // OpenBLAS on Debian: the core it runs. The user's OPENBLAS_CORETYPE reaches it (no re-exec, no
+  // "set by mobula").
+  ASSERT_EQ(setenv("OPENBLAS_CORETYPE", "Haswell", 1), 0);
+  const auto h = mobula({"version"});
+  ASSERT_EQ(unsetenv("OPENBLAS_CORETYPE"), 0);
+  if (r.out.find("\nblas ") != std::string::npos) {
+    EXPECT_NE(h.out.find("OpenBLAS core Haswell\n"), std::string::npos) << h.out;
+  }
 }
 
 }  // namespace
