@@ -13,9 +13,11 @@
 
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 namespace mobula::rl::kernels {
 
@@ -226,6 +228,7 @@ void matmul_forward(float* out,         // (N,OC)
 // output rows, column-interleaved: panel p = W[16p..16p+15][c] for c = 0..C-1, stored (C, 16), so a
 // step streams every weight once and the 16 outputs of a panel are one vector wide.
 constexpr int kPanel = 16;
+constexpr int kPanelRows = 8;  // rows per block of matmul_forward_panels: 8 x 16 (x 2 panels) accumulators
 
 template <class Exec>
 void pack_panels(float* panels,   // (OC/16, C, 16)
@@ -270,37 +273,18 @@ inline void panel_block(float* out, const float* inp, const float* panels, const
       __builtin_memcpy(out + (r0 + r) * OC + (p + q) * kPanel, &o, sizeof o);
     }
 }
-// Rows r0 .. r0 + rn (rn <= 8) of a block: a full block of 8, or the tail one row-count at a time
-// (each a compile-time count, so the tail keeps its accumulators in registers too).
+// Rows r0 .. r0 + rn (1 <= rn <= kPanelRows) of a block: a full block, or the tail one row-count at a
+// time, each a compile-time count so the tail keeps its accumulators in registers too (a table of
+// the kPanelRows instantiations, indexed by rn - 1).
+template <int NP, int... RNm1>
+constexpr auto panel_block_table(std::integer_sequence<int, RNm1...>) {
+  return std::array{&panel_block<NP, RNm1 + 1>...};
+}
 template <int NP>
 inline void panel_rows(float* out, const float* inp, const float* panels, const float* bias, long r0, int rn, long p,
                        int C, int OC) {
-  switch (rn) {
-    case 8:
-      panel_block<NP, 8>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 7:
-      panel_block<NP, 7>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 6:
-      panel_block<NP, 6>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 5:
-      panel_block<NP, 5>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 4:
-      panel_block<NP, 4>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 3:
-      panel_block<NP, 3>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    case 2:
-      panel_block<NP, 2>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-    default:
-      panel_block<NP, 1>(out, inp, panels, bias, r0, p, C, OC);
-      break;
-  }
+  static constexpr auto blocks = panel_block_table<NP>(std::make_integer_sequence<int, kPanelRows>{});
+  blocks[size_t(rn - 1)](out, inp, panels, bias, r0, p, C, OC);
 }
 #endif
 
@@ -313,7 +297,7 @@ void matmul_forward_panels(float* out,           // (R,OC)
                            const float* panels,  // (OC/16, C, 16)
                            const float* bias,    // (OC) or nullptr
                            int R, int C, int OC) {
-  constexpr int kRows = 8;
+  constexpr int kRows = kPanelRows;
   const long npanels = OC / kPanel, nrb = (R + kRows - 1) / kRows;
 #ifdef MOBULA_HOST_VECTORS
   // Host: blocks of 2 panels x 8 rows (16 accumulators, 2 weight loads and 8 broadcasts per 16
