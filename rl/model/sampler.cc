@@ -202,7 +202,7 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     matmul(qkv, ln, o.qkvw + lo, o.qkvb + lo, C, 3 * C);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
     // (a transposed K made every store a cache miss: 35% of a decode step). The q.k dot products
-    // use 16 independent partial sums, so they vectorize without reassociating (deterministic).
+    // use kernels::sum16, so they vectorize without reassociating (deterministic).
     Kokkos::parallel_for(
         "decode_kv_store", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {  // one (row, head): hs floats
           const long r = i / NH, h = i % NH;
@@ -221,7 +221,6 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
           const float* vr = vc + head * Lmax * hs;
           float* s = scores + i * Lmax;
           const int n = pos[r] + 1;
-          const int hs16 = hs - hs % 16;
 #ifdef MOBULA_HOST_VECTORS
           // Host: the K and V rows come from memory (at batch 64 the cache and the weights outgrow
           // L3), so each row is prefetched: K 16 rows ahead, running on into the next (row, head)'s
@@ -238,13 +237,7 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
               __builtin_prefetch(vr + long(j) * hs + d);
             }
 #endif
-            float part[16] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            for (int d0 = 0; d0 < hs16; d0 += 16)
-              for (int k = 0; k < 16; ++k) part[k] += q[d0 + k] * krow[d0 + k];
-            float dotp = 0.f;
-            for (int k = 0; k < 16; ++k) dotp += part[k];
-            for (int d = hs16; d < hs; ++d) dotp += q[d] * krow[d];
-            s[j] = dotp * scale;
+            s[j] = K::sum16(hs, [&](int d) { return q[d] * krow[d]; }) * scale;
           }
           float mx = -3.0e38f;
           for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
