@@ -135,8 +135,8 @@ Status run_workload(const WorkloadContext& ctx) {
   if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
   if (ctx.spec.workload == "grpo" || ctx.spec.workload == "latent-pretrain") {
     const Status st = ctx.spec.workload == "grpo" ? run_grpo(ctx) : run_latent_pretrain(ctx);
-    // Say it here: peers may be blocked in a transfer with this rank until their timeout, and only
-    // then reach the agreement below.
+    // Say it here, before the agreement: peers may be blocked in a transfer or a collective with
+    // this rank and arrive late or never (agree() then aborts after fault.abort_grace_s).
     if (!st && st.code() != Status::Code::kPreempted) spdlog::error("{}", st.message());
     return agree(ctx.world, st, ctx.spec.fault.abort_grace_s);
   }
