@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -44,20 +45,6 @@ double sgemm_peak() {
     if (i) t.push_back(now() - t0);
   }
   return 2.0 * n * n * n / perf::median(t) / 1e9;
-}
-
-double json_number(const std::string& s, const std::string& key) {
-  const auto p = s.find("\"" + key + "\"");
-  if (p == std::string::npos) return 0;
-  return std::atof(s.c_str() + s.find(':', p) + 1);
-}
-
-// The string value of "key" in a flat JSON object ("" when absent).
-std::string json_string(const std::string& s, const std::string& key) {
-  const auto p = s.find("\"" + key + "\": \"");
-  if (p == std::string::npos) return "";
-  const auto b = p + key.size() + 5, e = s.find('"', b);
-  return e == std::string::npos ? "" : s.substr(b, e - b);
 }
 
 }  // namespace
@@ -152,11 +139,12 @@ int main(int argc, char** argv) {
   const double n = double(model->num_params());
   const double attn = 3.0 * 4.0 * batch * cfg.heads * double(T) * T * cfg.head_size() * cfg.layers;
   const double flops = 6.0 * n * batch * T + attn;  // per training step
+  std::string blas = blas_description();
+  if (blas.empty()) blas = "BLAS not OpenBLAS";
   std::printf(
       "# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3; %s); %d rounds, "
       "mobula and PyTorch interleaved, medians\n",
-      cfg.to_string().c_str(), batch, model->num_params(), peak,
-      blas_description().empty() ? "BLAS not OpenBLAS" : blas_description().c_str(), repeat);
+      cfg.to_string().c_str(), batch, model->num_params(), peak, blas.c_str(), repeat);
   std::vector<double> mt, m16, m64, pt, p16, p64;
   for (int round = 0; round < repeat; ++round) {
     if (train) mt.push_back(measure_train());
@@ -180,10 +168,18 @@ int main(int argc, char** argv) {
       torch = false;
       continue;
     }
-    torch_version = json_string(r->out, "torch");
-    pt.push_back(json_number(r->out, "train_tokens_per_s"));
-    p16.push_back(json_number(r->out, "16"));
-    p64.push_back(json_number(r->out, "64"));
+    // bench_torch.py prints one JSON object: {"torch", "train_tokens_per_s", "sample": {"16", "64"}}.
+    const auto out = nlohmann::json::parse(r->out, nullptr, /*allow_exceptions=*/false);
+    if (out.is_discarded() || !out.is_object()) {
+      std::printf("pytorch  printed no JSON (%s): no ratios\n", r->out.substr(0, r->out.find('\n')).c_str());
+      torch = false;
+      continue;
+    }
+    const auto sample = out.value("sample", nlohmann::json::object());
+    torch_version = out.value("torch", std::string());
+    pt.push_back(out.value("train_tokens_per_s", 0.0));
+    p16.push_back(sample.value("16", 0.0));
+    p64.push_back(sample.value("64", 0.0));
   }
   const double train_tps = train ? perf::median(mt) : 0.0;
   if (train)
