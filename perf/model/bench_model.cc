@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   GptConfig cfg;
   int batch = 16, iters = 5, prompt = 8, new_tokens = 56, repeat = 3;
-  bool torch = true, train = true;
+  bool torch = true, train = true, prefetch_ab = false;
   std::string python = "/usr/bin/python3", torch_script = MOBULA_BENCH_TORCH_SCRIPT, torch_version;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
       python = argv[++i];
     else if (a == "--torch-script" && i + 1 < argc)  // bench_torch.py, when the source tree has moved
       torch_script = argv[++i];
+    else if (a == "--prefetch-ab")  // also sample without the decode prefetches, interleaved
+      prefetch_ab = true;
     else if (a == "--repeat")
       repeat = std::max(1, next());
     else {
@@ -115,9 +117,10 @@ int main(int argc, char** argv) {
     }
     return batch * T / perf::median(ts);
   };
-  auto measure_sample = [&](int sb) -> double {
+  auto measure_sample = [&](int sb, bool prefetch = true) -> double {
     auto sampler = Sampler<>::create(cfg, sb, prompt + new_tokens);
     if (!sampler) return 0;
+    sampler->set_prefetch(prefetch);
     std::vector<std::vector<int>> prompts(static_cast<size_t>(sb));
     for (int b = 0; b < sb; ++b)
       for (int t = 0; t < prompt; ++t) prompts[size_t(b)].push_back((b * 3 + t) % cfg.vocab);
@@ -145,11 +148,15 @@ int main(int argc, char** argv) {
       "# bench_model: %s, batch %d, %zu params; SGEMM peak %.1f GFLOP/s (KokkosBlas, 512^3; %s); %d rounds, "
       "mobula and PyTorch interleaved, medians\n",
       cfg.to_string().c_str(), batch, model->num_params(), peak, blas.c_str(), repeat);
-  std::vector<double> mt, m16, m64, pt, p16, p64;
+  std::vector<double> mt, m16, m64, pt, p16, p64, o16, o64;
   for (int round = 0; round < repeat; ++round) {
     if (train) mt.push_back(measure_train());
     m16.push_back(measure_sample(16));
     m64.push_back(measure_sample(64));
+    if (prefetch_ab) {
+      o16.push_back(measure_sample(16, false));
+      o64.push_back(measure_sample(64, false));
+    }
     if (!torch) continue;
     auto r = run_capture({python,          torch_script,
                           "--layers",      std::to_string(cfg.layers),
@@ -189,6 +196,10 @@ int main(int argc, char** argv) {
   std::printf("sample   %8.0f tokens/s  batch 16, prompt %d, %d new tokens, KV cache\n", perf::median(m16), prompt,
               new_tokens);
   std::printf("sample   %8.0f tokens/s  batch 64\n", perf::median(m64));
+  if (prefetch_ab)
+    std::printf("sample   without the decode prefetches: b16 %.0f, b64 %.0f tokens/s; with/without %.3f, %.3f\n",
+                perf::median(o16), perf::median(o64), perf::median(m16) / perf::median(o16),
+                perf::median(m64) / perf::median(o64));
   if (torch && !pt.empty()) {
     std::printf(
         "pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (PyTorch %s, same config, eager, 1 "

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace mobula::rl::kernels {
 
@@ -246,19 +247,87 @@ void pack_panels(float* panels,   // (OC/16, C, 16)
       });
 }
 
+// ---- prefetching across kernels (host) -----------------------------------------------------------
+// Byte ranges pulled toward the cache a line at a time while a compute-bound kernel runs, so that the
+// memory-bound kernel after it finds its data there (software pipelining across kernels). The
+// sampler's decode matmuls carry the next attention's K and V rows: at batch 64 the KV cache and the
+// weights outgrow L3, and the attention would otherwise wait on DRAM while the matmuls leave the
+// memory bus idle. A hint only: nothing it does changes a result. A cursor, so one consumer thread.
+struct PrefetchStream {
+  const char* base = nullptr;
+  long twin = 0;                              // each line is also fetched at +twin bytes; 0: none
+  std::vector<std::pair<long, long>> ranges;  // [begin, end) byte offsets from base, in order
+  size_t at_range = 0;
+  long at = 0;
+  int every = 0;  // one line (and its twin) per `every` ticks of the consumer; 0: off
+
+  // Starts over on `ranges`, their lines spread evenly over the `ticks` ticks to come.
+  void start(long ticks) {
+    at_range = 0;
+    enter_range();
+    long lines = 0;
+    for (const auto& r : ranges) lines += (r.second - r.first + 63) / 64;
+    every = lines == 0 ? 0 : int(ticks / lines > 1 ? ticks / lines : 1);
+  }
+  void stop() { every = 0; }
+  bool done() const { return every == 0 || at_range >= ranges.size(); }
+  void fetch_one() {
+    if (at_range >= ranges.size()) return;
+#if defined(__GNUC__)
+    // Non-temporal: ahead of T0 and well ahead of T2 (L2) in bench_model on this machine.
+    __builtin_prefetch(base + at, 0, 0);
+    if (twin) __builtin_prefetch(base + at + twin, 0, 0);
+#endif
+    at += 64;
+    if (at >= ranges[at_range].second) {
+      ++at_range;
+      enter_range();
+    }
+  }
+  void enter_range() {  // the first non-empty range from at_range on
+    while (at_range < ranges.size() && ranges[at_range].first >= ranges[at_range].second) ++at_range;
+    if (at_range < ranges.size()) at = ranges[at_range].first;
+  }
+};
+
 #ifdef MOBULA_HOST_VECTORS
+// What one block of matmul_forward_panels prefetches, spread over its loop over c: the caller's
+// stream (one tick per c), and `ahead_lines` cache lines of weights from `ahead` (the next panels).
+struct PanelPrefetch {
+  PrefetchStream* stream = nullptr;
+  const char* ahead = nullptr;
+  long ahead_lines = 0;
+};
+
 // One block of matmul_forward_panels on the host: rows [r0, r0 + RN) x panels [p, p + NP), RN and
 // NP compile-time so the RN x NP accumulators are registers (GCC vectors; with plain arrays GCC
 // keeps them in memory: 4x slower). Per c: NP weight vectors, RN broadcasts, RN x NP FMAs.
 template <int NP, int RN>
 inline void panel_block(float* out, const float* inp, const float* panels, const float* bias, long r0, long p, int C,
-                        int OC) {
+                        int OC, const PanelPrefetch& pf) {
   HostV16 acc[RN][NP];
   for (int r = 0; r < RN; ++r)
     for (int q = 0; q < NP; ++q) acc[r][q] = HostV16{};
   const float* P0 = panels + p * long(C) * kPanel;
   const float* x0 = inp + r0 * C;
+  // Prefetches, when asked for: `per` weight lines every `wevery` c, and a stream tick every c (the
+  // stream fetches a line every pf.stream->every ticks). Off: branches never taken.
+  PrefetchStream* const stream = pf.stream && !pf.stream->done() ? pf.stream : nullptr;
+  int countdown = stream ? stream->every : 0;
+  const char* ahead = pf.ahead;
+  const long per = pf.ahead_lines > C ? (pf.ahead_lines + C - 1) / C : 1;
+  const int wevery = pf.ahead_lines > 0 ? int(C / (pf.ahead_lines / per)) : 0;
+  const char* const ahead_end = ahead + pf.ahead_lines * 64;
+  int wcount = 1;
   for (int c = 0; c < C; ++c) {
+    if (wevery && --wcount == 0) {
+      wcount = wevery;
+      for (long k = 0; k < per && ahead < ahead_end; ++k, ahead += 64) __builtin_prefetch(ahead, 0, 3);
+    }
+    if (stream && --countdown == 0) {
+      countdown = stream->every;
+      stream->fetch_one();
+    }
     HostV16 w[NP];
     for (int q = 0; q < NP; ++q) __builtin_memcpy(&w[q], P0 + (q * long(C) + c) * kPanel, sizeof(HostV16));
     for (int r = 0; r < RN; ++r) {
@@ -283,21 +352,28 @@ constexpr auto panel_block_table(std::integer_sequence<int, RNm1...>) {
 }
 template <int NP>
 inline void panel_rows(float* out, const float* inp, const float* panels, const float* bias, long r0, int rn, long p,
-                       int C, int OC) {
+                       int C, int OC, const PanelPrefetch& pf) {
   static constexpr auto blocks = panel_block_table<NP>(std::make_integer_sequence<int, kPanelRows>{});
-  blocks[size_t(rn - 1)](out, inp, panels, bias, r0, p, C, OC);
+  blocks[size_t(rn - 1)](out, inp, panels, bias, r0, p, C, OC, pf);
 }
 #endif
 
 // out (R,OC) = inp (R,C) W^T + bias, W packed by pack_panels; OC a multiple of 16. Each output is
 // summed over c in order, per row: a row's result does not depend on the other rows (nor on how
 // rows and panels are blocked).
+//
+// Host prefetching (hints; results are the same without): with `prefetch`, each block fetches its
+// share of the next two panels' weights; `stream` (single-threaded execution spaces only, else
+// ignored) is ticked once per (block, c), panel_ticks(R, C, OC) ticks per call.
+inline long panel_ticks(int R, int C, int OC) {
+  return (long(OC / kPanel) + 1) / 2 * ((R + kPanelRows - 1) / kPanelRows) * long(C);
+}
 template <class Exec>
 void matmul_forward_panels(float* out,           // (R,OC)
                            const float* inp,     // (R,C)
                            const float* panels,  // (OC/16, C, 16)
                            const float* bias,    // (OC) or nullptr
-                           int R, int C, int OC) {
+                           int R, int C, int OC, bool prefetch = true, PrefetchStream* stream = nullptr) {
   constexpr int kRows = kPanelRows;
   const long npanels = OC / kPanel, nrb = (R + kRows - 1) / kRows;
 #ifdef MOBULA_HOST_VECTORS
@@ -306,16 +382,29 @@ void matmul_forward_panels(float* out,           // (R,OC)
   // with the row-count test inside the loop over c. An odd last panel goes alone.
   static_assert(kPanel == 16, "a panel is one HostV16 wide");
   const long ngroups = (npanels + 1) / 2;
+  if (Exec().concurrency() > 1) stream = nullptr;  // a cursor: one thread
   Kokkos::parallel_for(
       "matmul_forward_panels", Range<Exec>(0, ngroups * nrb), KOKKOS_LAMBDA(long i) {
-        const long p = (i / nrb) * 2, r0 = (i % nrb) * kRows;
+        const long p = (i / nrb) * 2, rb = i % nrb, r0 = rb * kRows;
         const int rn = R - r0 < kRows ? int(R - r0) : kRows;
+        PanelPrefetch pf{prefetch ? stream : nullptr, nullptr, 0};
+        if (prefetch && p + 2 < npanels) {
+          // The next pair's weights (the row blocks of this pair share them out): their first
+          // block then does not wait for the hardware prefetcher to find two new streams. Measured
+          // in bench_model: sampling +7% at batch 64, +3-7% at batch 16.
+          const long lines = (npanels - p - 2 < 2 ? 1 : 2) * long(C) * kPanel * long(sizeof(float)) / 64;
+          const long b0 = lines * rb / nrb, b1 = lines * (rb + 1) / nrb;
+          pf.ahead = reinterpret_cast<const char*>(panels + (p + 2) * long(C) * kPanel) + b0 * 64;
+          pf.ahead_lines = b1 - b0;
+        }
         if (p + 1 < npanels)
-          panel_rows<2>(out, inp, panels, bias, r0, rn, p, C, OC);
+          panel_rows<2>(out, inp, panels, bias, r0, rn, p, C, OC, pf);
         else
-          panel_rows<1>(out, inp, panels, bias, r0, rn, p, C, OC);
+          panel_rows<1>(out, inp, panels, bias, r0, rn, p, C, OC, pf);
       });
 #else
+  (void)prefetch;
+  (void)stream;
   Kokkos::parallel_for(
       "matmul_forward_panels", Range<Exec>(0, npanels * nrb), KOKKOS_LAMBDA(long i) {
         const long p = i / nrb, r0 = (i % nrb) * kRows;

@@ -15,12 +15,17 @@
 
 #include <Kokkos_Core.hpp>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "rl/model/config.h"
 #include "rl/model/gpt.h"
 
 namespace mobula::rl {
+
+namespace kernels {
+struct PrefetchStream;
+}
 
 struct SamplingParams {
   float temperature = 1.0f;
@@ -53,6 +58,10 @@ class Sampler {
   Result<std::vector<Sample>> sample_groups(const Buffer& params, const std::vector<std::vector<int>>& prompts,
                                             int group, const std::vector<uint64_t>& seeds, const SamplingParams& sp);
 
+  // Host backends: the decode matmuls prefetch their next weights and the K and V rows that the next
+  // attention reads (on by default; hints, the results are the same either way). Off: benchmarks.
+  void set_prefetch(bool on) { prefetch_ = on; }
+
   int max_rows() const { return max_rows_; }
   int max_len() const { return max_len_; }
   // Number of decode steps (row-steps) computed by the last call, for tests of prefix sharing.
@@ -77,6 +86,11 @@ class Sampler {
   // between calls); decode matmuls then skip BLAS's per-call packing. Empty: BLAS (GPU, odd sizes).
   Buffer panels_;
   void pack(const Buffer& params);
+  // The next attention's K/V rows (layer l + 1, or layer 0 of the next step) for the R rows in flight
+  // at step(): started on kv_pf_ before the matmuls that precede that attention.
+  void plan_kv_prefetch(int l, int R);
+  bool prefetch_ = true;
+  std::shared_ptr<kernels::PrefetchStream> kv_pf_;
   long row_steps_ = 0;
   GptOffsets off_{};
 };

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "rl/model/gpt.h"
+#include "rl/model/kernels.h"
 #include "rl/model/tokenizer.h"
 #include "rl/model/weights.h"
 
@@ -94,6 +95,58 @@ TEST(Sampler, SequenceDoesNotDependOnItsBatch) {
     auto other = s->sample(m.params, {{5, 6, 7}}, {43}, sp);
     EXPECT_NE((*alone)[0].tokens, (*other)[0].tokens);
   }
+}
+
+// The decode prefetches (next weights, next attention's K/V rows) are hints: with or without them,
+// every token and log-probability is the same, bitwise. 12 rows: two row blocks of the panel matmul.
+TEST(Sampler, PrefetchesChangeNoResult) {
+  for (const GptConfig& c : kConfigs) {
+    SCOPED_TRACE(c.to_string());
+    auto m = model(c);
+    auto s = Sampler<>::create(c, 12, 24);
+    ASSERT_TRUE(s.is_ok());
+    SamplingParams sp;
+    sp.max_new_tokens = 14;
+    std::vector<std::vector<int>> prompts;
+    std::vector<uint64_t> seeds;
+    for (int r = 0; r < 12; ++r) {
+      prompts.push_back(std::vector<int>(size_t(1 + r % 5), r % c.vocab));
+      seeds.push_back(uint64_t(100 + r));
+    }
+    auto with = s->sample(m.params, prompts, seeds, sp);
+    s->set_prefetch(false);
+    auto without = s->sample(m.params, prompts, seeds, sp);
+    ASSERT_TRUE(with.is_ok() && without.is_ok());
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      EXPECT_EQ((*with)[r].tokens, (*without)[r].tokens) << r;
+      EXPECT_EQ((*with)[r].logprobs, (*without)[r].logprobs) << r;
+      EXPECT_EQ((*with)[r].model_logprobs, (*without)[r].model_logprobs) << r;
+    }
+  }
+}
+
+// The prefetch stream walks its ranges in order, a line at a time, and spreads them over the ticks.
+TEST(PrefetchStream, WalksRangesAndSpreadsLines) {
+  std::vector<char> buf(4096);
+  kernels::PrefetchStream pf;
+  pf.base = buf.data();
+  pf.ranges = {{8, 8}, {0, 100}, {1024, 1024 + 3 * 64}, {2048, 2048}};  // none, 2 lines, 3 lines, none
+  pf.start(50);
+  EXPECT_EQ(pf.every, 10);  // 5 lines over 50 ticks
+  std::vector<long> at;
+  while (!pf.done()) {
+    at.push_back(pf.at);
+    pf.fetch_one();
+  }
+  EXPECT_EQ(at, (std::vector<long>{0, 64, 1024, 1088, 1152}));
+  pf.start(3);  // more lines than ticks: one per tick, whatever is left is not fetched
+  EXPECT_EQ(pf.every, 1);
+  EXPECT_FALSE(pf.done());
+  pf.stop();
+  EXPECT_TRUE(pf.done());
+  pf.ranges.clear();
+  pf.start(10);
+  EXPECT_TRUE(pf.done());
 }
 
 TEST(Sampler, PrefixSharingSameResultsFewerSteps) {
