@@ -299,7 +299,8 @@ struct PrefetchStream {
 
 #ifdef MOBULA_HOST_VECTORS
 // What one block of matmul_forward_panels prefetches, spread over its loop over c: the caller's
-// stream (one tick per c), and `ahead_lines` cache lines of weights from `ahead` (the next panels).
+// stream (one tick per c, handed over kPrefetchTick at a time), and `ahead_lines` cache lines of
+// weights from `ahead` (its share of the next panels).
 constexpr int kPrefetchTick = 64;
 struct PanelPrefetch {
   PrefetchStream* stream = nullptr;
@@ -318,8 +319,6 @@ inline void panel_block(float* out, const float* inp, const float* panels, const
     for (int q = 0; q < NP; ++q) acc[r][q] = HostV16{};
   const float* P0 = panels + p * long(C) * kPanel;
   const float* x0 = inp + r0 * C;
-  // Prefetches, when asked for, every kPrefetchTick c: a share of the weight lines, and as many ticks
-  // of the stream (which fetches a line every pf.stream->every ticks).
   PrefetchStream* const stream = pf.stream && !pf.stream->done() ? pf.stream : nullptr;
   // One prefetch per c, unconditional (a branch or a counter here cost the loop ~9%): `ahead`
   // advances by its lines' bytes over C; without weights to fetch it runs over the panel being read.
@@ -395,8 +394,10 @@ void matmul_forward_panels(float* out,           // (R,OC)
         PanelPrefetch pf{prefetch ? stream : nullptr, nullptr, 0};
         if (prefetch && p + 2 < npanels) {
           // The next pair's weights (the row blocks of this pair share them out): their first
-          // block then does not wait for the hardware prefetcher to find two new streams. Measured
-          // in bench_model: sampling +7% at batch 64, +3-7% at batch 16.
+          // block then does not wait for the hardware prefetcher to find two new streams. With the
+          // sampler's K/V stream, bench_model --prefetch-ab: sampling +6.5-7% at batch 64 and
+          // +12-13% at batch 16 (2026-11-26); the 4 layers' decode matmuls alone 106 -> 110
+          // GFLOP/s at batch 64, 102 -> 107 at batch 16.
           const long lines = (npanels - p - 2 < 2 ? 1 : 2) * long(C) * kPanel * long(sizeof(float)) / 64;
           const long b0 = lines * rb / nrb, b1 = lines * (rb + 1) / nrb;
           pf.ahead = reinterpret_cast<const char*>(panels + (p + 2) * long(C) * kPanel) + b0 * 64;

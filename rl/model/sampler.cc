@@ -163,8 +163,8 @@ void Sampler<Exec>::pack(const Buffer& params) {
 
 template <class Exec>
 void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
-  // Measured at batch 64 (bench_model): the attention's share of a step 21% -> 13%, the matmuls'
-  // time +2%, sampling ~+7%.
+  // bench_model's batch 64 under perf: the attention's share of a step 21% -> 13%, the matmuls'
+  // +2% (this stream alone). With the weight prefetch, see kernels::matmul_forward_panels.
   const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden();
   const int next = l + 1 < cfg_.layers ? l + 1 : 0;
   const int ahead = next == 0 ? 2 : 1;  // positions 0..pos (this step) or 0..pos + 1 (the next one)
