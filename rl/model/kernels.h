@@ -369,8 +369,12 @@ inline void panel_rows(float* out, const float* inp, const float* panels, const 
 // Host prefetching (hints; results are the same without): with `prefetch`, each block fetches its
 // share of the next two panels' weights; `stream` (single-threaded execution spaces only, else
 // ignored) is ticked once per (block, c), panel_ticks(R, C, OC) ticks per call.
+// Host blocks per call: pairs of panels (an odd last one alone) x blocks of kPanelRows rows.
+inline long panel_blocks(int R, int OC) {
+  return (long(OC / kPanel) + 1) / 2 * ((R + kPanelRows - 1) / kPanelRows);
+}
 inline long panel_ticks(int R, int C, int OC) {
-  return (long(OC / kPanel) + 1) / 2 * ((R + kPanelRows - 1) / kPanelRows) * long(C);
+  return panel_blocks(R, OC) * long(C);
 }
 template <class Exec>
 void matmul_forward_panels(float* out,           // (R,OC)
@@ -385,10 +389,9 @@ void matmul_forward_panels(float* out,           // (R,OC)
   // FMAs): 103 GFLOP/s here at the decode shapes, ~the SGEMM peak, against 71 for 1 panel x 8 rows
   // with the row-count test inside the loop over c. An odd last panel goes alone.
   static_assert(kPanel == 16, "a panel is one HostV16 wide");
-  const long ngroups = (npanels + 1) / 2;
   if (Exec().concurrency() > 1) stream = nullptr;  // a cursor: one thread
   Kokkos::parallel_for(
-      "matmul_forward_panels", Range<Exec>(0, ngroups * nrb), KOKKOS_LAMBDA(long i) {
+      "matmul_forward_panels", Range<Exec>(0, panel_blocks(R, OC)), KOKKOS_LAMBDA(long i) {
         const long p = (i / nrb) * 2, rb = i % nrb, r0 = rb * kRows;
         const int rn = R - r0 < kRows ? int(R - r0) : kRows;
         PanelPrefetch pf{prefetch ? stream : nullptr, nullptr, 0};
