@@ -144,6 +144,8 @@ Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, 
       cfg.hidden() % kernels::kPanel == 0)
     s.panels_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "sampler_panels"), s.off_.count);
   s.kv_pf_ = std::make_shared<kernels::PrefetchStream>();
+  s.kv_pf_->twin = long(reinterpret_cast<std::uintptr_t>(s.vcache_.data()) -
+                        reinterpret_cast<std::uintptr_t>(s.kcache_.data()));  // V beside each K line
   return s;
 }
 
@@ -172,7 +174,6 @@ void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
   kernels::PrefetchStream& pf = *kv_pf_;
   const float* kl = kcache_.data() + size_t(next) * max_rows_ * max_len_ * C;
   pf.base = reinterpret_cast<const char*>(kl);
-  pf.twin = long(reinterpret_cast<std::uintptr_t>(vcache_.data()) - reinterpret_cast<std::uintptr_t>(kcache_.data()));
   pf.ranges.clear();
   for (int i = 0; i < R; ++i) {
     const int n = std::min(pos_h_(i) + ahead, max_len_);
