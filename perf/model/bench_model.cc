@@ -205,9 +205,9 @@ int main(int argc, char** argv) {
         "pytorch  train %.0f tokens/s, sample b16 %.0f, b64 %.0f tokens/s (PyTorch %s, same config, eager, 1 "
         "thread)\n",
         perf::median(pt), perf::median(p16), perf::median(p64), torch_version.c_str());
-    std::printf("ratio    train mobula/pytorch %.2f   sample b16 %.2f   sample b64 %.2f\n",
-                train_tps / perf::median(pt), perf::median(m16) / perf::median(p16),
-                perf::median(m64) / perf::median(p64));
+    if (train) std::printf("ratio    train mobula/pytorch %.2f", train_tps / perf::median(pt));
+    std::printf("%ssample b16 %.2f   sample b64 %.2f\n", train ? "   " : "ratio    ",
+                perf::median(m16) / perf::median(p16), perf::median(m64) / perf::median(p64));
   }
   return 0;
 }
