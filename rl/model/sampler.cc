@@ -89,6 +89,18 @@ inline void av_accumulate(float* y, const float* a, float inv, const float* V, i
 }
 #endif
 
+// The KV cache's layout, (L, Rmax, NH, Lmax, hs) floats each for K and V: the offset of a layer's
+// block, and of a (slot, head)'s Lmax x hs rows within it. One place for the kernels and the
+// prefetch plan.
+struct KvLayout {
+  long rows, heads, len, hs;
+  KOKKOS_INLINE_FUNCTION long layer(long l) const { return l * rows * heads * len * hs; }
+  KOKKOS_INLINE_FUNCTION long head(long slot, long h) const { return (slot * heads + h) * len * hs; }
+};
+KvLayout kv_layout(const GptConfig& c, int max_rows, int max_len) {
+  return {max_rows, c.heads, max_len, c.head_size()};
+}
+
 // Per-step activation offsets for R rows.
 struct Work {
   size_t x, ln, qkv, atty, res, fch, fchg, lnf, mean, rstd, scores, total;
@@ -170,15 +182,15 @@ void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
   const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden();
   const int next = l + 1 < cfg_.layers ? l + 1 : 0;
   const int ahead = next == 0 ? 2 : 1;  // positions 0..pos (this step) or 0..pos + 1 (the next one)
-  const long row_bytes = long(hs) * long(sizeof(float));
+  const long fb = long(sizeof(float)), row_bytes = hs * fb;
+  const KvLayout kv = kv_layout(cfg_, max_rows_, max_len_);
   kernels::PrefetchStream& pf = *kv_pf_;
-  const float* kl = kcache_.data() + size_t(next) * max_rows_ * max_len_ * C;
-  pf.base = reinterpret_cast<const char*>(kl);
+  pf.base = reinterpret_cast<const char*>(kcache_.data() + kv.layer(next));
   pf.ranges.clear();
   for (int i = 0; i < R; ++i) {
     const int n = std::min(pos_h_(i) + ahead, max_len_);
     for (int h = 0; h < NH; ++h) {
-      const long begin = (long(slot_h_(i)) * NH + h) * max_len_ * row_bytes;
+      const long begin = kv.head(slot_h_(i), h) * fb;
       pf.ranges.emplace_back(begin, begin + n * row_bytes);
     }
   }
@@ -223,10 +235,11 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     else
       K::matmul_forward<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
   };
+  const KvLayout kv = kv_layout(cfg_, Rmax, Lmax);
   for (int l = 0; l < cfg_.layers; ++l) {
-    const size_t lo = size_t(l) * o.layer_stride;              // this layer's offset from layer 0
-    float* kc = kcache_.data() + size_t(l) * Rmax * Lmax * C;  // (Rmax, NH, Lmax, hs)
-    float* vc = vcache_.data() + size_t(l) * Rmax * Lmax * C;
+    const size_t lo = size_t(l) * o.layer_stride;  // this layer's offset from layer 0
+    float* kc = kcache_.data() + kv.layer(l);      // (Rmax, NH, Lmax, hs)
+    float* vc = vcache_.data() + kv.layer(l);
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, P + o.ln1w + lo, P + o.ln1b + lo, R, C);
     matmul(qkv, ln, o.qkvw + lo, o.qkvb + lo, C, 3 * C);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
@@ -235,7 +248,7 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     Kokkos::parallel_for(
         "decode_kv_store", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {  // one (row, head): hs floats
           const long r = i / NH, h = i % NH;
-          const long at_pos = ((long(slot[r]) * NH + h) * Lmax + pos[r]) * hs;
+          const long at_pos = kv.head(slot[r], h) + long(pos[r]) * hs;
           const float* kn = qkv + r * 3 * C + C + h * hs;
           const float* vn = kn + C;
           for (int d = 0; d < hs; ++d) kc[at_pos + d] = kn[d];
@@ -244,10 +257,9 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
     Kokkos::parallel_for(
         "decode_attention", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {
           const long r = i / NH, h = i % NH;
-          const long head = long(slot[r]) * NH + h;
           const float* q = qkv + r * 3 * C + h * hs;
-          const float* kr = kc + head * Lmax * hs;
-          const float* vr = vc + head * Lmax * hs;
+          const float* kr = kc + kv.head(slot[r], h);
+          const float* vr = vc + kv.head(slot[r], h);
           float* s = scores + i * Lmax;
           const int n = pos[r] + 1;
 #ifdef MOBULA_HOST_VECTORS
@@ -255,7 +267,7 @@ void Sampler<Exec>::step(const Buffer& params, int R) {
           // L3), so each row is prefetched: K 16 rows ahead, running on into the next (row, head)'s
           // K, and V one pass ahead of the weighted sum. 23% less time in this kernel.
           const long inext = i + 1 < long(R) * NH ? i + 1 : i;
-          const float* knext = kc + (long(slot[inext / NH]) * NH + inext % NH) * Lmax * hs;
+          const float* knext = kc + kv.head(slot[inext / NH], inext % NH);
 #endif
           for (int j = 0; j < n; ++j) {
             const float* krow = kr + long(j) * hs;
@@ -359,7 +371,8 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
   }
   // Copy every prompt's prefix KV into the other rows of its group.
   if (group > 1) {
-    const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), Lmax = max_len_, Rmax = max_rows_;
+    const int NH = cfg_.heads, hs = cfg_.head_size();
+    const KvLayout kv = kv_layout(cfg_, max_rows_, max_len_);
     std::vector<int> plen(static_cast<size_t>(P));
     for (int p = 0; p < P; ++p) plen[size_t(p)] = static_cast<int>(prompts[size_t(p)].size()) - 1;
     Kokkos::View<int*, Mem> plen_d("plen", P);
@@ -375,9 +388,8 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
         "prefix_share", kernels::Range<Exec>(0, long(L) * P * (G - 1) * NH), KOKKOS_LAMBDA(long i) {
           const long h = i % NH, g = (i / NH) % (G - 1) + 1, p = (i / (long(NH) * (G - 1))) % P,
                      l = i / (long(NH) * (G - 1) * P);
-          const long base = long(l) * Rmax * Lmax * C;
-          const long src = base + ((p * G) * NH + h) * Lmax * hs;
-          const long dst = base + ((p * G + g) * NH + h) * Lmax * hs;
+          const long src = kv.layer(l) + kv.head(p * G, h);
+          const long dst = kv.layer(l) + kv.head(p * G + g, h);
           for (long e = 0; e < long(pl[p]) * hs; ++e) {  // positions [0, prompt length - 1)
             kc[dst + e] = kc[src + e];
             vc[dst + e] = vc[src + e];
