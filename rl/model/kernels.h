@@ -272,24 +272,42 @@ struct PrefetchStream {
     every = lines == 0 ? 0 : int(ticks / lines > 1 ? ticks / lines : 1);
   }
   void stop() { every = 0; }
-  // n ticks of the consumer: the lines due by now.
+  // n ticks of the consumer: the lines due by now, in runs along the ranges (a call per line, with
+  // its range checks, cost bench_model's sampling 1.5-2% at batch 64).
   void tick(long n) {
     if (every == 0) return;
-    for (credit += n; credit >= every && at_range < ranges.size(); credit -= every) fetch_one();
+    credit += n;
+    long due = credit / every;
+    credit -= due * every;
+    while (due > 0 && at_range < ranges.size()) {
+      const long end = ranges[at_range].second;
+      long a = at;
+      for (; due > 0 && a < end; --due, a += 64) fetch(a);
+      at = a;
+      if (at >= end) {
+        ++at_range;
+        enter_range();
+      }
+    }
   }
   bool done() const { return every == 0 || at_range >= ranges.size(); }
   void fetch_one() {
     if (at_range >= ranges.size()) return;
-#if defined(__GNUC__)
-    // Non-temporal: ahead of T0 and well ahead of T2 (L2) in bench_model on this machine.
-    __builtin_prefetch(base + at, 0, 0);
-    if (twin) __builtin_prefetch(base + at + twin, 0, 0);
-#endif
+    fetch(at);
     at += 64;
     if (at >= ranges[at_range].second) {
       ++at_range;
       enter_range();
     }
+  }
+  void fetch(long a) const {
+#if defined(__GNUC__)
+    // Non-temporal: ahead of T0 and well ahead of T2 (L2) in bench_model on this machine.
+    __builtin_prefetch(base + a, 0, 0);
+    if (twin) __builtin_prefetch(base + a + twin, 0, 0);
+#else
+    (void)a;
+#endif
   }
   void enter_range() {  // the first non-empty range from at_range on
     while (at_range < ranges.size() && ranges[at_range].first >= ranges[at_range].second) ++at_range;

@@ -139,6 +139,13 @@ TEST(PrefetchStream, WalksRangesAndSpreadsLines) {
     pf.fetch_one();
   }
   EXPECT_EQ(at, (std::vector<long>{0, 64, 1024, 1088, 1152}));
+  pf.start(50);  // ticks: a line per 10, the ones due fetched in a run, across ranges
+  pf.tick(25);
+  EXPECT_EQ(pf.at, 1024);  // lines 0 and 64 fetched, 5 ticks of credit left
+  pf.tick(5);
+  EXPECT_EQ(pf.at, 1088);
+  pf.tick(100);  // more than the lines left: the stream ends
+  EXPECT_TRUE(pf.done());
   pf.start(3);  // more lines than ticks: one per tick, whatever is left is not fetched
   EXPECT_EQ(pf.every, 1);
   EXPECT_FALSE(pf.done());
