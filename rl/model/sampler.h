@@ -70,8 +70,9 @@ class Sampler {
  private:
   Sampler() = default;
   // One token for each of R rows: input tok[r] at position pos[r], KV cache slot slot[r]; logits
-  // (R,V) land in logits_host_.
-  void step(const Buffer& params, int R);
+  // (R,V) land in logits_h_. Without `logits` (prefill), only the K and V entries are computed: the
+  // last layer stops after storing them.
+  void step(const Buffer& params, int R, bool logits = true);
 
   GptConfig cfg_;
   int max_rows_ = 0, max_len_ = 0;
