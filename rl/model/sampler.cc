@@ -179,6 +179,13 @@ template <class Exec>
 void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
   // bench_model's batch 64 under perf: the attention's share of a step 21% -> 13%, the matmuls'
   // +2% (this stream alone). With the weight prefetch, see kernels::matmul_forward_panels.
+  //
+  // Only the first kKvLead bytes of each (row, head)'s K and V: the attention's own prefetches (into
+  // L2) and the hardware prefetcher stream the rest once it starts. Fetching all of them stalled
+  // the matmuls: under perf, 12% of their time sat on these prefetches (a core has few misses in
+  // flight). Heads only: +6-7.5% at batch 64 in three 9-round in-process A/Bs (2026-11-26), with
+  // the attention's T1 hint; neither alone was clear of the noise.
+  constexpr long kKvLead = 1024;
   const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden();
   const int next = l + 1 < cfg_.layers ? l + 1 : 0;
   const int ahead = next == 0 ? 2 : 1;  // positions 0..pos (this step) or 0..pos + 1 (the next one)
@@ -191,7 +198,7 @@ void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
     const int n = std::min(pos_h_(i) + ahead, max_len_);
     for (int h = 0; h < NH; ++h) {
       const long begin = kv.head(slot_h_(i), h) * fb;
-      pf.ranges.emplace_back(begin, begin + n * row_bytes);
+      pf.ranges.emplace_back(begin, begin + std::min(n * row_bytes, kKvLead));
     }
   }
   // Spread over this layer's attention projection and MLP, and the next layer's QKV matmul.
@@ -267,7 +274,8 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
 #ifdef MOBULA_HOST_VECTORS
           // Host: the K and V rows come from memory (at batch 64 the cache and the weights outgrow
           // L3), so each row is prefetched: K 16 rows ahead, running on into the next (row, head)'s
-          // K, and V one pass ahead of the weighted sum. 23% less time in this kernel.
+          // K, and V one pass ahead of the weighted sum. 23% less time in this kernel. Into L2
+          // (T1), not L1: the lines ahead would crowd out the ones in use (see plan_kv_prefetch).
           const long inext = i + 1 < long(R) * NH ? i + 1 : i;
           const float* knext = kc + kv.head(slot[inext / NH], inext % NH);
 #endif
@@ -276,8 +284,8 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
 #ifdef MOBULA_HOST_VECTORS
             const float* kahead = j + 16 < n ? krow + 16 * hs : knext + long(j + 16 - n) * hs;
             for (int d = 0; d < hs; d += 16) {
-              __builtin_prefetch(kahead + d);
-              __builtin_prefetch(vr + long(j) * hs + d);
+              __builtin_prefetch(kahead + d, 0, 2);
+              __builtin_prefetch(vr + long(j) * hs + d, 0, 2);
             }
 #endif
             s[j] = K::sum16(hs, [&](int d) { return q[d] * krow[d]; }) * scale;
