@@ -186,7 +186,7 @@ int cmd_worker(const SpecArgs& a, int argc, char** argv) {
       if (rank == 0) std::fprintf(stderr, "%s\n", st.message().c_str());
       return st.exit_code();
     }
-    spdlog::error("{}", st.message());
+    if (!st.logged()) spdlog::error("{}", st.message());  // the workload logs its own failure first
     spdlog::shutdown();
     MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;

@@ -31,6 +31,14 @@ class Status {
   explicit operator bool() const { return is_ok(); }
   Code code() const { return code_; }
   const std::string& message() const { return msg_; }
+  // Marks a status whose message has already been logged where it arose (before an agreement that
+  // may block), so that the code it returns to does not log it a second time.
+  Status as_logged() const {
+    Status s = *this;
+    s.logged_ = true;
+    return s;
+  }
+  bool logged() const { return logged_; }
 
   // Process exit code for this status: 0 ok, 2 for bad user input (spec, arguments), 1 otherwise.
   int exit_code() const {
@@ -51,6 +59,7 @@ class Status {
   Status(Code c, std::string m) : code_(c), msg_(std::move(m)) {}
   Code code_ = Code::kOk;
   std::string msg_;
+  bool logged_ = false;
 };
 
 template <class T>

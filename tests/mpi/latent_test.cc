@@ -173,7 +173,9 @@ TEST_F(Latent, OneFailingTrainerEndsTheWholeJobAtOnce) {
   const std::string all = r.out + r.err;
   EXPECT_NE(r.exit_code, 0) << all;
   EXPECT_LT(took, 60.0) << "the other ranks waited for a timeout:\n" << all;
-  EXPECT_NE(all.find("injected failure at step 17"), std::string::npos) << all;
+  const size_t at = all.find("injected failure at step 17");
+  EXPECT_NE(at, std::string::npos) << all;
+  EXPECT_EQ(all.find("injected failure at step 17", at + 1), std::string::npos) << "logged twice:\n" << all;
   EXPECT_NE(all.find("within fault.abort_grace_s = 3 s"), std::string::npos) << all;
   EXPECT_EQ(all.find("watchdog:"), std::string::npos) << "ended by the watchdog:\n" << all;
 }
