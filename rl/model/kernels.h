@@ -223,6 +223,27 @@ void matmul_forward(float* out,         // (N,OC)
   }
 }
 
+// out (R,OC) = inp (R,C) W^T + bias with each output one sum16 dot product, so that a row's result
+// does not depend on R or on the other rows. A BLAS GEMM does not promise that: OpenBLAS's Haswell
+// and Prescott kernels block the rows by M, and a sampled sequence's log-probs then changed in their
+// last bits with the batch around it (Sampler.SequenceDoesNotDependOnItsBatch on an Intel host).
+// The sampler's matmuls where the panels do not apply (the output head when vocab % 16 != 0,
+// d_model % 16 != 0). One item per output: cheap at decode's few rows, not a training GEMM.
+template <class Exec>
+void matmul_forward_rows(float* out,         // (R,OC)
+                         const float* inp,   // (R,C)
+                         const float* W,     // (OC,C)
+                         const float* bias,  // (OC) or nullptr
+                         int R, int C, int OC) {
+  Kokkos::parallel_for(
+      "matmul_forward_rows", Range<Exec>(0, long(R) * OC), KOKKOS_LAMBDA(long i) {
+        const long r = i / OC, o = i % OC;
+        const float* x = inp + r * C;
+        const float* w = W + o * C;
+        out[i] = sum16(C, [&](int c) { return x[c] * w[c]; }) + (bias ? bias[o] : 0.0f);
+      });
+}
+
 // ---- matmul for a few rows (decode) ------------------------------------------------------------------
 // At decode a matmul has R = the rows in flight (16..64) and a weight matrix of 0.25-1 M floats.
 // Through BLAS, each call re-packs the whole weight matrix (OpenBLAS's sgemm_incopy: half of a

@@ -153,8 +153,10 @@ Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, 
   s.logits_ = Buffer("sampler_logits", size_t(max_rows) * cfg.vocab);
   s.logits_h_ = Kokkos::create_mirror_view(s.logits_);
   if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, Mem>::accessible && cfg.d_model % kernels::kPanel == 0 &&
-      cfg.hidden() % kernels::kPanel == 0)
+      cfg.hidden() % kernels::kPanel == 0) {
     s.panels_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "sampler_panels"), s.off_.count);
+    s.head_panels_ = cfg.vocab % kernels::kPanel == 0;
+  }
   s.kv_pf_ = std::make_shared<kernels::PrefetchStream>();
   s.kv_pf_->twin = long(reinterpret_cast<std::uintptr_t>(s.vcache_.data()) -
                         reinterpret_cast<std::uintptr_t>(s.kcache_.data()));  // V beside each K line
@@ -173,6 +175,7 @@ void Sampler<Exec>::pack(const Buffer& params) {
     kernels::pack_panels<Exec>(panels_.data() + o.fcw + lo, params.data() + o.fcw + lo, C, H);
     kernels::pack_panels<Exec>(panels_.data() + o.fcprojw + lo, params.data() + o.fcprojw + lo, H, C);
   }
+  if (head_panels_) kernels::pack_panels<Exec>(panels_.data() + o.wte, params.data() + o.wte, C, cfg_.vocab);
 }
 
 template <class Exec>
@@ -209,6 +212,8 @@ void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
 template <class Exec>
 void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
   namespace K = kernels;
+  // Host, no panels: matmul_forward_rows (batch-invariant, like the panels); a GPU: BLAS.
+  constexpr bool kHostRows = Kokkos::SpaceAccessibility<Kokkos::HostSpace, Mem>::accessible;
   using Range = K::Range<Exec>;
   const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden(), V = cfg_.vocab;
   const int Lmax = max_len_, Rmax = max_rows_;
@@ -240,6 +245,8 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
   auto matmul = [&](float* out, const float* inp, size_t wo, size_t bo, int IC, int OC) {
     if (panels)
       K::matmul_forward_panels<Exec>(out, inp, panels_.data() + wo, P + bo, R, IC, OC, prefetch_, pf);
+    else if (kHostRows)
+      K::matmul_forward_rows<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
     else
       K::matmul_forward<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
   };
@@ -328,7 +335,13 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
     K::add_inplace<Exec>(x, res, long(R) * C);
   }
   K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, P + o.lnfw, P + o.lnfb, R, C);
-  K::matmul_forward<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
+  // The head: no K/V stream to tick here (its lines were planned over the layers' matmuls).
+  if (head_panels_)
+    K::matmul_forward_panels<Exec>(logits_.data(), W + w.lnf, panels_.data() + o.wte, nullptr, R, C, V, prefetch_);
+  else if (kHostRows)
+    K::matmul_forward_rows<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
+  else
+    K::matmul_forward<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
   Kokkos::deep_copy(logits_h_, logits_);
 }
 

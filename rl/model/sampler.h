@@ -84,8 +84,11 @@ class Sampler {
   typename Buffer::HostMirror logits_h_;
   // Host backends: the layers' weight matrices packed into panels (kernels::pack_panels) at the
   // offsets they have in the parameter buffer, repacked at every sample call (the weights change
-  // between calls); decode matmuls then skip BLAS's per-call packing. Empty: BLAS (GPU, odd sizes).
+  // between calls); decode matmuls then skip BLAS's per-call packing. The output head (wte) too when
+  // vocab % 16 == 0 (head_panels_). Empty: kernels::matmul_forward_rows on the host (odd sizes), BLAS
+  // on a GPU. Either host path gives a row the same result whatever rows share its batch.
   Buffer panels_;
+  bool head_panels_ = false;
   void pack(const Buffer& params);
   // The next attention's K/V rows (layer l + 1, or layer 0 of the next step) for the R rows in flight
   // at step(): started on kv_pf_ before the matmuls that precede that attention.

@@ -468,5 +468,23 @@ TEST(Kernels, PanelMatmulMatchesBlasAndRowsAreIndependent) {
   for (int i = 0; i < 21 * OC; ++i) EXPECT_NEAR(nob[size_t(i)] + b[size_t(i % OC)], ref[size_t(i)], 1e-5f);
 }
 
+// The sampler's matmul where the panels do not apply: it equals the BLAS matmul, and a row's result is
+// bitwise the same whatever the rows around it (a BLAS GEMM may block rows differently by M).
+TEST(Kernels, RowMatmulMatchesBlasAndRowsAreIndependent) {
+  const int C = 37, OC = 17, N = 21;  // C: two blocks of 16 and a tail
+  auto W = randn(size_t(OC) * C, 7), b = randn(OC, 8), x = randn(size_t(N) * C, 9);
+  std::vector<float> ref(size_t(N) * OC), got(size_t(N) * OC), one(OC), nob(size_t(N) * OC);
+  K::matmul_forward<Exec>(ref.data(), x.data(), W.data(), b.data(), N, C, OC);
+  K::matmul_forward_rows<Exec>(got.data(), x.data(), W.data(), b.data(), N, C, OC);
+  for (int i = 0; i < N * OC; ++i) EXPECT_NEAR(got[size_t(i)], ref[size_t(i)], 1e-5f) << "i " << i;
+  for (int r : {0, 12, 20}) {
+    K::matmul_forward_rows<Exec>(one.data(), x.data() + r * C, W.data(), b.data(), 1, C, OC);
+    EXPECT_EQ(0, std::memcmp(one.data(), got.data() + r * OC, OC * sizeof(float)))
+        << "row " << r << " depends on the batch";
+  }
+  K::matmul_forward_rows<Exec>(nob.data(), x.data(), W.data(), nullptr, N, C, OC);
+  for (int i = 0; i < N * OC; ++i) EXPECT_NEAR(nob[size_t(i)] + b[size_t(i % OC)], ref[size_t(i)], 1e-5f);
+}
+
 }  // namespace
 }  // namespace mobula::rl

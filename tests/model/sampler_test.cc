@@ -16,17 +16,19 @@ namespace mobula::rl {
 namespace {
 
 // d_model 16 x 2 heads: head size 8, the portable attention loops. Head sizes 16..128 take the host
-// vector path (register accumulators), so the tests also run d_model 32 x 2 and 64 x 1.
-GptConfig cfg(int d_model = 16, int heads = 2) {
+// vector path (register accumulators), so the tests also run d_model 32 x 2 and 64 x 1. Vocab 17
+// puts the output head on kernels::matmul_forward_rows, vocab 32 on the weight panels; d_model 24
+// (not a multiple of 16) puts every matmul on matmul_forward_rows.
+GptConfig cfg(int d_model = 16, int heads = 2, int vocab = 17) {
   GptConfig c;
-  c.vocab = 17;
+  c.vocab = vocab;
   c.max_seq = 24;
   c.layers = 2;
   c.heads = heads;
   c.d_model = d_model;
   return c;
 }
-const GptConfig kConfigs[] = {cfg(), cfg(32, 2), cfg(64, 1)};
+const GptConfig kConfigs[] = {cfg(), cfg(32, 2), cfg(64, 1), cfg(64, 2, 32), cfg(24, 3)};
 
 // A model with O(1) random weights so that distributions are far from uniform.
 Gpt<> model(const GptConfig& c = cfg()) {
