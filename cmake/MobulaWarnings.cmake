@@ -14,6 +14,15 @@ target_compile_options(mobula_build_flags INTERFACE
 # anyway; this is for mobula's own kernels (layernorm, GELU, decode attention, small-M matmuls).
 if(MOBULA_NATIVE)
   target_compile_options(mobula_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+  # GCC (12 here) with IPA register allocation leaves out the vzeroupper before a call to a function
+  # of the same file (std::sort's introsort clone) and then takes the AVX upper state for clean: the
+  # libm calls that follow run with dirty 256/512-bit uppers, and Intel CPUs pay the AVX-SSE
+  # transition on every legacy-SSE instruction (glibc's exp wrapper). The sampler's token choice took
+  # 27 us a row instead of 4 on an Intel Xeon (exp: 190 ns a call instead of 6), 30 % of sampling.
+  # AMD CPUs have no such penalty. -fno-ipa-ra keeps the vzeroupper (docs/perf.md, 2026-12-06).
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
+    target_compile_options(mobula_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fno-ipa-ra>)
+  endif()
 endif()
 
 if(MOBULA_SANITIZE)
