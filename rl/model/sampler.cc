@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -375,6 +376,8 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
         return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
   }
   row_steps_ = 0;
+  timing_ = Timing{};
+  const auto t_call = std::chrono::steady_clock::now();
   kv_pf_->stop();  // a plan left by the last call points at its rows
   pack(params);
   // Prefill: each distinct prompt once, into the cache slot of its first row, all but its last token.
@@ -444,6 +447,7 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
       slot_h_(i) = r;
     }
     step(params, n);
+    const auto t_pick = std::chrono::steady_clock::now();
     std::vector<int> still;
     for (int i = 0; i < n; ++i) {
       const int r = active[size_t(i)];
@@ -466,7 +470,10 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
       }
     }
     active.swap(still);
+    timing_.pick_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_pick).count();
+    timing_.picked += n;
   }
+  timing_.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_call).count();
   return out;
 }
 

@@ -66,6 +66,14 @@ class Sampler {
   int max_len() const { return max_len_; }
   // Number of decode steps (row-steps) computed by the last call, for tests of prefix sharing.
   long last_row_steps() const { return row_steps_; }
+  // Where the last call's time went: `total_s` in all, of which `pick_s` on the host choosing the
+  // `picked` tokens from their logits (softmax, top-k/top-p, log-probs); the rest is the model's
+  // steps. For benchmarks: the host side should stay a few us a token (it once took 27, docs/perf.md).
+  struct Timing {
+    double total_s = 0, pick_s = 0;
+    long picked = 0;
+  };
+  const Timing& last_timing() const { return timing_; }
 
  private:
   Sampler() = default;
@@ -96,6 +104,7 @@ class Sampler {
   bool prefetch_ = true;
   std::shared_ptr<kernels::PrefetchStream> kv_pf_;
   long row_steps_ = 0;
+  Timing timing_;
   GptOffsets off_{};
 };
 

@@ -208,6 +208,14 @@ TEST(Sampler, StopTokensAndLengthLimit) {
   auto cap = s->sample(m.params, {std::vector<int>(20, 1)}, {1}, sp);
   ASSERT_TRUE(cap.is_ok());
   EXPECT_EQ((*cap)[0].tokens.size(), 4u);
+  // The timing counts every token chosen by the last call, and its host share is part of the call.
+  const auto& tm = s->last_timing();
+  EXPECT_EQ(tm.picked, 4);
+  EXPECT_GT(tm.pick_s, 0.0);
+  EXPECT_LE(tm.pick_s, tm.total_s);
+  auto two = s->sample(m.params, {{3, 4}, {5}}, {1, 2}, sp);  // a new call starts from zero
+  ASSERT_TRUE(two.is_ok());
+  EXPECT_EQ(s->last_timing().picked, long((*two)[0].tokens.size() + (*two)[1].tokens.size()));
 }
 
 TEST(Sampler, BadInputs) {
