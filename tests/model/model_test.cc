@@ -52,21 +52,48 @@ void expect_grad(const std::function<double()>& f, std::vector<float>& x, const 
 }
 
 TEST(Kernels, LayernormGradients) {
-  const long N = 6;
-  const int C = 10;
-  auto x = randn(N * C, 1), w = randn(C, 2), b = randn(C, 3), r = randn(N * C, 4);
-  std::vector<float> out(N * C), mean(N), rstd(N);
-  auto loss = [&] {
+  for (int C : {10, 40}) {  // 40: two blocks of 16 columns and a tail in the host dw/db sums
+    SCOPED_TRACE("C " + std::to_string(C));
+    const long N = 6;
+    auto x = randn(N * C, 1), w = randn(C, 2), b = randn(C, 3), r = randn(N * C, 4);
+    std::vector<float> out(N * C), mean(N), rstd(N);
+    auto loss = [&] {
+      K::layernorm_forward<Exec>(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+      return dot(out, r);
+    };
+    loss();
+    std::vector<float> dx(N * C, 0.f), dw(C, 0.f), db(C, 0.f);
+    K::layernorm_backward<Exec>(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                                N, C);
+    expect_grad(loss, x, dx, "dx");
+    expect_grad(loss, w, dw, "dw");
+    expect_grad(loss, b, db, "db");
+  }
+}
+
+// dw and db are column sums over the rows (16 columns at a time on the host, with a tail), added
+// to what is there: against a double-precision reference, for widths below, at and above 16.
+TEST(Kernels, LayernormBackwardParamSumsMatchDoubleReference) {
+  for (int C : {10, 16, 40}) {
+    const long N = 33;
+    auto x = randn(size_t(N) * C, 11), w = randn(C, 12), b = randn(C, 13), g = randn(size_t(N) * C, 14);
+    std::vector<float> out(size_t(N) * C), mean(N), rstd(N), dx(size_t(N) * C, 0.f), dw(C, 0.5f), db(C, -0.25f);
     K::layernorm_forward<Exec>(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
-    return dot(out, r);
-  };
-  loss();
-  std::vector<float> dx(N * C, 0.f), dw(C, 0.f), db(C, 0.f);
-  K::layernorm_backward<Exec>(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), mean.data(), rstd.data(),
-                              N, C);
-  expect_grad(loss, x, dx, "dx");
-  expect_grad(loss, w, dw, "dw");
-  expect_grad(loss, b, db, "db");
+    K::layernorm_backward<Exec>(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                                N, C);
+    for (int c = 0; c < C; ++c) {
+      double sw = 0, sb = 0, mag = 0;
+      for (long i = 0; i < N; ++i) {
+        const size_t k = size_t(i * C + c);
+        const double t = (double(x[k]) - mean[size_t(i)]) * rstd[size_t(i)] * g[k];
+        sw += t;
+        mag += std::fabs(t);
+        sb += g[k];
+      }
+      EXPECT_NEAR(dw[size_t(c)], 0.5 + sw, 1e-6 * mag + 1e-6) << "C " << C << " c " << c;
+      EXPECT_NEAR(db[size_t(c)], -0.25 + sb, 1e-5) << "C " << C << " c " << c;
+    }
+  }
 }
 
 // The forward against a double-precision reference, for widths below, at and above the 16-wide
