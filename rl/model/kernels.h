@@ -189,7 +189,7 @@ void layernorm_backward(float* dinp,        // (N,C) +=
         }
       });
   // dw, db: column sums over the rows, each column's rows in order (deterministic).
-  auto column = [=] KOKKOS_FUNCTION(int c) {
+  auto column = KOKKOS_LAMBDA(int c) {
     float sw = 0.f, sb = 0.f;
     for (long i = 0; i < N; ++i) {
       const float norm = (inp[i * C + c] - mean[i]) * rstd[i];
