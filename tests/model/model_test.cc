@@ -429,6 +429,42 @@ TEST(AdamW, ClipsAndDecaysOnlyMatrices) {
   EXPECT_NEAR(hp(2), 1.0f, 1e-7f);  // zero gradient, no decay on "b"
 }
 
+// Over more elements than one host block (4096), with 16-wide loops and tails: the clipped norm and
+// two steps of the update against a plain per-element reference.
+TEST(AdamW, BlockedHostLoopsMatchPlainReference) {
+  const long n = 5003;
+  std::vector<TensorInfo> t = {{"w", 0, {3000}, true}, {"b", 3000, {2003}, false}};
+  AdamWConfig c;
+  c.lr = 0.01f;
+  c.weight_decay = 0.1f;
+  c.grad_clip = 1.0f;
+  AdamW<> opt(c, t, n);
+  Kokkos::View<float*> p("p", n), g("g", n);
+  auto hp = Kokkos::create_mirror_view(p);
+  auto hg = Kokkos::create_mirror_view(g);
+  auto p0 = randn(size_t(n), 21), g0 = randn(size_t(n), 22, 0.05f);
+  std::vector<double> rp(p0.begin(), p0.end()), rm(size_t(n), 0.0), rv(size_t(n), 0.0);
+  for (int step = 1; step <= 2; ++step) {
+    double ss = 0;
+    for (long i = 0; i < n; ++i) ss += double(g0[size_t(i)]) * g0[size_t(i)];
+    const double norm = std::sqrt(ss), clip = norm > 1.0 ? 1.0 / norm : 1.0;
+    for (long i = 0; i < n; ++i) {
+      const size_t k = size_t(i);
+      const double gi = g0[k] * clip;
+      rm[k] = 0.9 * rm[k] + 0.1 * gi;
+      rv[k] = 0.95 * rv[k] + 0.05 * gi * gi;
+      const double mhat = rm[k] / (1 - std::pow(0.9, step)), vhat = rv[k] / (1 - std::pow(0.95, step));
+      rp[k] -= 0.01 * (mhat / (std::sqrt(vhat) + 1e-8) + (i < 3000 ? 0.1 : 0.0) * rp[k]);
+    }
+    for (long i = 0; i < n; ++i) hp(i) = step == 1 ? p0[size_t(i)] : hp(i), hg(i) = g0[size_t(i)];
+    if (step == 1) Kokkos::deep_copy(p, hp);
+    Kokkos::deep_copy(g, hg);
+    EXPECT_NEAR(opt.step(p, g), norm, 1e-5 * norm);
+    Kokkos::deep_copy(hp, p);
+    for (long i = 0; i < n; ++i) ASSERT_NEAR(hp(i), rp[size_t(i)], 1e-5) << "step " << step << " i " << i;
+  }
+}
+
 }  // namespace
 }  // namespace mobula::rl
 
