@@ -71,8 +71,8 @@ float AdamW<Exec>::step(Buffer params, Buffer grads) {
   float* mm = m.data();
   float* vv = v.data();
   const float* dk = decay_.data();
-  auto update = [=] KOKKOS_FUNCTION(long i, float* __restrict pr, float* __restrict mr, float* __restrict vr,
-                                    const float* __restrict gr, const float* __restrict dr) {
+  auto update = KOKKOS_LAMBDA(long i, float* __restrict pr, float* __restrict mr, float* __restrict vr,
+                              const float* __restrict gr, const float* __restrict dr) {
     const float gi = gr[i] * clip;
     const float mi = b1 * mr[i] + (1.0f - b1) * gi;
     const float vi = b2 * vr[i] + (1.0f - b2) * gi * gi;
