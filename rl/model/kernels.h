@@ -67,14 +67,14 @@ KOKKOS_INLINE_FUNCTION float exp_fast(float x) {
 // order, then the n mod 16 tail in order. It vectorizes without reassociation, where one running
 // float sum is a chain of n dependent adds that GCC does not vectorize under strict FP, and the
 // result is deterministic (layernorm's mean and variance: 6% of a decode step at batch 64 as
-// chains; the decode attention's q.k).
-template <class F>
-KOKKOS_INLINE_FUNCTION float sum16(int n, F f) {
+// chains; the decode attention's q.k). T: the type of the sums (double for AdamW's gradient norm).
+template <class T = float, class F>
+KOKKOS_INLINE_FUNCTION T sum16(int n, F f) {
   const int n16 = n - n % 16;
-  float part[16] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  T part[16] = {};
   for (int c0 = 0; c0 < n16; c0 += 16)
     for (int k = 0; k < 16; ++k) part[k] += f(c0 + k);
-  float s = 0.f;
+  T s = 0;
   for (int k = 0; k < 16; ++k) s += part[k];
   for (int c = n16; c < n; ++c) s += f(c);
   return s;

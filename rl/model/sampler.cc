@@ -242,14 +242,20 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const bool panels = panels_.extent(0) > 0;
   K::PrefetchStream* const pf = panels && prefetch_ ? kv_pf_.get() : nullptr;
-  // out (R,OC) = inp (R,IC) W^T + bias, the weights and bias at offsets wo, bo of the parameters.
-  auto matmul = [&](float* out, const float* inp, size_t wo, size_t bo, int IC, int OC) {
-    if (panels)
-      K::matmul_forward_panels<Exec>(out, inp, panels_.data() + wo, P + bo, R, IC, OC, prefetch_, pf);
+  // out (R,OC) = inp (R,IC) W^T + bias, the weights at offset wo of the parameters (packed into
+  // panels_ at the same offset when `packed`); the K/V prefetch stream ticks along when given.
+  auto matmul_at = [&](float* out, const float* inp, size_t wo, const float* bias, int IC, int OC, bool packed,
+                       K::PrefetchStream* stream) {
+    if (packed)
+      K::matmul_forward_panels<Exec>(out, inp, panels_.data() + wo, bias, R, IC, OC, prefetch_, stream);
     else if (kHostRows)
-      K::matmul_forward_rows<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
+      K::matmul_forward_rows<Exec>(out, inp, P + wo, bias, R, IC, OC);
     else
-      K::matmul_forward<Exec>(out, inp, P + wo, P + bo, R, IC, OC);
+      K::matmul_forward<Exec>(out, inp, P + wo, bias, R, IC, OC);
+  };
+  // The layers' matmuls: weights and bias at offsets wo, bo.
+  auto matmul = [&](float* out, const float* inp, size_t wo, size_t bo, int IC, int OC) {
+    matmul_at(out, inp, wo, P + bo, IC, OC, panels, pf);
   };
   const KvLayout kv = kv_layout(cfg_, Rmax, Lmax);
   for (int l = 0; l < cfg_.layers; ++l) {
@@ -336,13 +342,9 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
     K::add_inplace<Exec>(x, res, long(R) * C);
   }
   K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, P + o.lnfw, P + o.lnfb, R, C);
-  // The head: no K/V stream to tick here (its lines were planned over the layers' matmuls).
-  if (head_panels_)
-    K::matmul_forward_panels<Exec>(logits_.data(), W + w.lnf, panels_.data() + o.wte, nullptr, R, C, V, prefetch_);
-  else if (kHostRows)
-    K::matmul_forward_rows<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
-  else
-    K::matmul_forward<Exec>(logits_.data(), W + w.lnf, wte, nullptr, R, C, V);
+  // The head (tied to wte, no bias): no K/V stream to tick here (its lines were planned over the
+  // layers' matmuls).
+  matmul_at(logits_.data(), W + w.lnf, o.wte, nullptr, C, V, head_panels_, nullptr);
   Kokkos::deep_copy(logits_h_, logits_);
 }
 

@@ -45,14 +45,8 @@ float AdamW<Exec>::step(Buffer params, Buffer grads) {
         "adamw_grad_norm", Range(0, nb),
         KOKKOS_LAMBDA(long b, double& acc) {
           const long i0 = b * kBlock, i1 = i0 + kBlock < n ? i0 + kBlock : n;
-          double part[16] = {};
-          long i = i0;
-          for (; i + 16 <= i1; i += 16)
-            for (int k = 0; k < 16; ++k) part[k] += static_cast<double>(g[i + k]) * g[i + k];
-          double s = 0;
-          for (int k = 0; k < 16; ++k) s += part[k];
-          for (; i < i1; ++i) s += static_cast<double>(g[i]) * g[i];
-          acc += s;
+          const float* gb = g + i0;
+          acc += kernels::sum16<double>(int(i1 - i0), [&](int k) { return static_cast<double>(gb[k]) * gb[k]; });
         },
         sumsq);
   } else {

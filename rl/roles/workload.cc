@@ -137,11 +137,10 @@ Status run_workload(const WorkloadContext& ctx) {
     const Status st = ctx.spec.workload == "grpo" ? run_grpo(ctx) : run_latent_pretrain(ctx);
     // Say it here, before the agreement: peers may be blocked in a transfer or a collective with
     // this rank and arrive late or never (agree() then aborts after fault.abort_grace_s).
-    if (!st && st.code() != Status::Code::kPreempted) {
-      spdlog::error("{}", st.message());
-      return agree(ctx.world, st.as_logged(), ctx.spec.fault.abort_grace_s);  // agree returns it as is
-    }
-    return agree(ctx.world, st, ctx.spec.fault.abort_grace_s);
+    const bool failed = !st && st.code() != Status::Code::kPreempted;
+    if (failed) spdlog::error("{}", st.message());
+    // agree() hands a failed rank its own status back: marked, the worker does not log it again.
+    return agree(ctx.world, failed ? st.as_logged() : st, ctx.spec.fault.abort_grace_s);
   }
   return Status::invalid_spec(ctx.spec.where("job.workload") + ": job.workload: \"" + ctx.spec.workload +
                               "\" is not implemented by this build");
