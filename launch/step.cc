@@ -209,6 +209,14 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
   std::error_code ec;
   const long requeues = env_long("SLURM_RESTART_COUNT", 0);
   const long base = requeues * (o.max_restarts + 1);
+  if (requeues > 0) {  // the log then says why it starts again, whoever requeued it (mobula or slurmctld)
+    std::fprintf(stderr,
+                 "mobula step: job %s was requeued (SLURM_RESTART_COUNT=%ld: by mobula after a preemption or a "
+                 "lost node, by Slurm after a node failure, or by hand); this allocation resumes from the newest "
+                 "checkpoint, if there is one\n",
+                 job, requeues);
+    std::fflush(stderr);
+  }
   int code = with_restarts(
       "mobula step", o.max_restarts, o.restart_delay_s,
       [&](int attempt) {
@@ -279,7 +287,7 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
           {{"slurm_restart_count", events::num(requeues + 1)}, {"max_requeues", events::num(o.max_requeues)}});
     std::fprintf(stderr,
                  "mobula step: the job was %s; requeueing it (requeue %ld of %d); it resumes from its "
-                 "checkpoint\n",
+                 "checkpoint, if there is one\n",
                  node_lost ? "left with a lost node" : "preempted", requeues + 1, o.max_requeues);
     std::fflush(stderr);
     auto r = run_capture({"scontrol", "requeue", job}, 60);

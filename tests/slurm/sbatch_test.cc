@@ -82,6 +82,19 @@ class Sbatch : public ::testing::Test {
     return ss.str();
   }
 
+  // Waits (up to 120 s) until trainer rank 0 has finished RL step `step` of the job in `workdir`:
+  // its line in metrics.jsonl, which the rank appends itself. Not the job's log: Slurm relays the
+  // ranks' output through slurmstepd and srun, and on a loaded machine CI saw a whole run's lines
+  // reach slurm-ID.out only when the step ended, too late to signal or kill the job mid-run.
+  static bool wait_for_step(const std::string& workdir, int step) {
+    const std::string needle = "\"step\": " + std::to_string(step) + ",";
+    for (int i = 0; i < 1200; ++i) {
+      if (slurp(fs::path(workdir) / "metrics.jsonl").find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
   // `mobula submit ARGS...`: expects success and stdout starting with "submitted job ID ";
   // returns ID ("" after a failed expectation); *out receives stdout.
   std::string submit(const std::vector<std::string>& args, std::string* out = nullptr) {
@@ -272,22 +285,23 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   // the ranks; they agree at a step boundary, the trainers publish a checkpoint, every rank exits 3,
   // mobula step requeues the job (scontrol requeue), and the next allocation resumes and completes
   // with the weights of an uninterrupted run.
-  // 40 ms per step (MOBULA_FAULT_STEP_DELAY_MS, same in both jobs; it changes no result): the RL
-  // steps take >= 6 s, so the signal sent after step 3 arrives while they run even when slurmctld is
-  // slow (CI once saw the whole job finish in 1.5 s before the signal was delivered).
-  const std::vector<std::string> sets = {
-      "job.steps=150",       "rl.warm_start_steps=30",
-      "rl.eval_problems=8",  "checkpoint.every=5",
-      "slurm.partition=gpu", "slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_STEP_DELAY_MS=40\"]"};
+  // Trainer 0 of the signalled job waits after step 3 until the signal reaches it
+  // (MOBULA_FAULT_AWAIT_SIGNAL_AFTER_STEP; it changes no result), so the signal lands mid-run however
+  // slow the machine or slurmctld is: a fixed 40 ms a step once left too short a window (a whole
+  // 150-step run ended before a loaded CI machine's scancel reached slurmctld, 5 s).
+  const std::vector<std::string> common = {"job.steps=150", "rl.warm_start_steps=30", "rl.eval_problems=8",
+                                           "checkpoint.every=5", "slurm.partition=gpu"};
+  auto sets = common, clean_sets = common;
+  sets.push_back("slurm.env=[\"OMPI_MCA_btl=self,tcp\", \"MOBULA_FAULT_AWAIT_SIGNAL_AFTER_STEP=3\"]");
+  clean_sets.push_back("slurm.env=[\"OMPI_MCA_btl=self,tcp\"]");
   const std::string work = (dir_ / "run").string(), clean = (dir_ / "clean").string();
   const std::string id = submit(grpo_args(work, sets));
-  const std::string clean_id = submit(grpo_args(clean, sets));
+  const std::string clean_id = submit(grpo_args(clean, clean_sets));
   ASSERT_FALSE(id.empty() || clean_id.empty());
   const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
-  // Signal once RL steps run (the step lines come after the warm start).
-  for (int i = 0; i < 1200 && slurp(log).find("info: step    3") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  auto sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 30);
+  // Signal once RL steps run (after the warm start).
+  ASSERT_TRUE(wait_for_step(work, 3)) << slurp(log);
+  auto sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 90);
   ASSERT_TRUE(sig.is_ok() && sig->exit_code == 0) << (sig ? sig->err : sig.status().message());
   // Slurm holds a requeued batch job back for about two minutes (its begin time); the test lets it
   // start at once instead of waiting.
@@ -310,6 +324,7 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   ASSERT_TRUE(clean_end.is_ok()) << clean_end.status().message();
   const std::string out = slurp(log);
   EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("fault injection: signal 10 arrived; going on"), std::string::npos) << out;
   EXPECT_NE(out.find("preempted by signal 10 at the boundary of step"), std::string::npos) << out;
   EXPECT_NE(out.find("mobula step: the job was preempted; requeueing it (requeue 1 of 3)"), std::string::npos) << out;
   EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-"), std::string::npos) << out;
@@ -407,24 +422,25 @@ TEST_F(Sbatch, NodeLossRequeuesAndResumes) {
   const std::string id = submit(grpo_args(work, sets));
   ASSERT_FALSE(id.empty());
   const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
-  for (int i = 0; i < 1200 && slurp(log).find("info: step   25") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_NE(slurp(log).find("info: step   25"), std::string::npos) << slurp(log);
+  ASSERT_TRUE(wait_for_step(work, 25)) << slurp(log);
   // Node n2 dies: slurmd, its step daemon, its rank.
   int slurmd_pid = 0;
   std::ifstream(cluster / "slurmd-n2.pid") >> slurmd_pid;
   ASSERT_GT(slurmd_pid, 0);
   const auto ranks = pids_with_env({"SLURMD_NODENAME=n2", "SLURM_JOB_ID=" + id});
   // n2's step daemons hold n2's slurmd log open (SlurmdLogFile in the cluster's slurm.conf).
-  std::string n2_log;
+  std::string n2_log, ctld_log;
   {
     std::istringstream conf_text(slurp(cluster / "slurm.conf"));
-    for (std::string line; std::getline(conf_text, line);)
+    for (std::string line; std::getline(conf_text, line);) {
       if (line.rfind("SlurmdLogFile=", 0) == 0) n2_log = line.substr(14);
+      if (line.rfind("SlurmctldLogFile=", 0) == 0) ctld_log = line.substr(17);
+    }
     const auto at = n2_log.find("%n");
     if (at != std::string::npos) n2_log.replace(at, 2, "n2");
   }
-  ASSERT_FALSE(n2_log.empty()) << "no SlurmdLogFile in " << (cluster / "slurm.conf");
+  ASSERT_FALSE(n2_log.empty() || ctld_log.empty())
+      << "no SlurmdLogFile or SlurmctldLogFile in " << (cluster / "slurm.conf");
   const auto stepds = stepds_of(n2_log);
   ASSERT_FALSE(ranks.empty()) << "no rank of job " << id << " on n2";
   ASSERT_FALSE(stepds.empty()) << "no slurmstepd of n2 (with " << n2_log << " open)";
@@ -459,9 +475,12 @@ TEST_F(Sbatch, NodeLossRequeuesAndResumes) {
   // the job itself (--requeue), killing the batch script. Which one wins is a race.
   const std::string events = slurp(fs::path(work) / "events.jsonl");
   // mobula step writes its event and its message before 'scontrol requeue' (which can end the batch
-  // script at once); srun's message is the trace of slurmctld's own requeue.
+  // script at once). slurmctld's own requeue leaves its line in slurmctld.log; srun's "Node failure"
+  // message is there only when srun heard of it before the batch script was killed (CI once saw neither).
   const bool by_mobula = events.find("\"event\": \"node_failure\"") != std::string::npos;
-  const bool by_slurm = out.find("srun: error: Node failure on n2") != std::string::npos;
+  const std::string ctld_line = "requeue job JobId=" + id + " due to failure of node n2";
+  const bool by_slurm = out.find("srun: error: Node failure on n2") != std::string::npos ||
+                        slurp(ctld_log).find(ctld_line) != std::string::npos;
   EXPECT_TRUE(by_mobula || by_slurm) << out << events;
   if (by_mobula) {
     EXPECT_NE(out.find("mobula step: node probe"), std::string::npos) << out;
@@ -469,6 +488,7 @@ TEST_F(Sbatch, NodeLossRequeuesAndResumes) {
     EXPECT_NE(events.find("\"event\": \"requeue\""), std::string::npos) << events;
   }
   EXPECT_NE(events.find("\"slurm_restart_count\": 1"), std::string::npos) << events;
+  EXPECT_NE(out.find("mobula step: job " + id + " was requeued (SLURM_RESTART_COUNT=1:"), std::string::npos) << out;
   EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-"), std::string::npos) << out;
   EXPECT_TRUE(slurp(fs::path(work) / "policy.safetensors") == slurp(fs::path(clean) / "policy.safetensors"))
       << "weights differ from the uninterrupted job";
