@@ -125,6 +125,17 @@ start() {
   fi
   write_conf
   start_munge
+  local any_up=0 n
+  if alive "$DIR/slurmctld.pid"; then any_up=1; fi
+  for n in "${NODES[@]}"; do
+    if alive "$DIR/slurmd-$n.pid"; then any_up=1; fi
+  done
+  if ((!any_up)); then
+    # A fresh start may number jobs from 1 again; Slurm's PMIx plugin leaves spmix_appdir_<uid>_<job>.<step>
+    # in TmpFS (it fails to remove them), and a new job with an old number then fails to launch
+    # ("Cannot create client cli tmpdir ... File exists"). No daemon is up, so nothing uses them.
+    for n in "${NODES[@]}"; do find "$DIR/tmp/$n" -mindepth 1 -maxdepth 1 -exec rm -rf {} +; done
+  fi
   if ! alive "$DIR/slurmctld.pid"; then
     slurmctld -f "$CONF" -i || die "slurmctld failed; see $DIR/log/slurmctld.log"
   fi

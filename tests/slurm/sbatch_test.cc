@@ -322,6 +322,7 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   ASSERT_TRUE(end.is_ok()) << end.status().message();
   auto clean_end = slurm::wait_job(clean_id, 300);
   ASSERT_TRUE(clean_end.is_ok()) << clean_end.status().message();
+  ASSERT_EQ(clean_end->state, "COMPLETED") << slurp(fs::path(clean) / ("slurm-" + clean_id + ".out"));
   const std::string out = slurp(log);
   EXPECT_EQ(end->state, "COMPLETED") << out;
   EXPECT_NE(out.find("fault injection: signal 10 arrived; going on"), std::string::npos) << out;
