@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -91,7 +92,19 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
   bool killed = false;
   watch.killed = &killed;
   watch.poll_s = std::min(2.0, std::max(0.2, grace_s / 4));
+  // run_inherit_watched passes a signal on at once (in its handler); it is reported here, while
+  // polling or after the command ended (a preempted step often ends before the next poll).
+  int told = 0;
+  const auto report_signal = [&] {
+    if (const int sig = forwarded_signal(); sig != 0 && sig != told) {
+      std::fprintf(stderr, "mobula step: got signal %d (SIG%s); passed it on to '%s'\n", sig, sigabbrev_np(sig),
+                   command.front().c_str());
+      std::fflush(stderr);
+      told = sig;
+    }
+  };
   watch.should_kill = [&] {
+    report_signal();
     auto steps = slurm::job_steps(job);
     if (!steps) return false;  // squeue trouble is not evidence of a hang
     bool running = false;
@@ -123,6 +136,7 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
   };
   auto rc = run_inherit_watched(
       command, {std::string(kStepRecordDirEnv) + "=" + dir, "MOBULA_STEP_ATTEMPT=" + std::to_string(attempt)}, watch);
+  report_signal();
   int code = 1;
   if (!rc) {
     std::fprintf(stderr, "mobula step: %s\n", rc.status().message().c_str());

@@ -325,6 +325,7 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   ASSERT_EQ(clean_end->state, "COMPLETED") << slurp(fs::path(clean) / ("slurm-" + clean_id + ".out"));
   const std::string out = slurp(log);
   EXPECT_EQ(end->state, "COMPLETED") << out;
+  EXPECT_NE(out.find("mobula step: got signal 10 (SIGUSR1); passed it on to 'srun'"), std::string::npos) << out;
   EXPECT_NE(out.find("fault injection: signal 10 arrived; going on"), std::string::npos) << out;
   EXPECT_NE(out.find("preempted by signal 10 at the boundary of step"), std::string::npos) << out;
   EXPECT_NE(out.find("mobula step: the job was preempted; requeueing it (requeue 1 of 3)"), std::string::npos) << out;
@@ -562,6 +563,7 @@ TEST_F(Sbatch, TimeLimitSignalCheckpointsRequeuesAndCompletesLater) {
   EXPECT_EQ(end->state, "COMPLETED") << out.substr(out.size() > 6000 ? out.size() - 6000 : 0);
   EXPECT_GE(end->restarts, 1) << "the job ended within its first allocation";
   EXPECT_LE(end->restarts, 2) << "the work is meant to take two allocations";
+  EXPECT_NE(out.find("mobula step: got signal 10 (SIGUSR1); passed it on to 'srun'"), std::string::npos);
   EXPECT_NE(out.find("preempted by signal 10 at the boundary of step"), std::string::npos);
   EXPECT_NE(out.find("resumed from " + work + "/checkpoints/ckpt-"), std::string::npos);
   EXPECT_NE(out.find("held-out accuracy, after GRPO"), std::string::npos);
