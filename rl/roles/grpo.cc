@@ -556,8 +556,10 @@ Status run_grpo(const WorkloadContext& ctx) {
   // Test knob: trainer 0 sleeps this long after every step, so a job's length in seconds is known
   // whatever the machine's speed (the Slurm time-limit test).
   const long step_delay_ms = env_long("MOBULA_FAULT_STEP_DELAY_MS", 0);
-  // Test knob: trainer 0 waits after this step until a stop signal arrives (up to 120 s), so a test
-  // that signals the job from outside (scancel, Slurm) hits it mid-run however loaded the machine.
+  // Test knob: every rank waits after this step until its stop signal arrives (up to 120 s), so a
+  // test that signals the job from outside (scancel, Slurm) hits it mid-run however loaded the machine.
+  // All ranks sleep: one rank waiting would leave its peers spinning in MPI calls, and on a 2-core CI
+  // machine that starved a second job and slurmctld itself for 90 s.
   const long await_signal_after = env_long("MOBULA_FAULT_AWAIT_SIGNAL_AFTER_STEP", -1);
   const int64_t stop_delay = 1 + rl.max_staleness;
   int stop_mine[3] = {0, 0, 0}, stop_any[3] = {0, 0, 0};
@@ -842,19 +844,21 @@ Status run_grpo(const WorkloadContext& ctx) {
       std::raise(SIGKILL);
     }
     if (step_delay_ms > 0 && lead) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms));
-    if (await_signal_after == k && lead) {
-      spdlog::warn("fault injection: waiting after step {} for a stop signal (up to 120 s)", k);
-      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("await signal")}, {"step", events::num(k)}},
-                   ctx.rank);
+    if (await_signal_after == k) {
+      if (lead) {
+        spdlog::warn("fault injection: every rank waits after step {} for a stop signal (up to 120 s)", k);
+        events::emit(spec.workdir, "fault_injected", {{"kind", events::str("await signal")}, {"step", events::num(k)}},
+                     ctx.rank);
+      }
       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
       while (!health::stop_signal() && std::chrono::steady_clock::now() < until) {
         beat("awaiting a signal (fault injection)", k);
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-      if (health::stop_signal())
-        spdlog::warn("fault injection: signal {} arrived; going on", health::stop_signal());
-      else
+      if (!health::stop_signal())
         spdlog::warn("fault injection: no stop signal within 120 s; going on");
+      else if (lead)
+        spdlog::warn("fault injection: signal {} arrived; going on", health::stop_signal());
     }
     const bool fault_here = kill_rank == ctx.rank && (kill_attempt < 0 || kill_attempt == attempt);
     if (signal_after == k && fault_here) {
