@@ -66,6 +66,9 @@ int mobula_main(int argc, char** argv) {
   step->add_option("--max-requeues", step_o.max_requeues,
                    "A preempted step (exit 3) requeues the job while SLURM_RESTART_COUNT is below N (default 0)")
       ->check(CLI::Range(0, 1000));
+  step->add_flag("--require-records", step_o.require_records,
+                 "Count srun's exit code 0 only when every rank recorded exit code 0 (the command runs mobula "
+                 "workers; srun can exit 0 after a launch that failed on a node)");
   step->add_option("--events", step_o.events_dir, "Directory of the job's events.jsonl (its work dir)");
   step->add_option("--keep-on-failure", step_o.keep_on_failure_s,
                    "Seconds to keep the allocation after a final failure, for attaching (default 0)")

@@ -78,8 +78,8 @@ namespace {
 
 // One launch of the command: its exit code, or the ranks' combined record when srun outlived the
 // step and was stopped.
-int run_once(const char* job, const std::string& dir, double grace_s, const std::vector<std::string>& command,
-             int attempt) {
+int run_once(const char* job, const std::string& dir, double grace_s, bool require_records,
+             const std::vector<std::string>& command, int attempt) {
   // Steps already running (another step of the same job) are not ours.
   std::set<std::string> before;
   if (auto s = slurm::job_steps(job)) before.insert(s->begin(), s->end());
@@ -142,6 +142,19 @@ int run_once(const char* job, const std::string& dir, double grace_s, const std:
     std::fprintf(stderr, "mobula step: %s\n", rc.status().message().c_str());
   } else if (!killed) {
     code = *rc;
+    if (code == 0 && require_records) {
+      // Slurm 22.05's srun can exit 0 after a step whose launch failed on one node ("task 2 launch
+      // failed", "Timed out waiting for job step to complete"): no worker ran, and the job would end
+      // as COMPLETED without its work. Success needs every rank's record of exit code 0.
+      auto records = read_step_records(dir);
+      auto combined = records ? combine_step_records(*records) : Result<int>(records.status());
+      if (!combined || *combined != 0) {
+        std::fprintf(stderr, "mobula step: '%s' exited 0 but %s; the step failed\n", command.front().c_str(),
+                     combined ? ("a rank recorded exit code " + std::to_string(*combined)).c_str()
+                              : combined.status().message().c_str());
+        code = 1;
+      }
+    }
   } else {
     auto records = read_step_records(dir);
     auto combined = records ? combine_step_records(*records) : Result<int>(records.status());
@@ -262,7 +275,7 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
                 dir.c_str(), e.message().c_str());
             return 2;
           }
-          return run_once(job, dir, o.grace_s, command, int(base) + attempt);
+          return run_once(job, dir, o.grace_s, o.require_records, command, int(base) + attempt);
         }();
         event("attempt_end", {{"exit_code", events::num(rc)}, {"outcome", events::str(outcome_of(rc))}});
         return rc;

@@ -49,6 +49,7 @@ struct StepOptions {
   int max_requeues = 0;          // preempted (exit 3): `scontrol requeue` while SLURM_RESTART_COUNT is below
   double keep_on_failure_s = 0;  // after a final failure, hold the allocation this long for debugging
   std::string events_dir;        // the job's work dir: events.jsonl (attempts, requeue, end); "" = none
+  bool require_records = false;  // srun's exit 0 counts only if every rank recorded exit code 0
 };
 
 // Runs the step; a failed step is relaunched up to max_restarts times (the workers resume from

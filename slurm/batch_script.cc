@@ -125,7 +125,7 @@ Result<BatchScript> render_batch_script(const JobSpec& spec, const RenderOptions
                                    "--restart-delay", std::to_string(spec.fault.restart_delay_s),
                                    "--max-requeues",  std::to_string(sl.requeue ? spec.fault.max_requeues : 0)};
   if (sl.keep_on_failure_s > 0) step.insert(step.end(), {"--keep-on-failure", std::to_string(sl.keep_on_failure_s)});
-  step.insert(step.end(), {"--events", opt.workdir});
+  step.insert(step.end(), {"--events", opt.workdir, "--require-records"});
   step.push_back("--");
   step.insert(step.end(), srun.begin(), srun.end());
   t += "exec " + join_command(step) + "\n";

@@ -199,6 +199,18 @@ TEST_F(Sbatch, StepGuardEndsAnSrunThatOutlivesItsStep) {
   EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 3) << "record dir left behind";
 }
 
+TEST_F(Sbatch, RequireRecordsFailsAStepWhoseRanksDidNotRun) {
+  // srun exits 0 but no mobula worker ran (CI saw srun exit 0 after a launch that failed on a
+  // returning node): with --require-records (rendered scripts pass it) the step failed.
+  const auto [rc, out] = run_job("#!/bin/bash\n#SBATCH -p gpu -N 1 -n 1 -t 5\n" + kExe +
+                                 " step --require-records -- srun -n 1 true\necho \"after step $?\"\n");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("mobula step: 'srun' exited 0 but no rank recorded an exit code; the step failed"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("after step 1"), std::string::npos) << out;
+}
+
 TEST_F(Sbatch, StepGuardFailsWithoutRecords) {
   // A step whose tasks record nothing (not mobula workers) cannot be vouched for: exit 1.
   const auto [rc, out] =

@@ -58,7 +58,7 @@ env = ["OMPI_MCA_btl=self,tcp", "NOTE=two words"]
   EXPECT_EQ(t.find("--nodes"), std::string::npos) << "nodes = 0 must not be rendered\n" << t;
   // The step: guarded srun, the user's overrides quoted, the absolute work dir last.
   EXPECT_NE(t.find("exec /opt/mobula/bin/mobula step --grace 15 --max-restarts 2 --restart-delay 5 --max-requeues 3 "
-                   "--events /scratch/runs/t -- srun --mpi=pmix "
+                   "--events /scratch/runs/t --require-records -- srun --mpi=pmix "
                    "--kill-on-bad-exit=1 /opt/mobula/bin/mobula worker "
                    "/scratch/runs/t/spec.toml --set job.steps=7 --set 'rl.task=reverse words' --set "
                    "job.workdir=/scratch/runs/t\n"),
