@@ -76,6 +76,13 @@ Result<int> combine_step_records(const std::vector<StepRecord>& records) {
 
 namespace {
 
+// The step's exit code from the ranks' records in `dir`; an error when a rank recorded none.
+Result<int> recorded_exit_code(const std::string& dir) {
+  auto records = read_step_records(dir);
+  if (!records) return records.status();
+  return combine_step_records(*records);
+}
+
 // One launch of the command: its exit code, or the ranks' combined record when srun outlived the
 // step and was stopped.
 int run_once(const char* job, const std::string& dir, double grace_s, bool require_records,
@@ -119,10 +126,7 @@ int run_once(const char* job, const std::string& dir, double grace_s, bool requi
       return false;
     }
     // A step shorter than one poll may never be listed; complete records prove it ran and ended.
-    if (!seen) {
-      auto records = read_step_records(dir);
-      if (!records || !combine_step_records(*records)) return false;
-    }
+    if (!seen && !recorded_exit_code(dir)) return false;
     const auto now = clock::now();
     if (!done_since) done_since = now;
     if (std::chrono::duration<double>(now - *done_since).count() >= grace_s) {
@@ -146,8 +150,7 @@ int run_once(const char* job, const std::string& dir, double grace_s, bool requi
       // Slurm 22.05's srun can exit 0 after a step whose launch failed on one node ("task 2 launch
       // failed", "Timed out waiting for job step to complete"): no worker ran, and the job would end
       // as COMPLETED without its work. Success needs every rank's record of exit code 0.
-      auto records = read_step_records(dir);
-      auto combined = records ? combine_step_records(*records) : Result<int>(records.status());
+      auto combined = recorded_exit_code(dir);
       if (!combined || *combined != 0) {
         std::fprintf(stderr, "mobula step: '%s' exited 0 but %s; the step failed\n", command.front().c_str(),
                      combined ? ("a rank recorded exit code " + std::to_string(*combined)).c_str()
@@ -156,8 +159,7 @@ int run_once(const char* job, const std::string& dir, double grace_s, bool requi
       }
     }
   } else {
-    auto records = read_step_records(dir);
-    auto combined = records ? combine_step_records(*records) : Result<int>(records.status());
+    auto combined = recorded_exit_code(dir);
     if (combined) {
       code = *combined;
       std::fprintf(stderr, "mobula step: all ranks recorded their exit codes; step exit code %d\n", code);
