@@ -109,7 +109,6 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
 
   std::vector<std::string> env;
   if (geteuid() == 0) env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
-  if (!std::getenv("OPENBLAS_NUM_THREADS")) env.emplace_back("OPENBLAS_NUM_THREADS=1");
   std::fprintf(stderr, "mobula run: %s\n", join_command(argv).c_str());
   // The job's event journal (core/metrics/events.h) lives in its work dir.
   std::error_code ec;

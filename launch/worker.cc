@@ -10,6 +10,7 @@
 // with MPI_Abort so the job never hangs.
 #include <mpi.h>
 
+#include <Kokkos_Core.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -74,6 +75,9 @@ Status make_workdir(const JobSpec& spec, int rank) {
 Status run_rank(const SpecArgs& a, const Environment& env) {
   auto spec = load_spec(a.spec, a.sets);
   if (!spec) return spec.status();
+  // Before any math: the BLAS thread count is the spec's, not the launcher's environment's.
+  if (Status t = set_blas_threads(spec->threads); !t.is_ok())
+    return Status::invalid_spec(spec->where("job.threads") + ": " + t.message());
   MOBULA_RETURN_IF_ERROR(validate_transports(*spec));
   auto groups = gather_het_groups(env);
   if (!groups) return groups.status();
@@ -102,6 +106,8 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
       if (r) spdlog::info("{} = {} -> {}", key, v, *r);
     }
     if (const std::string blas = blas_description(); !blas.empty()) spdlog::info("blas: {}", blas);
+    spdlog::info("threads per rank: job.threads = {} (BLAS {}, Kokkos host {})", spec->threads, blas_threads(),
+                 Kokkos::DefaultHostExecutionSpace().concurrency());
   }
   auto comms = RoleComms::create(MPI_COMM_WORLD, *layout);
   if (!comms) return comms.status();
@@ -122,6 +128,8 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
                   {"spec_hash", events::str(spec->hash())},
                   {"workload", events::str(spec->workload)},
                   {"ranks", events::num(env.size())},
+                  {"threads", events::num(spec->threads)},
+                  {"blas_threads", events::num(blas_threads())},
                   {"hosts", host_list + "]"},
                   {"roles", roles + "]"},
                   {"mobula_version", events::str(MOBULA_VERSION)}},
@@ -162,7 +170,11 @@ int cmd_worker(const SpecArgs& a, int argc, char** argv) {
   health::install_stop_handlers();
   int rank = -1, size = 0;
   const int rc = [&] {
-    auto env = Environment::init(&argc, &argv);
+    // job.threads sets Kokkos' host threads at initialisation, so the spec is read first; its
+    // errors are reported by run_rank, once MPI is up.
+    int threads = 1;
+    if (auto pre = load_spec(a.spec, a.sets); pre.is_ok()) threads = pre->threads;
+    auto env = Environment::init(&argc, &argv, threads);
     if (!env) {
       std::fprintf(stderr, "mobula worker: %s\n", env.status().message().c_str());
       return 1;

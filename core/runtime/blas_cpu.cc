@@ -66,6 +66,27 @@ void reexec_with_openblas_fix(char** argv) {
                fix.c_str(), std::strerror(errno), chosen.c_str(), fix.c_str());
 }
 
+Status set_blas_threads(int n) {
+  using SetThreads = void (*)(int);
+  auto* set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (!set) {
+    if (n == 1) return Status::ok();  // a BLAS without threads of its own (reference BLAS)
+    return Status::invalid_argument("job.threads = " + std::to_string(n) +
+                                    ": the BLAS of this build has no thread control (not OpenBLAS); use 1");
+  }
+  set(n);
+  if (const int got = blas_threads(); got != n)
+    return Status::invalid_argument("job.threads = " + std::to_string(n) + ": OpenBLAS runs " + std::to_string(got) +
+                                    " threads after openblas_set_num_threads (its build's limit?); use at most that");
+  return Status::ok();
+}
+
+int blas_threads() {
+  using GetThreads = int (*)();
+  auto* get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get ? get() : 1;
+}
+
 std::string blas_description() {
   const std::string core = openblas_core();
   if (core.empty()) return "";

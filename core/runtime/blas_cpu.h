@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "core/runtime/status.h"
+
 namespace mobula {
 
 // The core OpenBLAS chose ("SkylakeX", "Prescott", ...); "" when the BLAS is not OpenBLAS.
@@ -29,6 +31,15 @@ std::string openblas_coretype_for(const std::string& core, const CpuVectors& cpu
 // before MPI_Init or threads. Returns when nothing is to be done, or (after a warning on stderr)
 // when the exec failed.
 void reexec_with_openblas_fix(char** argv);
+
+// Threads of the BLAS library in this process. OpenBLAS reads OPENBLAS_NUM_THREADS (or takes every
+// core) when it is loaded, so the launcher's environment would decide how a GEMM splits its sums;
+// the worker calls set_blas_threads(job.threads) before any math instead (docs/spec.md, job.threads).
+// Returns an error when the BLAS has no thread control and n > 1 was asked for, or when OpenBLAS
+// reports another count afterwards (a build with fewer threads compiled in).
+Status set_blas_threads(int n);
+// The thread count the BLAS uses now; 1 for a BLAS without thread control.
+int blas_threads();
 
 // One line for logs and `mobula version`: "OpenBLAS core SkylakeX" plus, after a re-exec, "(set by
 // mobula: OpenBLAS chose Prescott)"; "" when the BLAS is not OpenBLAS.

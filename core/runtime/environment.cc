@@ -73,7 +73,7 @@ int slurm_het_group() {
   return -1;
 }
 
-Result<std::unique_ptr<Environment>> Environment::init(int* argc, char*** argv) {
+Result<std::unique_ptr<Environment>> Environment::init(int* argc, char*** argv, int threads) {
   std::unique_ptr<Environment> env(new Environment());
   int provided = 0;
   MOBULA_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
@@ -83,7 +83,15 @@ Result<std::unique_ptr<Environment>> Environment::init(int* argc, char*** argv) 
   env->thread_level_ = provided;
   env->host_ = host_name();
   env->het_group_ = slurm_het_group();
-  if (!Kokkos::is_initialized()) Kokkos::initialize();
+  if (!Kokkos::is_initialized()) {
+#if KOKKOS_VERSION >= 40000
+    Kokkos::initialize(Kokkos::InitializationSettings().set_num_threads(threads));
+#else
+    Kokkos::InitArguments args;
+    args.num_threads = threads;
+    Kokkos::initialize(args);
+#endif
+  }
   return env;
 }
 

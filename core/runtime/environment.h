@@ -17,7 +17,9 @@ namespace mobula {
 
 class Environment {
  public:
-  static Result<std::unique_ptr<Environment>> init(int* argc, char*** argv);
+  // `threads`: Kokkos host threads (job.threads; the worker reads the spec before this call), so
+  // the launcher's OMP_NUM_THREADS never decides how kernels split their work.
+  static Result<std::unique_ptr<Environment>> init(int* argc, char*** argv, int threads = 1);
   ~Environment();
   Environment(const Environment&) = delete;
   Environment& operator=(const Environment&) = delete;

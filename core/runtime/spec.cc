@@ -353,6 +353,8 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   for (size_t p; (p = spec.workdir.find("{name}")) != std::string::npos;) spec.workdir.replace(p, 6, spec.name);
   spec.seed = get<int64_t>(L.set, "job.seed");
   spec.steps = get<int64_t>(L.set, "job.steps");
+  spec.threads = static_cast<int>(get<int64_t>(L.set, "job.threads"));
+  spec.shards = static_cast<int>(get<int64_t>(L.set, "job.shards"));
   spec.workload = get<std::string>(L.set, "job.workload");
   for (const auto& r : known_roles()) {
     RoleSpec role{r, static_cast<int>(get<int64_t>(L.set, "roles." + r + ".ranks")),

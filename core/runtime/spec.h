@@ -149,6 +149,8 @@ class JobSpec {
   std::string workload;
   int64_t seed = 0;
   int64_t steps = 1;
+  int threads = 1;              // job.threads: BLAS / Kokkos host threads per rank
+  int shards = 8;               // job.shards: fixed shards of a step's batch (docs/rl.md, "Determinism")
   std::vector<RoleSpec> roles;  // canonical order; roles with ranks > 0 only
   TransportSpec transport;
   ModelSpec model;

@@ -54,6 +54,15 @@ std::vector<KeyDef> build_schema() {
                       "Relative paths are relative to the directory the job is started from."));
   s.push_back(int_key("job.seed", 0, 0, INT64_MAX, "Global seed; every rank derives its streams from it."));
   s.push_back(int_key("job.steps", 1, 0, 1'000'000'000, "Number of steps the workload runs."));
+  s.push_back(int_key("job.threads", 1, 1, 256,
+                      "Threads per rank for BLAS and Kokkos host kernels. The worker sets them itself before any "
+                      "math, whatever OPENBLAS_NUM_THREADS or OMP_NUM_THREADS the launcher passed, so mpirun, "
+                      "srun, sbatch and `mobula run` compute the same bits."));
+  s.push_back(int_key("job.shards", 8, 1, 1 << 16,
+                      "Shards of a step's global batch. Each shard's gradient is computed on its own and the "
+                      "shards are summed in one fixed binary tree, so the weights are bitwise the same for any "
+                      "trainer count up to this (grpo), or dividing it (latent-pretrain): a job can restart "
+                      "on another number of trainers without changing its results."));
   s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain"},
                       "What the ranks run. `layout-check`: every role and link communicator is "
                       "exercised with collectives each step and verified against the layout. `grpo`: "
