@@ -23,6 +23,7 @@
 #include <fstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include "core/health/health.h"
 #include "core/metrics/events.h"
 #include "core/metrics/registry.h"
@@ -32,12 +33,15 @@
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "core/stage/stage.h"
+#include "core/transport/shard_sum.h"
+#include "core/transport/transport.h"
 #include "io/checkpoint.h"
 #include "io/hdf5.h"
 #include "io/images.h"
 #include "rl/encoder/vae_encoder.h"
 #include "rl/model/kernels.h"
 #include "rl/optim/adamw.h"
+#include "rl/roles/loop.h"
 #include "rl/roles/workload.h"
 
 namespace mobula::rl {
@@ -241,6 +245,227 @@ Status ensure_dataset(const WorkloadContext& ctx) {
   return Status::ok();
 }
 
+// The trainers' side of latent-pretrain as a workload of the shared lifecycle. Step j trains on
+// item j of the stage (so the step in the checkpoint is also the data cursor). The step's batch is
+// cut into job.shards shards of batch / shards samples; a trainer computes the gradient of each of
+// its shards on its own and sum_shards adds them in one fixed tree, so the weights do not depend
+// on the trainer count (any divisor of job.shards).
+class LatentTrainer final : public TrainingWorkload {
+ public:
+  LatentTrainer(const WorkloadContext& ctx, LatentMaker& maker, std::vector<float> table, stage::StageOptions so,
+                MPI_Comm link, std::vector<int> consumers, std::vector<int> producers, Transport& gradients)
+      : ctx_(ctx),
+        spec_(ctx.spec),
+        L_(ctx.spec.latent),
+        maker_(maker),
+        table_(std::move(table)),
+        so_(so),
+        link_(link),
+        consumers_(std::move(consumers)),
+        producers_(std::move(producers)),
+        gt_(gradients),
+        D_(maker.latent_floats()),
+        T_(gradients.size()),
+        per_(L_.batch / T_),
+        rows_(L_.batch / spec_.shards),
+        mine_(shards_of(gradients.rank(), T_, spec_.shards)),
+        lead_(gradients.rank() == 0),
+        net_(D_, L_.hidden, rows_, L_.lr, static_cast<int>(spec_.steps)),
+        x_(size_t(per_) * size_t(D_)),
+        ids_(size_t(per_)),
+        grads_(net_.size()) {
+    net_.init(uint64_t(spec_.seed) ^ 0x64656e6f697365ULL);
+    host_params_ = Kokkos::create_mirror_view(net_.params);
+    host_m_ = Kokkos::create_mirror_view(net_.opt->m);
+    host_v_ = Kokkos::create_mirror_view(net_.opt->v);
+  }
+
+  io::CheckpointState checkpoint_state() override {
+    io::CheckpointState c;
+    c.optimizer_steps = net_.opt->steps_done();
+    c.buffers = {{"params", {host_params_.data(), net_.size()}},
+                 {"adam_m", {host_m_.data(), net_.size()}},
+                 {"adam_v", {host_v_.data(), net_.size()}}};
+    return c;
+  }
+  Status before_save() override {
+    Kokkos::deep_copy(host_params_, net_.params);
+    Kokkos::deep_copy(host_m_, net_.opt->m);
+    Kokkos::deep_copy(host_v_, net_.opt->v);
+    return Status::ok();
+  }
+  Status after_load(const io::CheckpointState& c) override {
+    Kokkos::deep_copy(net_.params, host_params_);
+    Kokkos::deep_copy(net_.opt->m, host_m_);
+    Kokkos::deep_copy(net_.opt->v, host_v_);
+    net_.opt->set_steps_done(static_cast<int>(c.optimizer_steps));
+    return Status::ok();
+  }
+
+  Status begin(int64_t start) override {
+    if (L_.mode == "jit") {
+      auto c = stage::Consumer::create(link_, consumers_, producers_, so_, start, spec_.steps);
+      if (!c) return c.status();
+      consumer_ = std::move(c).value();
+    }
+    t_run_ = now();
+    return Status::ok();
+  }
+
+  Status step(int64_t j, Lifecycle& life) override {
+    life.beat("step", j);
+    MOBULA_RETURN_IF_ERROR(load_batch(j));
+    const double t1 = now();
+    // The gradient and the squared errors of each of this trainer's shards, summed in the tree.
+    std::vector<double> sse(size_t(mine_.size()));
+    MOBULA_RETURN_IF_ERROR(sum_shards<float>(
+        gt_, spec_.shards,
+        [&](int s, std::span<float> out) {
+          const size_t at = size_t(s - mine_.first) * size_t(rows_);
+          Kokkos::deep_copy(net_.grads, 0.0f);
+          sse[size_t(s - mine_.first)] =
+              net_.step(x_.data() + at * size_t(D_), uint64_t(spec_.seed), j,
+                        std::span<const uint64_t>(ids_).subspan(at, size_t(rows_)), L_.batch);
+          auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), net_.grads);
+          std::copy_n(g.data(), out.size(), out.begin());
+          return Status::ok();
+        },
+        std::span<float>(grads_)));
+    double total_sse = 0;
+    MOBULA_RETURN_IF_ERROR(sum_shards<double>(
+        gt_, spec_.shards,
+        [&](int s, std::span<double> out) {
+          out[0] = sse[size_t(s - mine_.first)];
+          return Status::ok();
+        },
+        std::span<double>(&total_sse, 1)));
+    life.wait_staged();  // an asynchronous checkpoint may still be copying the parameters
+    auto g = Kokkos::create_mirror_view(net_.grads);
+    std::copy(grads_.begin(), grads_.end(), g.data());
+    Kokkos::deep_copy(net_.grads, g);
+    net_.opt->step(net_.params, net_.grads);
+    t_train_ += now() - t1;
+    loss_ = total_sse / (double(L_.batch) * double(D_));
+    if (losses_.empty()) first_loss_ = loss_;
+    losses_.push_back(loss_);
+    return Status::ok();
+  }
+
+  Status after_step(int64_t j, double) override {
+    static auto& m_loss = metrics::registry().gauge("mobula_latent_loss", "Denoising loss of the last step");
+    static auto& m_steps = metrics::registry().counter("mobula_steps_total", "Training steps");
+    m_loss.set(loss_);
+    m_steps.inc();
+    if (lead_ && ((j + 1) % 25 == 0 || j + 1 == spec_.steps))
+      spdlog::info("step {:4d}  loss {:.4f}  wait {:.1f} ms/step  ({} mode)", j, loss_,
+                   1e3 * t_wait_ / double(losses_.size()), L_.mode);
+    return Status::ok();
+  }
+
+  // Preempted: end the stage (the embed ranks stop too) before the checkpoint.
+  Status drain(int64_t) override { return consumer_ ? consumer_->finish() : Status::ok(); }
+
+  Status finish(int64_t start) override {
+    const double wall = now() - t_run_;
+    if (consumer_) MOBULA_RETURN_IF_ERROR(consumer_->finish());
+    if (lead_) MOBULA_RETURN_IF_ERROR(write_summary(start, wall));
+    return Status::ok();
+  }
+
+ private:
+  // This trainer's share of step j (its shards' samples, in order) into ids_ and x_.
+  Status load_batch(int64_t j) {
+    const double t0 = now();
+    if (L_.mode == "jit") {
+      auto item = consumer_->next();
+      if (!item) return item.status();
+      std::copy(item->samples.begin(), item->samples.end(), ids_.begin());
+      std::copy(item->data.begin(), item->data.end(), x_.begin());
+      t_wait_ += now() - t0;
+      static auto& m_stall =
+          metrics::registry().counter("mobula_stage_wait_seconds_total", "Time trainers waited for data");
+      m_stall.inc(now() - t0);
+      return Status::ok();
+    }
+    const uint64_t N = maker_.dataset_size();
+    const uint64_t first = uint64_t(j) * uint64_t(L_.batch) + uint64_t(mine_.first) * uint64_t(rows_);
+    for (int s = 0; s < per_; ++s) ids_[size_t(s)] = stage::sample_at(first + uint64_t(s), N, uint64_t(spec_.seed));
+    if (L_.mode == "inline") {
+      MOBULA_RETURN_IF_ERROR(maker_.make(ids_, x_.data()));
+      t_encode_ += now() - t0;
+      return Status::ok();
+    }
+    for (int s = 0; s < per_; ++s)
+      std::copy_n(table_.data() + ids_[size_t(s)] * uint64_t(D_), D_, x_.data() + size_t(s) * size_t(D_));
+    return Status::ok();
+  }
+
+  // Every trainer's parameters are identical; their checksum proves it across modes, launchers,
+  // trainer counts and restarts in the tests.
+  std::string params_hash() {
+    Kokkos::deep_copy(host_params_, net_.params);
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < net_.size(); ++i) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, &host_params_(i), sizeof bits);
+      h = (h ^ bits) * 1099511628211ULL;
+    }
+    return fmt::format("{:016x}", h);
+  }
+
+  Status write_summary(int64_t start, double wall) {
+    const int64_t steps = spec_.steps - start;
+    auto mean_of = [&](size_t from, size_t to) {
+      double s = 0;
+      for (size_t i = from; i < to; ++i) s += losses_[i];
+      return to > from ? s / double(to - from) : 0.0;
+    };
+    const size_t k = std::min<size_t>(10, losses_.size());
+    const double early = mean_of(0, k), late = mean_of(losses_.size() - k, losses_.size());
+    const double stall = wall > 0 ? t_wait_ / wall : 0;
+    const double rate = steps > 0 && wall > 0 ? double(steps) * L_.batch / wall : 0.0;
+    spdlog::info(
+        "latent-pretrain ({}): loss {:.4f} -> {:.4f} (mean of first/last {} steps {:.4f} -> {:.4f}; predicting 0 "
+        "scores 1)",
+        L_.mode, first_loss_, loss_, k, early, late);
+    spdlog::info(
+        "{} steps in {:.2f} s ({:.1f} samples/s); stall {:.1f}% of the wall time, encode {:.2f} s, train {:.2f} s",
+        steps, wall, rate, 100.0 * stall, t_encode_, t_train_);
+    const nlohmann::ordered_json j = {{"job", spec_.name},      {"mode", L_.mode},
+                                      {"trainers", T_},         {"embed", ctx_.layout.ranks_of("embed").size()},
+                                      {"shards", spec_.shards}, {"steps", spec_.steps},
+                                      {"first_step", start},    {"batch", L_.batch},
+                                      {"latent_floats", D_},    {"first_loss", first_loss_},
+                                      {"final_loss", loss_},    {"early_loss", early},
+                                      {"late_loss", late},      {"wall_s", wall},
+                                      {"samples_per_s", rate},  {"stall_fraction", stall},
+                                      {"wait_s", t_wait_},      {"encode_s", t_encode_},
+                                      {"train_s", t_train_},    {"params_fnv1a", params_hash()}};
+    return write_file_atomically(spec_.workdir + "/summary.json", j.dump(2) + "\n");
+  }
+
+  const WorkloadContext& ctx_;
+  const JobSpec& spec_;
+  const LatentSpec& L_;
+  LatentMaker& maker_;
+  std::vector<float> table_;  // offline: (N, D)
+  stage::StageOptions so_;
+  MPI_Comm link_;
+  std::vector<int> consumers_, producers_;
+  Transport& gt_;
+  const int D_, T_, per_, rows_;  // latent floats, trainers, samples per trainer, per shard
+  const ShardRange mine_;
+  const bool lead_;
+  Denoiser net_;
+  Kokkos::View<float*>::HostMirror host_params_, host_m_, host_v_;
+  std::unique_ptr<stage::Consumer> consumer_;
+  std::vector<float> x_;
+  std::vector<uint64_t> ids_;
+  std::vector<float> grads_;
+  std::vector<double> losses_;
+  double first_loss_ = 0, loss_ = 0, t_wait_ = 0, t_encode_ = 0, t_train_ = 0, t_run_ = 0;
+};
+
 }  // namespace
 
 Status run_latent_pretrain(const WorkloadContext& ctx) {
@@ -251,6 +476,11 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   const auto trainer_ranks = ctx.layout.ranks_of("trainer");
   const int T = static_cast<int>(trainer_ranks.size());
   const int per = L.batch / T;
+  if (L.batch % spec.shards != 0 || spec.shards % T != 0)
+    return Status::invalid_spec(spec.where("job.shards") + ": job.shards: " + std::to_string(spec.shards) +
+                                " must divide latent.batch (" + std::to_string(L.batch) +
+                                ") and be a multiple of the " + std::to_string(T) +
+                                " trainer(s), so every trainer holds whole shards of its item");
   auto beat = [&](const char* phase, int64_t step) {
     if (ctx.watchdog) ctx.watchdog->beat(phase, step);
     if (ctx.metrics) ctx.metrics->tick();
@@ -341,209 +571,14 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   }
   if (!trainer) return Status::ok();
 
-  // ---- trainers ----------------------------------------------------------------------------
-  Denoiser net(D, L.hidden, per, L.lr, static_cast<int>(spec.steps));
-  net.init(uint64_t(spec.seed) ^ 0x64656e6f697365ULL);
-  const bool lead = me.role_rank == 0;
-  int64_t start = 0;
-  auto host_params = Kokkos::create_mirror_view(net.params);
-  auto host_m = Kokkos::create_mirror_view(net.opt->m);
-  auto host_v = Kokkos::create_mirror_view(net.opt->v);
-  auto ckpt_state = [&](int64_t step) {
-    io::CheckpointState c;
-    c.step = step;
-    c.optimizer_steps = net.opt->steps_done();
-    c.spec_hash = spec.hash();
-    c.buffers = {{"params", {host_params.data(), net.size()}},
-                 {"adam_m", {host_m.data(), net.size()}},
-                 {"adam_v", {host_v.data(), net.size()}}};
-    return c;
-  };
-  auto save = [&](int64_t step, int keep) {  // parameters and moments after `step` steps
-    Kokkos::deep_copy(host_params, net.params);
-    Kokkos::deep_copy(host_m, net.opt->m);
-    Kokkos::deep_copy(host_v, net.opt->v);
-    return io::save_checkpoint(spec.checkpoint.dir, ckpt_state(step), keep, ctx.comms.role());
-  };
-  {  // resume from the newest checkpoint, periodic or written at a stop signal
-    io::CheckpointState c = ckpt_state(0);
-    std::vector<std::string> rejected;
-    auto found = io::load_latest_checkpoint(spec.checkpoint.dir, &c, ctx.comms.role(), &rejected);
-    if (!found) return found.status();
-    if (*found) {
-      Kokkos::deep_copy(net.params, host_params);
-      Kokkos::deep_copy(net.opt->m, host_m);
-      Kokkos::deep_copy(net.opt->v, host_v);
-      net.opt->set_steps_done(static_cast<int>(c.optimizer_steps));
-      start = c.step;
-      if (lead) {
-        spdlog::info("resumed from {} (step {}; the data cursor)", **found, start);
-        events::emit(spec.workdir, "checkpoint_loaded", {{"path", events::str(**found)}, {"step", events::num(start)}},
-                     ctx.rank);
-      }
-    }
-  }
-  std::unique_ptr<stage::Consumer> consumer;
-  if (L.mode == "jit") {
-    auto c = stage::Consumer::create(link, consumers, producers, so, start, spec.steps);
-    if (!c) return c.status();
-    consumer = std::move(c).value();
-  }
-  std::vector<float> x(size_t(per) * size_t(D));
-  std::vector<uint64_t> ids(static_cast<size_t>(per));
-  double first_loss = -1, last_loss = 0, t_wait = 0, t_encode = 0, t_train = 0;
-  std::vector<double> losses;
-  const double t_run = now();
-  auto& m_loss = metrics::registry().gauge("mobula_latent_loss", "Denoising loss of the last step");
-  auto& m_stall = metrics::registry().counter("mobula_stage_wait_seconds_total", "Time trainers waited for data");
-  auto& m_steps = metrics::registry().counter("mobula_steps_total", "Training steps");
-  // Preemption (core/health): the trainers all-reduce their stop signals at every step boundary,
-  // completed one boundary later, so all of them stop at the same step; they publish a checkpoint
-  // of the steps done, end the stage (the embed ranks stop too) and return "preempted" (exit 3).
-  int stop_mine = 0, stop_any = 0;
-  MPI_Request stop_req = MPI_REQUEST_NULL;
-  auto preempt = [&](int64_t j, int sig) -> Status {
-    beat("preemption checkpoint", j);
-    const Status saved = save(j, std::max(1, spec.checkpoint.keep));
-    if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
-    if (lead) record_preemption(ctx, j, sig, saved.is_ok());
-    MOBULA_RETURN_IF_ERROR(saved);
-    return Status::preempted("preempted by signal " + std::to_string(sig) + " at the boundary of step " +
-                             std::to_string(j) + "; checkpoint of " + std::to_string(j) + " steps published");
-  };
-  // Fault injection (docs/testing.md), read once; -1: off (or another launch's).
-  struct {
-    long error_at = -1, signal_after = -1, kill_after = -1;
-    bool error_alone = false;
-  } fault;
-  if (fault_attempt_matches()) {
-    // MOBULA_FAULT_ERROR_RANK: only that world rank fails (-1, the default: every trainer).
-    const long error_rank = env_long("MOBULA_FAULT_ERROR_RANK", -1);
-    if (error_rank < 0 || error_rank == ctx.rank) fault.error_at = env_long("MOBULA_FAULT_ERROR_AT_STEP", -1);
-    fault.error_alone = error_rank >= 0;
-    fault.signal_after = env_long("MOBULA_FAULT_SIGNAL_AFTER_STEP", -1);
-    fault.kill_after = env_long("MOBULA_FAULT_KILL_AFTER_STEP", -1);
-  }
-  for (int64_t j = start; j < spec.steps; ++j) {
-    beat("step", j);
-    if (j > start) {
-      MOBULA_MPI(MPI_Wait(&stop_req, MPI_STATUS_IGNORE));
-      if (stop_any) return preempt(j, stop_any);
-    }
-    stop_mine = health::stop_signal();
-    MOBULA_MPI(MPI_Iallreduce(&stop_mine, &stop_any, 1, MPI_INT, MPI_MAX, ctx.comms.role(), &stop_req));
-    const double t0 = now();
-    if (L.mode == "jit") {
-      auto item = consumer->next();
-      if (!item) return item.status();
-      std::copy(item->samples.begin(), item->samples.end(), ids.begin());
-      std::copy(item->data.begin(), item->data.end(), x.begin());
-      t_wait += now() - t0;
-      m_stall.inc(now() - t0);
-    } else {
-      const uint64_t first = uint64_t(j) * uint64_t(L.batch) + uint64_t(me.role_rank) * uint64_t(per);
-      for (int s = 0; s < per; ++s) ids[size_t(s)] = stage::sample_at(first + uint64_t(s), N, uint64_t(spec.seed));
-      if (L.mode == "inline") {
-        MOBULA_RETURN_IF_ERROR(maker.make(ids, x.data()));
-        t_encode += now() - t0;
-      } else {
-        for (int s = 0; s < per; ++s)
-          std::copy_n(table.data() + ids[size_t(s)] * uint64_t(D), D, x.data() + size_t(s) * size_t(D));
-      }
-    }
-    const double t1 = now();
-    Kokkos::deep_copy(net.grads, 0.0f);
-    double sse = net.step(x.data(), uint64_t(spec.seed), j, ids, L.batch);
-    // Every trainer fails at step k, as a deterministic error (a NaN check after the backward)
-    // would, or one of them (a local fault): the embed ranks must hear of it from the stage at once,
-    // and the other trainers, waiting in this step's gradient all-reduce, from the failed rank's
-    // MPI_Abort after fault.abort_grace_s (rl/roles/workload.cc).
-    if (fault.error_at == j) {
-      // Alone, it fails a second late, so the other trainers are surely waiting in the all-reduce
-      // (not in the stage, where the abort would reach them).
-      if (fault.error_alone) std::this_thread::sleep_for(std::chrono::seconds(1));
-      return Status::external("injected failure at step " + std::to_string(j) + " (MOBULA_FAULT_ERROR_AT_STEP)");
-    }
-    // Sum of gradients and losses over the trainers (fixed order: the same bits on every trainer).
-    auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), net.grads);
-    MOBULA_MPI(
-        MPI_Allreduce(MPI_IN_PLACE, g.data(), static_cast<int>(net.size()), MPI_FLOAT, MPI_SUM, ctx.comms.role()));
-    MOBULA_MPI(MPI_Allreduce(MPI_IN_PLACE, &sse, 1, MPI_DOUBLE, MPI_SUM, ctx.comms.role()));
-    Kokkos::deep_copy(net.grads, g);
-    net.opt->step(net.params, net.grads);
-    t_train += now() - t1;
-    const double loss = sse / (double(L.batch) * double(D));
-    if (first_loss < 0) first_loss = loss;
-    last_loss = loss;
-    losses.push_back(loss);
-    m_loss.set(loss);
-    m_steps.inc();
-    if (lead && ((j + 1) % 25 == 0 || j + 1 == spec.steps))
-      spdlog::info("step {:4d}  loss {:.4f}  wait {:.1f} ms/step  ({} mode)", j, loss,
-                   1e3 * t_wait / double(j + 1 - start), L.mode);
-    if (spec.checkpoint.every > 0 && (j + 1) % spec.checkpoint.every == 0) {
-      beat("checkpoint", j);
-      // As in GRPO: a failed save (the same status on every trainer) is reported and training goes
-      // on; `latest` still names the previous checkpoint and the next interval tries again.
-      const Status saved = save(j + 1, spec.checkpoint.keep);
-      if (lead && saved.is_ok())
-        events::emit(spec.workdir, "checkpoint_durable", {{"step", events::num(j + 1)}, {"mode", events::str("sync")}},
-                     ctx.rank);
-      if (lead && !saved.is_ok()) record_checkpoint_failure(ctx, j, saved);
-    }
-    if (fault.signal_after == j && lead) {
-      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGUSR1")}, {"step", events::num(j)}},
-                   ctx.rank);
-      std::raise(SIGUSR1);  // the stop handler (core/health) records it
-    }
-    if (fault.kill_after == j && lead) {
-      events::emit(spec.workdir, "fault_injected", {{"kind", events::str("SIGKILL")}, {"step", events::num(j)}},
-                   ctx.rank);
-      std::raise(SIGKILL);
-    }
-  }
-  if (stop_req != MPI_REQUEST_NULL) MOBULA_MPI(MPI_Wait(&stop_req, MPI_STATUS_IGNORE));
-  const double wall = now() - t_run;
-  if (consumer) MOBULA_RETURN_IF_ERROR(consumer->finish());
-  // Every trainer's parameters are identical; their checksum proves it across modes in the tests.
-  Kokkos::deep_copy(host_params, net.params);
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < net.size(); ++i) {
-    uint32_t bits = 0;
-    std::memcpy(&bits, &host_params(i), sizeof bits);
-    h = (h ^ bits) * 1099511628211ULL;
-  }
-  if (lead) {
-    const int64_t steps = spec.steps - start;
-    auto mean_of = [&](size_t from, size_t to) {
-      double s = 0;
-      for (size_t i = from; i < to; ++i) s += losses[i];
-      return to > from ? s / double(to - from) : 0.0;
-    };
-    const size_t k = std::min<size_t>(10, losses.size());
-    const double early = mean_of(0, k), late = mean_of(losses.size() - k, losses.size());
-    const double stall = wall > 0 ? t_wait / wall : 0;
-    spdlog::info(
-        "latent-pretrain ({}): loss {:.4f} -> {:.4f} (mean of first/last {} steps {:.4f} -> {:.4f}; predicting 0 "
-        "scores 1)",
-        L.mode, first_loss, last_loss, k, early, late);
-    spdlog::info(
-        "{} steps in {:.2f} s ({:.1f} samples/s); stall {:.1f}% of the wall time, encode {:.2f} s, train {:.2f} s",
-        steps, wall, steps > 0 ? double(steps) * L.batch / wall : 0.0, 100.0 * stall, t_encode, t_train);
-    char buf[1024];
-    std::snprintf(buf, sizeof buf,
-                  "{\n  \"job\": \"%s\", \"mode\": \"%s\", \"trainers\": %d, \"embed\": %zu, \"steps\": %lld, "
-                  "\"first_step\": %lld, \"batch\": %d, \"latent_floats\": %d,\n  \"first_loss\": %.6f, "
-                  "\"final_loss\": %.6f, \"early_loss\": %.6f, \"late_loss\": %.6f,\n  \"wall_s\": %.4f, "
-                  "\"samples_per_s\": %.2f, \"stall_fraction\": %.5f, \"wait_s\": %.4f, \"encode_s\": %.4f, "
-                  "\"train_s\": %.4f,\n  \"params_fnv1a\": \"%016llx\"\n}\n",
-                  spec.name.c_str(), L.mode.c_str(), T, ctx.layout.ranks_of("embed").size(),
-                  static_cast<long long>(spec.steps), static_cast<long long>(start), L.batch, D, first_loss, last_loss,
-                  early, late, wall, steps > 0 ? double(steps) * L.batch / wall : 0.0, stall, t_wait, t_encode, t_train,
-                  static_cast<unsigned long long>(h));
-    MOBULA_RETURN_IF_ERROR(write_file_atomically(spec.workdir + "/summary.json", buf));
-  }
-  return Status::ok();
+  // ---- trainers: the shared lifecycle (rl/roles/loop.h) over LatentTrainer's steps --------------
+  auto gt = make_flow_transport(spec, "transport.gradients", MemoryPlace::kHost, ctx.comms.role());
+  if (!gt) return gt.status();
+  LatentTrainer w(ctx, maker, std::move(table), so, link, consumers, producers, **gt);
+  LoopOptions lo;
+  lo.stop_comm = ctx.comms.role();
+  lo.state_comm = ctx.comms.role();
+  return run_training(ctx, w, lo);
 }
 
 }  // namespace mobula::rl

@@ -115,22 +115,6 @@ Status run_layout_check(const WorkloadContext& ctx) {
   return Status::ok();
 }
 
-void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed) {
-  if (checkpointed)
-    events::emit(ctx.spec.workdir, "checkpoint_durable",
-                 {{"step", events::num(step)}, {"mode", events::str("preemption")}}, ctx.rank);
-  events::emit(
-      ctx.spec.workdir, "preempted",
-      {{"signal", events::num(sig)}, {"step", events::num(step)}, {"checkpointed", checkpointed ? "true" : "false"}},
-      ctx.rank);
-}
-
-void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const Status& saved) {
-  spdlog::error("checkpoint after step {} failed: {}", step, saved.message());
-  events::emit(ctx.spec.workdir, "checkpoint_failed",
-               {{"step", events::num(step + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
-}
-
 Status run_workload(const WorkloadContext& ctx) {
   if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
   if (ctx.spec.workload == "grpo" || ctx.spec.workload == "latent-pretrain") {
