@@ -110,4 +110,13 @@ void emit(const std::string& dir, std::string_view event, const Fields& fields, 
   if (!st.is_ok()) spdlog::warn("event {} not recorded: {}", event, st.message());
 }
 
+std::string json_line(const nlohmann::ordered_json& object) {
+  std::string s = "{";
+  for (const auto& [key, value] : object.items()) {
+    if (s.size() > 1) s += ", ";
+    s += nlohmann::ordered_json(key).dump() + ": " + value.dump();
+  }
+  return s + "}";
+}
+
 }  // namespace mobula::events

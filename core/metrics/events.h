@@ -9,6 +9,8 @@
 // the caller and never stops the job.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <string_view>
 #include <utility>
@@ -41,6 +43,10 @@ Status append(const std::string& dir, std::string_view event, const Fields& fiel
 // Appends `line` (one JSON object, no newline) to DIR/NAME with one O_APPEND write; fsync when
 // durable. For time series such as metrics.jsonl.
 Status append_line(const std::string& dir, const std::string& name, std::string_view line, bool durable);
+
+// A flat JSON object as one line in the journal's style, {"key": value, ...} (nlohmann renders each
+// key and value): metrics.jsonl's lines read like events.jsonl's.
+std::string json_line(const nlohmann::ordered_json& object);
 
 // Same, and a failure is logged as a warning instead of returned (the job goes on).
 void emit(const std::string& dir, std::string_view event, const Fields& fields = {}, int rank = -1);

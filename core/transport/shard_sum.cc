@@ -1,7 +1,10 @@
 #include "core/transport/shard_sum.h"
 
+#include "core/metrics/registry.h"
+
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,7 +93,8 @@ Result<std::map<Key, std::vector<T>>> fold_own(const Tree& tree, ShardRange mine
 }  // namespace
 
 template <class T>
-Status sum_shards(Transport& t, int shards, const ShardValueFn<T>& value, std::span<T> out, const Options& opt) {
+Status sum_shards(Transport& t, int shards, const ShardValueFn<T>& value, std::span<T> out, const Options& opt,
+                  const char* flow) {
   if (shards < 1) return Status::invalid_argument("sum_shards: shards must be >= 1, got " + std::to_string(shards));
   const int me = t.rank(), members = t.size();
   const Tree tree{shards, members};
@@ -99,6 +103,8 @@ Status sum_shards(Transport& t, int shards, const ShardValueFn<T>& value, std::s
   auto folded = fold_own<T>(tree, shards_of(me, members, shards), out.size(), value, levels);
   if (!folded) return folded.status();
   std::map<Key, std::vector<T>>& held = *folded;
+  std::optional<metrics::FlowTimer> timer;
+  if (flow) timer.emplace(flow, static_cast<double>(out.size() * sizeof(T)));
   // Nodes spanning several members, level by level: the right child's owner sends, the left
   // child's owner adds. Sends are posted before receives, so no order of members can deadlock.
   for (int l = 0; l < levels; ++l) {
@@ -169,8 +175,10 @@ std::vector<T> sum_shards_local(const std::vector<std::vector<T>>& values) {
   return values.empty() ? std::vector<T>{} : node(tree_levels(static_cast<int>(S)), 0);
 }
 
-template Status sum_shards<float>(Transport&, int, const ShardValueFn<float>&, std::span<float>, const Options&);
-template Status sum_shards<double>(Transport&, int, const ShardValueFn<double>&, std::span<double>, const Options&);
+template Status sum_shards<float>(Transport&, int, const ShardValueFn<float>&, std::span<float>, const Options&,
+                                  const char*);
+template Status sum_shards<double>(Transport&, int, const ShardValueFn<double>&, std::span<double>, const Options&,
+                                   const char*);
 template std::vector<float> sum_shards_local<float>(const std::vector<std::vector<float>>&);
 template std::vector<double> sum_shards_local<double>(const std::vector<std::vector<double>>&);
 

@@ -46,8 +46,11 @@ int owner_of_shard(int shard, int members, int shards);
 template <class T>
 using ShardValueFn = std::function<Status(int shard, std::span<T> out)>;
 
+// `flow` (optional): the communication phase (not the value() calls) is accounted to that flow's
+// mobula_transport_{bytes,seconds}_total (core/metrics/registry.h, FlowTimer).
 template <class T>
-Status sum_shards(Transport& t, int shards, const ShardValueFn<T>& value, std::span<T> out, const Options& opt = {});
+Status sum_shards(Transport& t, int shards, const ShardValueFn<T>& value, std::span<T> out, const Options& opt = {},
+                  const char* flow = nullptr);
 
 // The same tree on one process over values already computed (tests, and the reference for any
 // group size): values[s] is shard s's value.

@@ -22,6 +22,7 @@ struct Datum {
   std::vector<float> logprobs_old;
   std::vector<float> advantages;
   std::vector<float> logprobs_ref;
+  int shard = 0;  // SPMD client with shards (ClientOptions::shards): its shard of the step's batch
 };
 
 enum class LossFn { kCrossEntropy, kImportanceSampling, kPpo };

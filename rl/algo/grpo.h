@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "rl/api/training_client.h"
@@ -23,6 +25,53 @@ struct GrpoConfig {
   AdamParams adam;
   uint64_t seed = 0;  // prompt stream and sampling seeds derive from (seed, step)
 };
+
+// One completion with a learning signal (a non-zero advantage), as a rollout rank produces it and a
+// trainer trains on it; (prompt, sample) place it in the step's global batch.
+struct RolloutRecord {
+  int32_t prompt = 0;        // index of its prompt in the step, 0 .. prompts_per_step-1
+  int32_t sample = 0;        // index in the prompt's group, 0 .. group_size-1
+  std::vector<int32_t> seq;  // prompt + completion
+  int32_t first = 0;         // index in seq of the first completion token
+  float advantage = 0;
+  std::vector<float> logp_old;  // behaviour log-probs of the completion tokens
+};
+
+// What a batch of rollouts saw; sums, so the parts of several rollout ranks add up.
+struct RolloutStats {
+  double reward_sum = 0, reward_sq_sum = 0, correct = 0, samples = 0, completion_tokens = 0;
+  double neg_logp_sum = 0;  // -log p of the sampled tokens under the model: sum / tokens estimates entropy
+  double sample_seconds = 0, reward_seconds = 0;
+  double version = 0;               // policy version the batch was sampled with
+  void add(const RolloutStats& o);  // sums; the seconds and the version of the slowest / last part
+};
+
+struct Rollouts {
+  std::vector<RolloutRecord> records;  // in (prompt, sample) order
+  RolloutStats stats;
+};
+
+// Samples `prompts` (already encoded, the task's examples `ex`), G each; the caller picks the seeds.
+using SampleGroupsFn =
+    std::function<Result<std::vector<Sample>>(const std::vector<std::vector<int>>& prompts, const SamplingParams&)>;
+
+// The prompts of `step` with the given global indices: task.example(seed, step * P + p).
+Result<std::vector<TaskExample>> grpo_examples(const Task& task, uint64_t seed, int64_t step, int prompts_per_step,
+                                               std::span<const int> prompt_ids);
+// The sampling parameters of the config (stop at eos).
+SamplingParams grpo_sampling(const GrpoConfig& cfg, const Tokenizer& tok);
+// The seed of completion g of prompt p at `step`: a function of the global indices only, so a
+// completion is the same whichever rollout rank samples it.
+uint64_t grpo_sample_seed(uint64_t seed, int64_t step, int prompt, int g);
+
+// One GRPO rollout over `prompt_ids` of `step`: sample G completions each, reward them with the
+// task's verifier, group-normalise the advantages, keep the completions with a learning signal.
+Result<Rollouts> grpo_rollouts(const SampleGroupsFn& sample, const Task& task, const Tokenizer& tok,
+                               const GrpoConfig& cfg, int64_t step, std::span<const int> prompt_ids);
+
+// The training datum of a record and the PPO-clip loss of the config.
+Datum grpo_datum(const RolloutRecord& r);
+LossConfig grpo_loss(const GrpoConfig& cfg);
 
 struct GrpoStepStats {
   int step = 0;

@@ -77,6 +77,7 @@ Future<T> TrainingClient::submit(std::function<Result<T>()> fn) {
 
 Future<ForwardBackwardOutput> TrainingClient::forward_backward(std::vector<Datum> batch, LossConfig loss) {
   return submit<ForwardBackwardOutput>([this, batch = std::move(batch), loss]() -> Result<ForwardBackwardOutput> {
+    if (group_ && opts_.shards > 0) return forward_backward_shards(batch, loss);
     double tokens = 0;
     auto out = forward_backward_batch(*model_, batch, loss, &tokens);
     if (!group_ && !out) return out;
@@ -125,7 +126,7 @@ Future<bool> TrainingClient::with_state(std::function<Status(TrainingState&)> fn
 Future<OptimStepOutput> TrainingClient::optim_step(AdamParams p) {
   return submit<OptimStepOutput>([this, p]() -> Result<OptimStepOutput> {
     if (tokens_since_step_ <= 0) return Status::invalid_argument("optim_step: no trained tokens since the last step");
-    if (group_)  // data parallelism: the gradient token sums of the whole group
+    if (group_ && !reduced_)  // data parallelism: the gradient token sums of the whole group
       MOBULA_RETURN_IF_ERROR(group_->sum(std::span<float>(model_->grads.data(), model_->grads.extent(0))));
     AdamWConfig c;
     c.lr = p.lr;
@@ -140,8 +141,87 @@ Future<OptimStepOutput> TrainingClient::optim_step(AdamParams p) {
     out.step = opt_->steps_done();
     model_->zero_grad();
     tokens_since_step_ = 0;
+    reduced_ = false;
     return out;
   });
+}
+
+// Each of this member's shards through the model on its own (model grads as scratch), summed with
+// the other members' in the fixed tree (GradientGroup::sum_shards); then the loss statistics the
+// same way. A shard that fails still joins both sums, with zeros and a failure count, so no member
+// waits for it and every member returns an error.
+Result<ForwardBackwardOutput> TrainingClient::forward_backward_shards(const std::vector<Datum>& batch,
+                                                                      const LossConfig& loss) {
+  if (reduced_)
+    return Status::invalid_argument(
+        "forward_backward: with shards, one call per optim_step (the group's gradient "
+        "is reduced already)");
+  const ShardRange mine = shards_of(group_->member(), group_->members(), opts_.shards);
+  // batch[begin[i] .. begin[i + 1]) is shard mine.first + i.
+  std::vector<size_t> begin(size_t(mine.size()) + 1, 0);
+  size_t at = 0;
+  for (int i = 0; i < mine.size(); ++i) {
+    begin[size_t(i)] = at;
+    while (at < batch.size() && batch[at].shard == mine.first + i) ++at;
+  }
+  begin[size_t(mine.size())] = at;
+  if (at != batch.size())
+    return Status::invalid_argument("forward_backward: datum " + std::to_string(at) + " is of shard " +
+                                    std::to_string(batch[at].shard) + "; this member holds shards " +
+                                    std::to_string(mine.first) + ".." + std::to_string(mine.end - 1) +
+                                    ", and the batch must be ordered by shard");
+  ForwardBackwardOutput out;
+  Status first_error = Status::ok();
+  std::vector<double> stats(size_t(mine.size()) * 6, 0.0);  // per shard: tokens, 4 token-weighted means, failed
+  const size_t n = model_->grads.extent(0);
+  MOBULA_RETURN_IF_ERROR(group_->sum_shards(
+      opts_.shards,
+      [&](int s, std::span<float> value) -> Status {
+        const size_t i = size_t(s - mine.first);
+        const std::vector<Datum> part(batch.begin() + long(begin[i]), batch.begin() + long(begin[i + 1]));
+        model_->zero_grad();
+        double tokens = 0;
+        double* st = &stats[i * 6];
+        if (!part.empty()) {
+          auto r = forward_backward_batch(*model_, part, loss, &tokens);
+          if (r) {
+            const LossStats& ls = r->stats;
+            st[0] = tokens, st[1] = ls.loss * tokens, st[2] = ls.clip_fraction * tokens;
+            st[3] = ls.kl * tokens, st[4] = ls.mean_ratio * tokens;
+            for (auto& lp : r->logprobs) out.logprobs.push_back(std::move(lp));
+          } else {
+            if (first_error.is_ok()) first_error = r.status();
+            model_->zero_grad();
+            st[5] = 1;
+          }
+        }
+        std::copy_n(model_->grads.data(), n, value.begin());
+        return Status::ok();
+      },
+      std::span<float>(model_->grads.data(), n)));
+  double sums[6] = {0, 0, 0, 0, 0, 0};
+  MOBULA_RETURN_IF_ERROR(group_->sum_shards(
+      opts_.shards,
+      [&](int s, std::span<double> value) {
+        std::copy_n(&stats[size_t(s - mine.first) * 6], 6, value.begin());
+        return Status::ok();
+      },
+      std::span<double>(sums, 6)));
+  reduced_ = sums[0] > 0;  // no token anywhere: nothing accumulated, the next call starts afresh
+  if (!first_error.is_ok()) return first_error;
+  if (sums[5] > 0)
+    return Status::invalid_argument("forward_backward: " + std::to_string(static_cast<int>(sums[5])) +
+                                    " shard(s) failed on other member(s) of the trainer group (see their errors)");
+  LossStats& st = out.stats;
+  st.tokens = static_cast<long>(sums[0]);
+  if (sums[0] > 0) {
+    st.loss = sums[1] / sums[0];
+    st.clip_fraction = sums[2] / sums[0];
+    st.kl = sums[3] / sums[0];
+    st.mean_ratio = sums[4] / sums[0];
+  }
+  tokens_since_step_ += sums[0];
+  return out;
 }
 
 Future<std::vector<Sample>> TrainingClient::sample(std::vector<std::vector<int>> prompts, int num_samples,
@@ -234,6 +314,7 @@ Future<std::string> TrainingClient::load_state(std::string path) {
     }
     model_->zero_grad();
     tokens_since_step_ = 0;
+    reduced_ = false;
     return path;
   });
 }

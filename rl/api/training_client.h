@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/transport/shard_sum.h"
 #include "rl/algo/batch.h"
 #include "rl/model/gpt.h"
 #include "rl/model/sampler.h"
@@ -56,6 +57,12 @@ class GradientGroup {
   // Elementwise sums over the group, in rank order (bitwise equal on every member).
   virtual Status sum(std::span<float> values) = 0;
   virtual Status sum(std::span<double> values) = 0;
+  // This member's index and the group's size (the shard blocks of core/transport/shard_sum.h).
+  virtual int member() const = 0;
+  virtual int members() const = 0;
+  // The fixed-tree sum over `shards` shards (sum_shards): the same bits whatever the group size.
+  virtual Status sum_shards(int shards, const ShardValueFn<float>& value, std::span<float> out) = 0;
+  virtual Status sum_shards(int shards, const ShardValueFn<double>& value, std::span<double> out) = 0;
 };
 
 // Where save_weights_for_sampler(name) publishes the weights of a SPMD client (collective over
@@ -73,6 +80,13 @@ struct ClientOptions {
   int sample_rows = 64;    // most sequences sampled at once
   bool recompute = false;  // activation recomputation
   int microbatch = 0;      // rows per forward/backward pass of the SPMD backend (0: max_batch)
+  // SPMD: 0 sums the members' gradients in rank order (bitwise the same for a fixed group size).
+  // S > 0: the step's batch is cut into S shards (Datum::shard), member m holding the block
+  // shards_of(m, members, S); each shard's gradient is computed alone and the shards are summed in
+  // one fixed tree, so the weights are the same bits for every group size <= S (docs/rl.md,
+  // "Determinism"). Then forward_backward does the group's reduction and may be called once per
+  // optim_step.
+  int shards = 0;
 };
 
 // In-process access to the training state, for the roles (HDF5 checkpoints, evaluation): not part
@@ -94,7 +108,8 @@ class TrainingClient {
   TrainingClient& operator=(const TrainingClient&) = delete;
 
   // Loss over the whole batch (means over all its trained tokens); gradients accumulate. SPMD: the
-  // stats (and stats.tokens) are over the group's batch; logprobs are this member's.
+  // stats (and stats.tokens) are over the group's batch; logprobs are this member's. With shards:
+  // every datum's shard is one of this member's, the batch ordered by shard.
   Future<ForwardBackwardOutput> forward_backward(std::vector<Datum> batch, LossConfig loss);
   // Log-probs of every datum's target tokens under the current weights; no gradients.
   Future<std::vector<std::vector<float>>> forward(std::vector<Datum> batch);
@@ -128,7 +143,10 @@ class TrainingClient {
   std::unique_ptr<Gpt<>> model_;
   std::unique_ptr<AdamW<>> opt_;
   std::unique_ptr<Sampler<>> sampler_;
+  Result<ForwardBackwardOutput> forward_backward_shards(const std::vector<Datum>& batch, const LossConfig& loss);
+
   double tokens_since_step_ = 0;  // trained tokens accumulated in the gradients (SPMD: the group's)
+  bool reduced_ = false;          // shards: the gradients hold the group's sum already
   GradientGroup* group_ = nullptr;
   SamplerSink* sink_ = nullptr;
 

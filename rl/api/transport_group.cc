@@ -12,4 +12,12 @@ Status TransportGroup::sum(std::span<double> v) {
   return t_.allreduce({v.data(), v.size(), DType::kF64, MemoryPlace::kHost}, ReduceOp::kSum);
 }
 
+Status TransportGroup::sum_shards(int shards, const ShardValueFn<float>& value, std::span<float> out) {
+  return mobula::sum_shards<float>(t_, shards, value, out, {}, "gradients");
+}
+
+Status TransportGroup::sum_shards(int shards, const ShardValueFn<double>& value, std::span<double> out) {
+  return mobula::sum_shards<double>(t_, shards, value, out);
+}
+
 }  // namespace mobula::rl

@@ -16,6 +16,10 @@ class TransportGroup final : public GradientGroup {
   explicit TransportGroup(Transport& t, size_t bucket_bytes = size_t{4} << 20) : t_(t), bucket_bytes_(bucket_bytes) {}
   Status sum(std::span<float> values) override;
   Status sum(std::span<double> values) override;
+  int member() const override { return t_.rank(); }
+  int members() const override { return t_.size(); }
+  Status sum_shards(int shards, const ShardValueFn<float>& value, std::span<float> out) override;
+  Status sum_shards(int shards, const ShardValueFn<double>& value, std::span<double> out) override;
 
  private:
   Transport& t_;

@@ -330,7 +330,7 @@ class LatentTrainer final : public TrainingWorkload {
           std::copy_n(g.data(), out.size(), out.begin());
           return Status::ok();
         },
-        std::span<float>(grads_)));
+        std::span<float>(grads_), {}, "gradients"));
     double total_sse = 0;
     MOBULA_RETURN_IF_ERROR(sum_shards<double>(
         gt_, spec_.shards,
@@ -404,13 +404,7 @@ class LatentTrainer final : public TrainingWorkload {
   // trainer counts and restarts in the tests.
   std::string params_hash() {
     Kokkos::deep_copy(host_params_, net_.params);
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < net_.size(); ++i) {
-      uint32_t bits = 0;
-      std::memcpy(&bits, &host_params_(i), sizeof bits);
-      h = (h ^ bits) * 1099511628211ULL;
-    }
-    return fmt::format("{:016x}", h);
+    return fmt::format("{:016x}", params_fnv1a(host_params_.data(), net_.size()));
   }
 
   Status write_summary(int64_t start, double wall) {
