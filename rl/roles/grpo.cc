@@ -635,7 +635,8 @@ class GrpoJob final : public TrainingWorkload {
     // The time series survives a crash and spans attempts (summary.json has the last one only).
     ordered_json line = {{"time", events::now_utc()}, {"attempt", env_long("MOBULA_STEP_ATTEMPT", 0)}};
     line.update(m.json());
-    if (Status a = events::append_line(spec_.workdir, "metrics.jsonl", events::json_line(line), /*durable=*/false); !a.is_ok())
+    if (Status a = events::append_line(spec_.workdir, "metrics.jsonl", events::json_line(line), /*durable=*/false);
+        !a.is_ok())
       spdlog::warn("metrics.jsonl: {}", a.message());
   }
 
