@@ -18,7 +18,7 @@
 #include "core/runtime/layout.h"
 #include "core/runtime/process.h"
 #include "core/runtime/spec.h"
-#include "core/transport/choice.h"
+#include "core/transport/flows.h"
 #include "io/hdf5.h"
 #include "launch/progress.h"
 #include "launch/registry.h"

@@ -28,7 +28,7 @@
 #include "core/runtime/mpi.h"
 #include "core/runtime/role_comms.h"
 #include "core/runtime/spec.h"
-#include "core/transport/choice.h"
+#include "core/transport/flows.h"
 #include "launch/commands.h"
 #include "launch/step.h"
 #include "rl/roles/workload.h"
@@ -99,11 +99,9 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
     std::string table = layout->table(*hosts);
     table.pop_back();
     spdlog::info("layout:\n{}", table);
-    for (const auto& [key, v] : {std::pair<std::string, std::string>{"transport.weights", spec->transport.weights},
-                                 {"transport.rollouts", spec->transport.rollouts},
-                                 {"transport.gradients", spec->transport.gradients}}) {
-      auto r = resolve_transport(*spec, key, v, MemoryPlace::kHost);
-      if (r) spdlog::info("{} = {} -> {}", key, v, *r);
+    for (const FlowKey& f : kFlowKeys) {
+      auto r = resolve_flow(*spec, f.flow, MemoryPlace::kHost);
+      if (r) spdlog::info("{} = {} -> {}", f.key, spec->transport.*f.choice, *r);
     }
     if (const std::string blas = blas_description(); !blas.empty()) spdlog::info("blas: {}", blas);
     spdlog::info("threads per rank: job.threads = {} (BLAS {}, Kokkos host {})", spec->threads, blas_threads(),

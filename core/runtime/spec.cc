@@ -365,9 +365,7 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
     return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
                                 ": roles.trainer.ranks: a job needs at least 1 trainer rank; set "
                                 "[roles.trainer] ranks = 1 or more");
-  spec.transport.weights = get<std::string>(L.set, "transport.weights");
-  spec.transport.rollouts = get<std::string>(L.set, "transport.rollouts");
-  spec.transport.gradients = get<std::string>(L.set, "transport.gradients");
+  for (const FlowKey& f : kFlowKeys) spec.transport.*f.choice = get<std::string>(L.set, f.key);
 
   auto geti = [&](const char* k) { return static_cast<int>(get<int64_t>(L.set, k)); };
   spec.model = {geti("model.layers"),    geti("model.heads"),   geti("model.d_model"),

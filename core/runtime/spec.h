@@ -58,6 +58,24 @@ struct TransportSpec {
   std::string gradients = "auto";  // among trainers
 };
 
+// The job's flows, one row each: its transport.* key and the member holding the choice. The one
+// table every user of the keys goes through (the parser, core/transport/flows.h, the worker's log).
+enum class Flow : int { kWeights = 0, kRollouts = 1, kGradients = 2 };
+struct FlowKey {
+  Flow flow;
+  const char* key;
+  const char* name;  // the metrics' flow label
+  std::string TransportSpec::*choice;
+};
+inline constexpr FlowKey kFlowKeys[] = {
+    {Flow::kWeights, "transport.weights", "weights", &TransportSpec::weights},
+    {Flow::kRollouts, "transport.rollouts", "rollouts", &TransportSpec::rollouts},
+    {Flow::kGradients, "transport.gradients", "gradients", &TransportSpec::gradients},
+};
+inline const FlowKey& flow_key(Flow f) {
+  return kFlowKeys[static_cast<int>(f)];
+}
+
 struct ModelSpec {
   int layers = 2, heads = 4, d_model = 64, mlp_ratio = 4, context = 16, microbatch = 64;
 };

@@ -93,24 +93,6 @@ Status Transport::barrier(const Options& opt) {
   return start_and_wait(ibarrier(opt));
 }
 
-Result<std::unique_ptr<Transport>> make_flow_transport(const JobSpec& spec, const std::string& key, MemoryPlace place,
-                                                       MPI_Comm comm) {
-  const std::string* choice = key == "transport.weights"     ? &spec.transport.weights
-                              : key == "transport.rollouts"  ? &spec.transport.rollouts
-                              : key == "transport.gradients" ? &spec.transport.gradients
-                                                             : nullptr;
-  if (!choice)
-    return Status::invalid_argument("make_flow_transport: unknown key \"" + key +
-                                    "\"; use transport.weights, transport.rollouts or transport.gradients");
-  auto name = resolve_transport(spec, key, *choice, place);
-  if (!name) return name.status();
-  int rank = 0;
-  MOBULA_MPI(MPI_Comm_rank(comm, &rank));
-  if (rank == 0)
-    spdlog::info("{}: {} -> {} ({} buffers)", key, *choice, *name, place == MemoryPlace::kHost ? "host" : "device");
-  return make_transport(*name, comm);
-}
-
 std::string transport_where(const char* backend, int rank) {
   int world = -1, inited = 0, fin = 0;
   MPI_Initialized(&inited);

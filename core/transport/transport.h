@@ -167,12 +167,6 @@ class Transport {
 // logged at debug level.
 Result<std::unique_ptr<Transport>> make_transport(const std::string& name, MPI_Comm comm);
 
-// Collective over `comm`: the transport of one flow of the job, by the spec's choice for `key`
-// ("transport.weights", "transport.rollouts", "transport.gradients") for buffers at `place`
-// ("auto" resolves as described in choice.h). Logs the choice ("transport.weights: auto -> mpi").
-Result<std::unique_ptr<Transport>> make_flow_transport(const JobSpec& spec, const std::string& key, MemoryPlace place,
-                                                       MPI_Comm comm);
-
 // "where": "rank R of <backend> group (world rank W, host H)" for error messages.
 std::string transport_where(const char* backend, int rank);
 

@@ -30,8 +30,8 @@
 #include "core/runtime/hash.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/transport/flows.h"
 #include "core/transport/shard_sum.h"
-#include "core/transport/transport.h"
 #include "core/transport/weight_sync.h"
 #include "rl/algo/batch.h"
 #include "rl/algo/grpo.h"
@@ -213,12 +213,12 @@ class GrpoJob final : public TrainingWorkload {
     const WorkloadContext& ctx = s_.ctx;
     const Placement& me = ctx.layout.at(ctx.rank);
     MPI_Comm link = ctx.comms.link("trainer", "rollout");
-    auto wt = make_flow_transport(spec_, "transport.weights", MemoryPlace::kHost, link);
+    auto wt = make_flow_transport(spec_, Flow::kWeights, MemoryPlace::kHost, link);
     if (!wt) return wt.status();
     wt_ = std::move(wt).value();
     rt_ = wt_.get();
     if (spec_.transport.rollouts != spec_.transport.weights) {
-      auto r = make_flow_transport(spec_, "transport.rollouts", MemoryPlace::kHost, link);
+      auto r = make_flow_transport(spec_, Flow::kRollouts, MemoryPlace::kHost, link);
       if (!r) return r.status();
       rt_own_ = std::move(r).value();
       rt_ = rt_own_.get();
@@ -371,7 +371,7 @@ class GrpoJob final : public TrainingWorkload {
 
   Status init_trainer() {
     const WorkloadContext& ctx = s_.ctx;
-    auto g = make_flow_transport(spec_, "transport.gradients", MemoryPlace::kHost, ctx.comms.role());
+    auto g = make_flow_transport(spec_, Flow::kGradients, MemoryPlace::kHost, ctx.comms.role());
     if (!g) return g.status();
     gt_ = std::move(g).value();
     group_ = std::make_unique<TransportGroup>(*gt_);
@@ -744,13 +744,13 @@ Status run_grpo(const WorkloadContext& ctx) {
                                 std::to_string(rl.max_new_tokens) + ")");
   s.T = static_cast<int>(ctx.layout.ranks_of("trainer").size());
   s.R = static_cast<int>(ctx.layout.ranks_of("rollout").size());
-  if (spec.shards > rl.prompts_per_step || spec.shards > rl.warm_start_batch || s.T > spec.shards)
+  // More shards than prompts leave some empty (zeros in the tree: still the same bits for any T);
+  // more trainers than shards would leave a trainer without any.
+  if (s.T > spec.shards)
     return Status::invalid_spec(spec.where("job.shards") + ": job.shards: " + std::to_string(spec.shards) +
-                                " must be at most rl.prompts_per_step (" + std::to_string(rl.prompts_per_step) +
-                                ") and rl.warm_start_batch (" + std::to_string(rl.warm_start_batch) +
-                                ") and at least the " + std::to_string(s.T) +
-                                " trainer(s), so every shard holds data "
-                                "and every trainer a shard");
+                                " is less than the " + std::to_string(s.T) +
+                                " trainers; every trainer needs a shard: raise job.shards to " + std::to_string(s.T) +
+                                " or more");
   s.trainer = me.role == "trainer";
   s.rollout = me.role == "rollout";
   if (!s.trainer && !s.rollout) {

@@ -33,8 +33,8 @@
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
 #include "core/stage/stage.h"
+#include "core/transport/flows.h"
 #include "core/transport/shard_sum.h"
-#include "core/transport/transport.h"
 #include "io/checkpoint.h"
 #include "io/hdf5.h"
 #include "io/images.h"
@@ -566,7 +566,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   if (!trainer) return Status::ok();
 
   // ---- trainers: the shared lifecycle (rl/roles/loop.h) over LatentTrainer's steps --------------
-  auto gt = make_flow_transport(spec, "transport.gradients", MemoryPlace::kHost, ctx.comms.role());
+  auto gt = make_flow_transport(spec, Flow::kGradients, MemoryPlace::kHost, ctx.comms.role());
   if (!gt) return gt.status();
   LatentTrainer w(ctx, maker, std::move(table), so, link, consumers, producers, **gt);
   LoopOptions lo;

@@ -309,21 +309,46 @@ TEST_F(Restart, FailedSaveIsReportedAndTrainingGoesOn) {
   }
 }
 
-// Resharding: a checkpoint written by 2 trainers loads into 1 (every trainer reads the whole,
-// replicated state). The resumed job continues from the checkpoint's step; its later steps sum
-// gradients over a different number of ranks, so bitwise equality with the 2-trainer run is not
-// promised (docs/formats/checkpoint.md).
-TEST_F(Restart, CheckpointOfTwoTrainersLoadsIntoOne) {
-  const auto [rc1, out1] = run("reshard", "4", "0", {"fault.max_restarts=0"});
-  ASSERT_NE(rc1, 0) << out1;
-  const auto [rc2, out2] = run("reshard", "", "0", {"roles.trainer.ranks=1"});
-  ASSERT_EQ(rc2, 0) << out2;
-  EXPECT_NE(out2.find("resumed from " + (root_ / "reshard" / "checkpoints" / "ckpt-00000004.h5").string()),
-            std::string::npos)
-      << out2;
-  const std::string summary = slurp(root_ / "reshard" / "summary.json");
-  EXPECT_NE(summary.find("\"trainers\": 1"), std::string::npos) << summary;
-  EXPECT_NE(summary.find("\"first_step\": 4"), std::string::npos) << summary;
+// Resharding (docs/formats/checkpoint.md): a checkpoint written by 2 trainers and 1 rollout resumes
+// on 1 trainer + 2 rollouts and on 3 trainers + 1 rollout; the optimizer state and the data position
+// carry over, and since every step sums its gradients over the job.shards shards in one fixed tree,
+// the resumed jobs end with the very weights of the uninterrupted 2 + 1 run. Synchronous and
+// one-step-off (whose checkpoint also holds the previous policy).
+TEST_F(Restart, ResumesOnOtherTrainerAndRolloutCountsBitwiseIdentical) {
+  for (const std::string staleness : {"0", "1"}) {
+    const std::string mode = "rl.max_staleness=" + staleness;
+    const auto [rc0, out0] = run("clean-" + staleness, "", "0", {mode});
+    ASSERT_EQ(rc0, 0) << out0;
+    const std::string want = slurp(root_ / ("clean-" + staleness) / "policy.safetensors");
+    ASSERT_GT(want.size(), 1000u);
+    for (const auto& [trainers, rollouts] : {std::pair<int, int>{1, 2}, {3, 1}}) {
+      const std::string name = "reshard-" + staleness + "-" + std::to_string(trainers) + std::to_string(rollouts);
+      // 2 + 1 ranks, trainer 0 killed after step 4 (its save in flight made durable first: the
+      // checkpoint of 4 steps is the newest)...
+      const auto [rc1, out1] = run(name, "4", "0", {mode, "fault.max_restarts=0"});
+      ASSERT_NE(rc1, 0) << out1;
+      // ...then the same job on another layout.
+      const auto [rc2, out2] = run(
+          name, "", "0",
+          {mode, "roles.trainer.ranks=" + std::to_string(trainers), "roles.rollout.ranks=" + std::to_string(rollouts)});
+      ASSERT_EQ(rc2, 0) << out2;
+      EXPECT_NE(out2.find("resumed from " + (root_ / name / "checkpoints" / "ckpt-00000004.h5").string()),
+                std::string::npos)
+          << out2;
+      const std::string summary = slurp(root_ / name / "summary.json");
+      EXPECT_NE(summary.find("\"trainers\": " + std::to_string(trainers) + ","), std::string::npos) << summary;
+      EXPECT_NE(summary.find("\"rollouts\": " + std::to_string(rollouts) + ","), std::string::npos) << summary;
+      EXPECT_NE(summary.find("\"first_step\": 4,"), std::string::npos) << summary;
+      EXPECT_EQ(slurp(root_ / name / "policy.safetensors"), want) << name << ": weights differ from the 2 + 1 run";
+    }
+  }
+}
+
+// More trainers than shards cannot hold a shard each: a clear spec error on every rank, exit 2.
+TEST_F(Restart, MoreTrainersThanShardsIsASpecError) {
+  const auto [rc, out] = run("too-many", "", "0", {"roles.trainer.ranks=3", "job.shards=2"});
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("job.shards: 2 is less than the 3 trainers"), std::string::npos) << out;
 }
 
 TEST_F(Restart, AlwaysFailingJobStopsAtTheRestartLimit) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/transport/flows.h"
 #include "core/transport/gradients.h"
 #include "core/transport/transport.h"
 #include "core/transport/view_buffer.h"
@@ -338,20 +339,21 @@ INSTANTIATE_TEST_SUITE_P(Backends, TransportTest, ::testing::Values("mpi", "ucx"
 
 TEST(TransportFactory, FlowTransportFollowsTheSpec) {
   JobSpec spec;
-  auto t = make_flow_transport(spec, "transport.gradients", MemoryPlace::kHost, MPI_COMM_WORLD);
+  auto t = make_flow_transport(spec, Flow::kGradients, MemoryPlace::kHost, MPI_COMM_WORLD);
   ASSERT_TRUE(t) << t.status().message();
   EXPECT_STREQ((*t)->name(), "mpi");  // auto on host memory
   spec.transport.weights = "ucx";
   if (transport_built("ucx")) {
-    auto u = make_flow_transport(spec, "transport.weights", MemoryPlace::kHost, MPI_COMM_WORLD);
+    auto u = make_flow_transport(spec, Flow::kWeights, MemoryPlace::kHost, MPI_COMM_WORLD);
     ASSERT_TRUE(u) << u.status().message();
     EXPECT_STREQ((*u)->name(), "ucx");
   }
   spec.transport.rollouts = "nccl";
-  auto n = make_flow_transport(spec, "transport.rollouts", MemoryPlace::kHost, MPI_COMM_WORLD);
+  auto n = make_flow_transport(spec, Flow::kRollouts, MemoryPlace::kHost, MPI_COMM_WORLD);
   ASSERT_FALSE(n);
   EXPECT_EQ(n.status().code(), Status::Code::kInvalidSpec);
-  EXPECT_FALSE(make_flow_transport(spec, "transport.nope", MemoryPlace::kHost, MPI_COMM_WORLD));
+  EXPECT_NE(n.status().message().find("transport.rollouts: \"nccl\" moves GPU memory only"), std::string::npos)
+      << n.status().message();
 }
 
 TEST(TransportFactory, UnknownNameIsAClearError) {
