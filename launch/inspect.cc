@@ -37,15 +37,11 @@ std::string slurm_state(const std::string& id, std::string* state) {
     return s;
   }
   // Gone from slurmctld's memory (MinJobAge): accounting, where it runs. -D lists every requeue.
-  auto acct = run_capture({"sacct", "-D", "-X", "-n", "-P", "-j", id, "-o", "State,ExitCode,Elapsed,NodeList"}, 30);
-  if (acct && acct->exit_code == 0 && !trim(acct->out).empty()) {
-    std::istringstream in(acct->out);
-    std::string line, last;
-    int allocations = 0;
-    while (std::getline(in, line))
-      if (!line.empty()) last = line, ++allocations;
+  auto acct = slurm::accounting(id);
+  if (acct && !acct->empty()) {
+    const std::string& last = acct->back();
     *state = last.substr(0, last.find('|'));
-    return last + " (sacct; " + std::to_string(allocations) + " allocation(s))";
+    return last + " (sacct; " + std::to_string(acct->size()) + " allocation(s))";
   }
   *state = "UNKNOWN";
   return "unknown to Slurm now (scontrol: " + j.status().message() + "; no accounting record)";
@@ -175,10 +171,8 @@ int cmd_cancel(const std::string& key) {
     std::fprintf(stderr, "mobula cancel: %s\n", r.status().message().c_str());
     return 2;
   }
-  auto c = run_capture({"scancel", r->id}, 60);
-  if (!c || c->exit_code != 0) {
-    std::fprintf(stderr, "mobula cancel: scancel %s failed: %s\n", r->id.c_str(),
-                 c ? trim(c->err).c_str() : c.status().message().c_str());
+  if (Status c = slurm::cancel(r->id); !c.is_ok()) {
+    std::fprintf(stderr, "mobula cancel: %s\n", c.message().c_str());
     return 1;
   }
   std::printf("cancelled job %s (%s)\n", r->id.c_str(), r->name.c_str());

@@ -319,11 +319,10 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
                  "checkpoint, if there is one\n",
                  node_lost ? "left with a lost node" : "preempted", requeues + 1, o.max_requeues);
     std::fflush(stderr);
-    auto r = run_capture({"scontrol", "requeue", job}, 60);
-    if (!r || r->exit_code != 0) {
+    if (Status r = slurm::requeue(job); !r.is_ok()) {
       event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("preempted, requeue failed")}});
-      std::fprintf(stderr, "mobula step: the job was preempted but 'scontrol requeue %s' failed: %s; resubmit it\n",
-                   job, r ? (r->err + r->out).c_str() : r.status().message().c_str());
+      std::fprintf(stderr, "mobula step: the job was preempted but the requeue failed: %s; resubmit it\n",
+                   r.message().c_str());
       return code;
     }
   }

@@ -129,4 +129,27 @@ Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s)
   }
 }
 
+Status requeue(const std::string& id) {
+  auto r = checked({"scontrol", "requeue", id});
+  return r ? Status::ok() : r.status();
+}
+
+Status cancel(const std::string& id, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"scancel"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back(id);
+  auto r = checked(argv);
+  return r ? Status::ok() : r.status();
+}
+
+Result<std::vector<std::string>> accounting(const std::string& id) {
+  auto out = checked({"sacct", "-D", "-X", "-n", "-P", "-j", id, "-o", "State,ExitCode,Elapsed,NodeList"}, 30);
+  if (!out) return out.status();
+  std::vector<std::string> rows;
+  std::istringstream in(*out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(line);
+  return rows;
+}
+
 }  // namespace mobula::slurm

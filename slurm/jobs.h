@@ -1,4 +1,5 @@
-// Submitting and following batch jobs with Slurm's own commands (sbatch, scontrol). Every command
+// Submitting and following batch jobs with Slurm's own commands (sbatch, scontrol, squeue, scancel,
+// sacct): the one place mobula runs them. Every command
 // is checked: a non-zero exit or unparsable output comes back as a Status with the command line
 // and Slurm's first stderr line. Usable on a login node; no MPI.
 #pragma once
@@ -34,6 +35,13 @@ Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s 
 // `squeue -h -s -j ID -o %i`: the job's running steps that run user tasks (ids like "84.0" or,
 // for a het step, "84+1.0"); the batch, extern and interactive steps are left out.
 Result<std::vector<std::string>> job_steps(const std::string& id);
+// `scontrol requeue ID`.
+Status requeue(const std::string& id);
+// `scancel [ARGS...] ID` (e.g. {"--batch", "--signal=USR1"}).
+Status cancel(const std::string& id, const std::vector<std::string>& args = {});
+// `sacct -D -X -n -P -j ID -o State,ExitCode,Elapsed,NodeList`: one "STATE|A:B|ELAPSED|NODES" row per
+// allocation of the job (-D: every requeue), oldest first; empty when accounting has no record.
+Result<std::vector<std::string>> accounting(const std::string& id);
 // Parses one `scontrol -o show job` line; exposed for tests.
 Result<JobInfo> parse_job_line(const std::string& line);
 
