@@ -19,6 +19,7 @@
 #include "core/runtime/files.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/runtime/time_format.h"
 #include "io/hdf5.h"
 
 namespace mobula::io {
@@ -54,8 +55,7 @@ Status vote(const Status& local, MPI_Comm comm, const std::string& what) {
 }
 
 // Rank 0 alone writes the whole file (the replicas are identical): one sequential writer is what
-// the file system does best; a collective MPI-IO write of shards measured 0.40x of that on 2 ranks
-// (docs/perf.md). Called on rank 0 only.
+// the file system does best, better than a collective MPI-IO write of shards (docs/perf.md). Called on rank 0 only.
 Status write_file(const std::string& tmp, const CheckpointState& s, int replicas) {
   MPI_Comm comm = MPI_COMM_SELF;
   auto f = H5File::create(tmp, comm);
@@ -66,9 +66,7 @@ Status write_file(const std::string& tmp, const CheckpointState& s, int replicas
     MOBULA_RETURN_IF_ERROR(f->set_attr("xxh64:" + name, hex64(hash_of(buf))));
     names += (names.empty() ? "" : ",") + name;
   }
-  char when[32];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  const std::string when = utc_now(/*millis=*/false);  // gmtime_r: saves run on a background thread too
   char scalar[40];
   std::snprintf(scalar, sizeof scalar, "%.17g", s.scalar);
   for (const auto& [k, v] :
@@ -297,8 +295,7 @@ Status AsyncCheckpointer::wait() {
 Status AsyncCheckpointer::stage(const CheckpointState& state, double* stall_s) {
   const auto t0 = std::chrono::steady_clock::now();
   Status previous = wait();  // at most one save in flight
-  // The staging buffers persist across saves: only the first save pays for faulting the pages in
-  // (measured: 2 GB/s with fresh allocations vs memcpy speed when reused).
+  // The staging buffers persist across saves: only the first save pays for faulting the pages in.
   auto st = std::make_unique<Staged>();
   st->copies = std::move(spare_);
   st->copies.resize(state.buffers.size());

@@ -1,4 +1,5 @@
 #include "launch/commands.h"
+#include "core/runtime/time_format.h"
 #include "launch/step.h"
 
 #include <unistd.h>
@@ -116,7 +117,7 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   // The registry (launch/registry.h) lists it for `mobula history|show|report|logs`.
   {
     JobRecord rec;
-    const std::string now = utc_now_seconds();
+    const std::string now = utc_now(/*millis=*/false);
     std::string stamp;
     for (char c : now)
       if (std::isdigit(static_cast<unsigned char>(c)) || c == 'T') stamp += c;

@@ -1,5 +1,7 @@
 #include "launch/history.h"
 
+#include "core/runtime/time_format.h"
+
 #include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
@@ -28,16 +30,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// "2026-11-26T04:31:12.223Z" -> seconds since the epoch; NaN when it does not parse.
-double parse_time(const std::string& s) {
-  std::tm tm{};
-  const char* rest = strptime(s.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!rest) return std::nan("");
-  double frac = 0;
-  if (*rest == '.') frac = std::atof(rest);
-  return static_cast<double>(timegm(&tm)) + frac;
-}
-
 std::string event_name(const nlohmann::json& e) {
   return e.is_object() && e.contains("event") && e["event"].is_string() ? e["event"].get<std::string>() : "";
 }
@@ -49,20 +41,6 @@ std::string slurp(const std::string& p) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::string format_duration(double s) {
-  if (!(s >= 0)) return "-";
-  char buf[32];
-  const long t = std::lround(s);
-  if (t >= 3600) {
-    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  } else if (t >= 60) {
-    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1fs", s);
-  }
-  return buf;
 }
 
 std::string job_status(const JobRecord& rec, const JobView& view, bool ask_slurm) {
@@ -90,7 +68,7 @@ JobSummary summarize(const JobRecord& rec, const JobView& view, bool ask_slurm) 
   std::set<long long> attempts;
   double first = std::nan(""), last = std::nan("");
   for (const auto& e : view.events) {
-    const double t = parse_time(e.value("time", ""));
+    const double t = parse_utc(e.value("time", "")).value_or(std::nan(""));
     if (std::isnan(first) && !std::isnan(t)) first = t;
     if (!std::isnan(t)) last = t;
     if (event_name(e) == "attempt_start" && e.contains("attempt") && e["attempt"].is_number())

@@ -34,8 +34,6 @@ Result<JobRecord> resolve_job(const std::string& key);
 // The view for the report: files + id and status.
 Result<JobView> load_job(const JobRecord& rec, bool ask_slurm);
 
-std::string format_duration(double seconds);  // "1h02m", "3m05s", "42s", "-"
-
 // A whole file as text; "" when it cannot be read (the work dir's files are optional).
 std::string slurp(const std::string& path);
 

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/runtime/time_format.h"
 #include "launch/history.h"
 
 namespace mobula::launch {

@@ -19,10 +19,6 @@ std::string registry_root() {
   return ".mobula";
 }
 
-std::string utc_now_seconds() {
-  return events::now_utc(/*millis=*/false);
-}
-
 Status register_job(const JobRecord& r) {
   const fs::path dir = fs::path(registry_root()) / "jobs";
   std::error_code ec;

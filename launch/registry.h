@@ -26,7 +26,6 @@ struct JobRecord {
 };
 
 std::string registry_root();
-std::string utc_now_seconds();  // YYYY-MM-DDTHH:MM:SSZ
 Status register_job(const JobRecord& r);
 // Every registered job, oldest first (by submission time, then id).
 Result<std::vector<JobRecord>> list_jobs();

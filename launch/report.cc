@@ -1,5 +1,7 @@
 #include "launch/report.h"
 
+#include "core/runtime/time_format.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -85,25 +87,6 @@ std::string text(const json& j, const char* key) {
 
 int attempt_of(const json& j) {
   return static_cast<int>(std::clamp(num(j, "attempt").value_or(0), -1e9, 1e9));  // in range: no UB cast
-}
-
-// "2026-11-26T04:31:12.223Z" -> seconds since the epoch.
-std::optional<double> parse_time(const std::string& s) {
-  int y = 0, mo = 0, d = 0, h = 0, mi = 0;
-  double sec = 0;
-  if (std::sscanf(s.c_str(), "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &sec) != 6) return std::nullopt;
-  const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month(static_cast<unsigned>(mo)),
-                                        std::chrono::day(static_cast<unsigned>(d))};
-  if (!ymd.ok() || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec >= 61) return std::nullopt;
-  const double days = static_cast<double>(std::chrono::sys_days(ymd).time_since_epoch().count());
-  return days * 86400.0 + h * 3600.0 + mi * 60.0 + sec;
-}
-
-std::string fmt_duration(double s) {
-  if (s < 60) return sf("%.1f s", s);
-  const long t = std::lround(s);
-  if (t < 3600) return sf("%ldm %02lds", t / 60, t % 60);
-  return sf("%ldh %02ldm %02lds", t / 3600, t / 60 % 60, t % 60);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,7 +328,7 @@ std::string render_timeline(const std::vector<json>& events) {
   static const std::set<std::string> kMarked = {"fault_injected", "preempted",          "watchdog",
                                                 "node_failure",   "checkpoint_durable", "requeue"};
   for (const json& e : events) {
-    const auto t = parse_time(text(e, "time"));
+    const auto t = parse_utc(text(e, "time"));
     if (!t) continue;
     t0 = std::min(t0, *t), t1 = std::max(t1, *t);
     const std::string ev = text(e, "event");
@@ -389,7 +372,7 @@ std::string render_timeline(const std::vector<json>& events) {
     o += sf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">attempt %d</text>", kLeft - 6, y + 26, n);
     std::string tip = sf("attempt %d: ", n) + outcome;
     if (!a.exit_code.empty()) tip += ", exit " + a.exit_code;
-    tip += ", " + fmt_duration(e - s);
+    tip += ", " + format_duration(e - s);
     o += sf("<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" rx=\"3\" fill=\"%s\" data-tip=\"",
             x, y + 14, w, 16.0, color) +
          esc(tip) + "\"/>";
@@ -563,7 +546,7 @@ std::string render_report(const JobView& job) {
     if (ev == "attempt_start" && job.id.empty() && !text(e, "slurm_job").empty()) slurm_id = text(e, "slurm_job");
     if (ev == "job_end") end = &e;
     attempts.insert(attempt_of(e));
-    if (const auto t = parse_time(text(e, "time"))) {
+    if (const auto t = parse_utc(text(e, "time"))) {
       if (!t_first || *t < *t_first) t_first = t, first_time = text(e, "time");
       if (!t_last || *t > *t_last) t_last = t;
     }
@@ -597,7 +580,7 @@ std::string render_report(const JobView& job) {
   o += fact("ranks", text(js, "ranks")) + fact("mobula version", text(js, "mobula_version"));
   if (first_time.size() > 10 && first_time[10] == 'T') first_time[10] = ' ';  // easier to read
   o += fact("first start (UTC)", first_time);
-  if (t_first && t_last) o += fact("duration", fmt_duration(*t_last - *t_first));
+  if (t_first && t_last) o += fact("duration", format_duration(*t_last - *t_first));
   o += fact("attempts", attempts.empty() ? "" : std::to_string(attempts.size()));
   if (!rows.empty()) o += fact("last step", sf("%.0f", rows.back().step));
   if (const auto a = num(job.summary, "base_accuracy")) o += fact("base accuracy", sf("%.4f", *a));

@@ -8,6 +8,7 @@
 
 #include "core/runtime/files.h"
 #include "core/runtime/spec.h"
+#include "core/runtime/time_format.h"
 #include "launch/commands.h"
 #include "launch/registry.h"
 #include "slurm/batch_script.h"
@@ -75,7 +76,7 @@ int cmd_submit(const SpecArgs& a, bool dry_run) {
   rec.name = spec->name;
   rec.workdir = workdir.string();
   rec.spec = opt.origin;
-  rec.submitted = utc_now_seconds();
+  rec.submitted = utc_now(/*millis=*/false);
   if (Status reg = register_job(rec); !reg.is_ok())
     std::fprintf(stderr, "mobula submit: warning: job %s runs, but %s\n", id->c_str(), reg.message().c_str());
   std::printf("submitted job %s (%zu component%s); work dir %s, output %s/slurm-%s.out\n", id->c_str(),

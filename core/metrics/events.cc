@@ -13,6 +13,7 @@
 
 #include "core/runtime/environment.h"
 #include "core/runtime/log.h"
+#include "core/runtime/time_format.h"
 
 namespace mobula::events {
 
@@ -56,21 +57,6 @@ std::string num(long long x) {
   return std::to_string(x);
 }
 
-std::string now_utc(bool millis) {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const long ms =
-      static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!millis) return std::string(buf) + "Z";
-  char out[48];
-  std::snprintf(out, sizeof out, "%s.%03ldZ", buf, ms);
-  return out;
-}
-
 namespace {
 std::string host() {
   if (const char* n = std::getenv("SLURMD_NODENAME"); n && *n) return n;  // emulated nodes share a host
@@ -97,7 +83,7 @@ Status append_line(const std::string& dir, const std::string& name, std::string_
 }
 
 Status append(const std::string& dir, std::string_view event, const Fields& fields, int rank) {
-  std::string line = "{\"time\": " + str(now_utc()) + ", \"event\": " + str(event) +
+  std::string line = "{\"time\": " + str(utc_now()) + ", \"event\": " + str(event) +
                      ", \"attempt\": " + num(env_long("MOBULA_STEP_ATTEMPT", 0)) + ", \"host\": " + str(host());
   if (rank >= 0) line += ", \"rank\": " + num(rank);
   for (const auto& [k, v] : fields) line += ", " + str(k) + ": " + v;

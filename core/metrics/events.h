@@ -32,10 +32,6 @@ inline std::string num(long x) {
   return num(static_cast<long long>(x));
 }
 
-// Now, UTC, millisecond resolution: "2026-11-26T02:56:25.123Z" (the "time" of every line);
-// whole seconds with millis = false: "2026-11-26T02:56:25Z" (the job registry's times).
-std::string now_utc(bool millis = true);
-
 // Appends one event to DIR/events.jsonl. `rank` < 0 leaves it out (launchers). attempt comes from
 // MOBULA_STEP_ATTEMPT (0 when unset), host from gethostname / SLURMD_NODENAME.
 Status append(const std::string& dir, std::string_view event, const Fields& fields = {}, int rank = -1);
