@@ -1,7 +1,8 @@
 // Images (io/images.h): PNG/JPEG codecs, the procedural generator, image shards on disk and the
 // dataset over them. Corrupt inputs must come back as one-line errors naming what is wrong, never
 // a crash. Also prints (does not assert) PNG/JPEG decode and shard read rates.
-#include "io/images.h"
+#include "io/image_shards.h"
+#include "io/synthetic_images.h"
 
 #include <gtest/gtest.h>
 #include <hdf5.h>
