@@ -1,7 +1,7 @@
 // OpenBLAS picks its kernels from CPUID when the library is loaded. Debian 12's OpenBLAS 0.3.21 does
 // not know newer Intel cores as a VM presents them (the Xeon of an H100 host here: AVX-512, AMX,
-// AVX512-FP16) and falls back to "Prescott", its SSE3 kernels: SGEMM 18 instead of 123 GFLOP/s on
-// one core, training 5x slower (measured, docs/perf.md). OPENBLAS_CORETYPE overrides the choice,
+// AVX512-FP16) and falls back to "Prescott", its SSE3 kernels, several times slower (docs/perf.md).
+// OPENBLAS_CORETYPE overrides the choice,
 // but only in the environment the library is loaded with, so the fix is a re-exec.
 #pragma once
 

@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <numeric>
 
+#include "rl/model/decode_kernels.h"
 #include "rl/model/gpt.h"
-#include "rl/model/kernels.h"
 
 namespace mobula::rl {
 
@@ -28,8 +28,8 @@ std::pair<int, float> pick_token(const float* z, int V, const SamplingParams& sp
     return {best, 0.0f};  // greedy: a deterministic choice, log-probability 0
   }
   // Descending by logit, ties by index (deterministic): one 64-bit key per token, the logit's bits
-  // made order-preserving and inverted above the index, sorted as integers (3x faster than sorting
-  // indices through a comparator that reads the logits).
+  // made order-preserving and inverted above the index, sorted as integers (no comparator reading
+  // the logits).
   std::vector<uint64_t> key(static_cast<size_t>(V));
   for (int v = 0; v < V; ++v) {
     const uint32_t b = std::bit_cast<uint32_t>(z[v] + 0.0f);              // + 0: -0 ties with +0
@@ -181,14 +181,12 @@ void Sampler<Exec>::pack(const Buffer& params) {
 
 template <class Exec>
 void Sampler<Exec>::plan_kv_prefetch(int l, int R) {
-  // bench_model's batch 64 under perf: the attention's share of a step 21% -> 13%, the matmuls'
-  // +2% (this stream alone). With the weight prefetch, see kernels::matmul_forward_panels.
+  // The next attention's K and V rows, streamed toward the cache while the matmuls before it run
+  // (the weight prefetch is kernels::matmul_forward_panels'; figures in docs/perf.md).
   //
   // Only the first kKvLead bytes of each (row, head)'s K and V: the attention's own prefetches (into
-  // L2) and the hardware prefetcher stream the rest once it starts. Fetching all of them stalled
-  // the matmuls: under perf, 12% of their time sat on these prefetches (a core has few misses in
-  // flight). Heads only: +6-7.5% at batch 64 in three 9-round in-process A/Bs (2026-11-26), with
-  // the attention's T1 hint; neither alone was clear of the noise.
+  // L2) and the hardware prefetcher stream the rest once it starts: fetching all of them stalls the
+  // matmuls (a core has few misses in flight). docs/perf.md has the measurements.
   constexpr long kKvLead = 1024;
   const int C = cfg_.d_model, NH = cfg_.heads, hs = cfg_.head_size(), H = cfg_.hidden();
   const int next = l + 1 < cfg_.layers ? l + 1 : 0;
@@ -265,7 +263,7 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, P + o.ln1w + lo, P + o.ln1b + lo, R, C);
     matmul(qkv, ln, o.qkvw + lo, o.qkvb + lo, C, 3 * C);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
-    // (a transposed K made every store a cache miss: 35% of a decode step). The q.k dot products
+    // (a transposed K makes every store a cache miss). The q.k dot products
     // use kernels::sum16, so they vectorize without reassociating (deterministic).
     Kokkos::parallel_for(
         "decode_kv_store", Range(0, long(R) * NH), KOKKOS_LAMBDA(long i) {  // one (row, head): hs floats

@@ -30,6 +30,7 @@
 #include "core/runtime/hash.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/runtime/time_format.h"
 #include "core/transport/flows.h"
 #include "core/transport/shard_sum.h"
 #include "core/transport/weight_sync.h"
@@ -633,7 +634,7 @@ class GrpoJob final : public TrainingWorkload {
     history_.push_back(m);
     record_step(m);
     // The time series survives a crash and spans attempts (summary.json has the last one only).
-    ordered_json line = {{"time", events::now_utc()}, {"attempt", env_long("MOBULA_STEP_ATTEMPT", 0)}};
+    ordered_json line = {{"time", utc_now()}, {"attempt", env_long("MOBULA_STEP_ATTEMPT", 0)}};
     line.update(m.json());
     if (Status a = events::append_line(spec_.workdir, "metrics.jsonl", events::json_line(line), /*durable=*/false);
         !a.is_ok())

@@ -8,8 +8,8 @@
 #include <functional>
 #include <random>
 
+#include "rl/model/decode_kernels.h"
 #include "rl/model/gpt.h"
-#include "rl/model/kernels.h"
 #include "rl/optim/adamw.h"
 
 namespace mobula::rl {

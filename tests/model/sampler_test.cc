@@ -7,8 +7,8 @@
 #include <cmath>
 #include <map>
 
+#include "rl/model/decode_kernels.h"
 #include "rl/model/gpt.h"
-#include "rl/model/kernels.h"
 #include "rl/model/tokenizer.h"
 #include "rl/model/weights.h"
 
