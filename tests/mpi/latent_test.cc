@@ -135,6 +135,25 @@ TEST_F(Latent, AStopSignalCheckpointsExits3AndTheRelaunchResumes) {
             field(slurp(root_ / "clean-signal" / "summary.json"), "params_fnv1a"));
 }
 
+TEST_F(Latent, APreemptedJobResumesOnFourTrainersWithTheSameWeights) {
+  // 2 trainers are preempted after step 12 (no relaunch); the job resumes on 4 trainers, whose
+  // stage consumers continue at the checkpoint's item, and ends with the weights of the
+  // uninterrupted 2-trainer run (job.shards = 8: 4 divides it; docs/formats/checkpoint.md).
+  const auto clean = run("clean-reshard", {"checkpoint.every=0"});
+  ASSERT_EQ(clean.exit_code, 0) << clean.out << clean.err;
+  setenv("MOBULA_FAULT_SIGNAL_AFTER_STEP", "12", 1);
+  const auto first = run("reshard", {"checkpoint.every=0", "fault.max_restarts=0"});
+  unsetenv("MOBULA_FAULT_SIGNAL_AFTER_STEP");
+  ASSERT_EQ(first.exit_code, 3) << first.out << first.err;
+  const auto r = run("reshard", {"checkpoint.every=0", "roles.trainer.ranks=4"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("resumed from " + (root_ / "reshard").string() + "/checkpoints/ckpt-"), std::string::npos)
+      << r.out;
+  const std::string summary = slurp(root_ / "reshard" / "summary.json");
+  EXPECT_EQ(field(summary, "trainers"), "4") << summary;
+  EXPECT_EQ(field(summary, "params_fnv1a"), field(slurp(root_ / "clean-reshard" / "summary.json"), "params_fnv1a"));
+}
+
 TEST_F(Latent, AFailedSaveTrainsOnAndAFailingTrainerEndsTheEmbedRanksAtOnce) {
   // The save of the checkpoint of 10 steps fails (ENOSPC): reported, training goes on. At step 17
   // every trainer fails: their stage consumers tell the embed rank, which ends too, long before
