@@ -218,7 +218,11 @@ class GrpoJob final : public TrainingWorkload {
     if (!wt) return wt.status();
     wt_ = std::move(wt).value();
     rt_ = wt_.get();
-    if (spec_.transport.rollouts != spec_.transport.weights) {
+    auto rname = resolve_flow(spec_, Flow::kRollouts, MemoryPlace::kHost);
+    auto wname = resolve_flow(spec_, Flow::kWeights, MemoryPlace::kHost);
+    if (!rname) return rname.status();
+    if (!wname) return wname.status();
+    if (*rname != *wname) {  // rollouts over their own backend; else the weights' transport
       auto r = make_flow_transport(spec_, Flow::kRollouts, MemoryPlace::kHost, link);
       if (!r) return r.status();
       rt_own_ = std::move(r).value();
@@ -315,7 +319,7 @@ class GrpoJob final : public TrainingWorkload {
     std::vector<Datum> batch;
     MOBULA_RETURN_IF_ERROR(receive_batch(k, &batch));
     life.beat("training", k);
-    return train(k, std::move(batch), life);
+    return train(std::move(batch), life);
   }
 
   Status after_step(int64_t k, double checkpoint_s) override {
@@ -555,8 +559,7 @@ class GrpoJob final : public TrainingWorkload {
     return Status::ok();
   }
 
-  Status train(int64_t k, std::vector<Datum> batch, Lifecycle& life) {
-    (void)k;
+  Status train(std::vector<Datum> batch, Lifecycle& life) {
     const double tt0 = now();
     if (async()) {  // v_k, for a checkpoint at boundary k+1
       // prev_params is part of a staged checkpoint: its copy must be done before it changes.

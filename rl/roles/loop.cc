@@ -14,6 +14,9 @@ namespace mobula::rl {
 
 namespace {
 
+void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed);
+void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const Status& saved);
+
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -282,8 +285,10 @@ class Loop final : public Lifecycle {
   MPI_Request stop_req_[3] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL};
 };
 
-}  // namespace
-
+// Events and log lines of a preemption at the boundary of `step` (`checkpoint_durable` in mode
+// "preemption" when its checkpoint was published, then `preempted`), and of a periodic save that
+// failed after step index `step` (error line + `checkpoint_failed` for the checkpoint of step + 1
+// steps; training goes on).
 void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed) {
   if (checkpointed)
     events::emit(ctx.spec.workdir, "checkpoint_durable",
@@ -299,6 +304,8 @@ void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const S
   events::emit(ctx.spec.workdir, "checkpoint_failed",
                {{"step", events::num(step + 1)}, {"reason", events::str(saved.message())}}, ctx.rank);
 }
+
+}  // namespace
 
 Status run_training(const WorkloadContext& ctx, TrainingWorkload& w, const LoopOptions& o) {
   Loop loop(ctx, w, o);

@@ -28,13 +28,6 @@ struct WorkloadContext {
 
 Status run_workload(const WorkloadContext& ctx);
 
-// Events and log lines every training workload writes the same way (trainer 0 calls them): a
-// preemption at the boundary of `step` (`checkpoint_durable` in mode "preemption" when its
-// checkpoint was published, then `preempted`), and a periodic save that failed after step index
-// `step` (error line + `checkpoint_failed` for the checkpoint of step + 1 steps; training goes on).
-void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed);
-void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const Status& saved);
-
 // `layout-check`: each step, every role communicator and every link communicator runs an
 // all-reduce whose result is predicted from the layout (sum of world ranks, sum of role ids), and a
 // broadcast from the first role of each link carrying (step, seed); any mismatch is an error.
