@@ -39,6 +39,7 @@
 #include "io/hdf5.h"
 #include "io/image_shards.h"
 #include "io/synthetic_images.h"
+#include "rl/encoder/image_latents.h"
 #include "rl/encoder/vae_encoder.h"
 #include "rl/model/kernels.h"
 #include "rl/optim/adamw.h"
@@ -63,77 +64,6 @@ float normal(uint64_t key) {  // Box-Muller on two counter-based uniforms
   const double u1 = std::max(uniform(key), 1e-300), u2 = uniform(key ^ 0xa5a5a5a5a5a5a5a5ULL);
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
 }
-
-// The encoder side: what an embed rank (jit), a trainer (inline) or any rank (offline) runs.
-class LatentMaker {
- public:
-  static Result<LatentMaker> create(const JobSpec& spec) {
-    LatentMaker m;
-    auto ds = io::ImageDataset::open(spec.data.dir);
-    if (!ds) return ds.status();
-    m.ds_ = std::make_unique<io::ImageDataset>(std::move(ds).value());
-    VaeEncoderConfig cfg;
-    cfg.image = spec.data.size;
-    cfg.base_channels = spec.latent.base_channels;
-    cfg.downsamples = spec.latent.downsamples;
-    cfg.groups = spec.latent.base_channels % 8 == 0 ? 8 : 4;
-    if (Status v = cfg.validate(); !v.is_ok())
-      return Status::invalid_spec(spec.where("latent.base_channels") + ": encoder: " + v.message());
-    auto enc = VaeEncoder<>::create(cfg);
-    if (!enc) return enc.status();
-    m.enc_ = std::make_unique<VaeEncoder<>>(std::move(enc).value());
-    if (spec.latent.encoder_weights.empty()) {
-      m.enc_->init_random(uint64_t(spec.seed) ^ 0x656e636f646572ULL);
-    } else {
-      MOBULA_RETURN_IF_ERROR(m.enc_->load(spec.latent.encoder_weights));
-    }
-    m.seed_ = uint64_t(spec.seed);
-    m.size_ = spec.data.size;
-    m.floats_ = static_cast<int>(cfg.latent_floats());
-    return m;
-  }
-  int latent_floats() const { return floats_; }
-  uint64_t dataset_size() const { return ds_->size(); }
-  // Artificially slow: sleep `ms` per batch (heterogeneous hardware in the benchmark and tests).
-  void slow_down(int ms) { delay_ms_ = ms; }
-
-  // Latents of `ids` into out (ids.size() * latent_floats()).
-  Status make(std::span<const uint64_t> ids, float* out) {
-    const int B = static_cast<int>(ids.size());
-    const size_t px = size_t(size_) * size_t(size_);
-    images_.resize(size_t(B) * 3 * px);
-    for (int b = 0; b < B; ++b) {
-      auto bytes = ds_->read(ids[size_t(b)]);
-      if (!bytes) return bytes.status();
-      auto img = io::decode_image(*bytes);
-      if (!img) return img.status();
-      if (img->width != size_ || img->height != size_ || img->channels != 3)
-        return Status::invalid_argument("sample " + std::to_string(ids[size_t(b)]) + " of " + ds_->dir() + " is " +
-                                        std::to_string(img->width) + "x" + std::to_string(img->height) + "x" +
-                                        std::to_string(img->channels) + ", not " + std::to_string(size_) + "x" +
-                                        std::to_string(size_) + "x3 (data.size)");
-      float* dst = images_.data() + size_t(b) * 3 * px;  // HWC bytes -> CHW in [-1, 1]
-      for (size_t p = 0; p < px; ++p)
-        for (size_t c = 0; c < 3; ++c) dst[c * px + p] = float(img->pixels[p * 3 + c]) * (2.0f / 255.0f) - 1.0f;
-    }
-    mean_.resize(size_t(B) * size_t(floats_));
-    logvar_.resize(mean_.size());
-    MOBULA_RETURN_IF_ERROR(enc_->encode(images_.data(), B, mean_.data(), logvar_.data()));
-    seeds_.resize(size_t(B));
-    for (int b = 0; b < B; ++b) seeds_[size_t(b)] = splitmix64(seed_ ^ splitmix64(ids[size_t(b)] + 0x6c6174656e74ULL));
-    enc_->sample(mean_.data(), logvar_.data(), B, seeds_.data(), out);
-    if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
-    return Status::ok();
-  }
-
- private:
-  std::unique_ptr<io::ImageDataset> ds_;
-  std::unique_ptr<VaeEncoder<>> enc_;
-  uint64_t seed_ = 0;
-  int size_ = 0, floats_ = 0, delay_ms_ = 0;
-  std::vector<float> images_, mean_, logvar_;
-  std::vector<uint64_t> seeds_;
-};
 
 // The denoiser MLP and its training step on one trainer's share of a step.
 class Denoiser {
@@ -253,7 +183,7 @@ Status ensure_dataset(const WorkloadContext& ctx) {
 // on the trainer count (any divisor of job.shards).
 class LatentTrainer final : public TrainingWorkload {
  public:
-  LatentTrainer(const WorkloadContext& ctx, LatentMaker& maker, std::vector<float> table, stage::StageOptions so,
+  LatentTrainer(const WorkloadContext& ctx, ImageLatents& maker, std::vector<float> table, stage::StageOptions so,
                 MPI_Comm link, std::vector<int> consumers, std::vector<int> producers, Transport& gradients)
       : ctx_(ctx),
         spec_(ctx.spec),
@@ -442,7 +372,7 @@ class LatentTrainer final : public TrainingWorkload {
   const WorkloadContext& ctx_;
   const JobSpec& spec_;
   const LatentSpec& L_;
-  LatentMaker& maker_;
+  ImageLatents& maker_;
   std::vector<float> table_;  // offline: (N, D)
   stage::StageOptions so_;
   MPI_Comm link_;
@@ -481,9 +411,9 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
     if (ctx.metrics) ctx.metrics->tick();
   };
   MOBULA_RETURN_IF_ERROR(ensure_dataset(ctx));
-  auto maker_r = LatentMaker::create(spec);
+  auto maker_r = ImageLatents::create(spec);
   if (!maker_r) return maker_r.status();
-  LatentMaker maker = std::move(maker_r).value();
+  ImageLatents maker = std::move(maker_r).value();
   const int D = maker.latent_floats();
   const uint64_t N = maker.dataset_size();
   if (embed && me.role_rank == 0) maker.slow_down(static_cast<int>(env_long("MOBULA_FAULT_EMBED_DELAY_MS", 0)));
