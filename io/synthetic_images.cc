@@ -109,8 +109,29 @@ Image synth_image(uint64_t seed, uint64_t index, int size, int* label) {
   return im;
 }
 
+int64_t near_duplicate_source(uint64_t seed, uint64_t index, int percent) {
+  if (index == 0 || percent <= 0) return -1;
+  const uint64_t base = splitmix64(splitmix64(seed ^ 0x6475706c6963ULL) ^ index);
+  if (int(draw(base, 0) % 100) >= percent) return -1;
+  const uint64_t j = draw(base, 1) % index;
+  const int64_t root = near_duplicate_source(seed, j, percent);  // a copy of a copy: of the original
+  return root >= 0 ? root : static_cast<int64_t>(j);
+}
+
+Image synth_sample(uint64_t seed, uint64_t index, int size, int duplicate_percent, int* label) {
+  const int64_t j = near_duplicate_source(seed, index, duplicate_percent);
+  if (j < 0) return synth_image(seed, index, size, label);
+  Image im = synth_image(seed, uint64_t(j), size, label);
+  const uint64_t base = splitmix64(splitmix64(seed ^ 0x6e6f697365ULL) ^ index);
+  for (size_t p = 0; p < im.pixels.size(); ++p) {
+    const int v = int(im.pixels[p]) + int(draw(base, p) % 5) - 2;
+    im.pixels[p] = static_cast<uint8_t>(std::clamp(v, 0, 255));
+  }
+  return im;
+}
+
 Status generate_synthetic_dataset(const std::string& dir, uint64_t count, uint64_t per_shard, int size, uint64_t seed,
-                                  const std::string& encoding) {
+                                  const std::string& encoding, int duplicate_percent) {
   if (count == 0 || per_shard == 0)
     return Status::invalid_argument(dir + ": count and per_shard must be positive (got " + std::to_string(count) +
                                     ", " + std::to_string(per_shard) + ")");
@@ -137,6 +158,13 @@ Status generate_synthetic_dataset(const std::string& dir, uint64_t count, uint64
                                  {"classes", {"disc", "square", "triangle", "ring"}},
                                  {"shard_files", "shard-NNNNN.h5"}};
   if (encoding == "jpeg") desc["jpeg_quality"] = kQuality;
+  if (duplicate_percent > 0) {
+    desc["duplicate_percent"] = duplicate_percent;
+    nlohmann::ordered_json dups = nlohmann::ordered_json::array();
+    for (uint64_t i = 0; i < count; ++i)
+      if (const int64_t j = near_duplicate_source(seed, i, duplicate_percent); j >= 0) dups.push_back({i, j});
+    desc["near_duplicates"] = dups;
+  }
 
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -165,7 +193,7 @@ Status generate_synthetic_dataset(const std::string& dir, uint64_t count, uint64
     std::vector<int32_t> labels(n);
     for (uint64_t j = 0; j < n; ++j) {
       int label = 0;
-      const Image im = synth_image(seed, first + j, size, &label);
+      const Image im = synth_sample(seed, first + j, size, duplicate_percent, &label);
       auto bytes = encoding == "png" ? encode_png(im) : encode_jpeg(im, kQuality);
       if (!bytes) return Status::io(dir + ": sample " + std::to_string(first + j) + ": " + bytes.status().message());
       enc[j] = std::move(*bytes);

@@ -22,12 +22,20 @@ const char* synth_class_name(int label);  // "disc", "square", "triangle", "ring
 // Result::value()) if size is outside [kSynthMinSize, kSynthMaxSize].
 Image synth_image(uint64_t seed, uint64_t index, int size, int* label);
 
-// Writes ceil(count / per_shard) shards of synth_image(seed, i, size) encoded as `encoding` ("png",
-// or "jpeg" at quality 90) to DIR (created if needed), then DIR/dataset.json describing them
-// (written last, atomically: its presence means the dataset is complete). If DIR already holds a
-// dataset.json with exactly these parameters it does nothing; if it holds any other dataset.json or
-// shard files it refuses (no silent mix of two datasets). Call it on one rank.
+// Near-duplicates for curation tests and demos: sample i > 0 is, with probability percent / 100
+// (a pure function of (seed, i)), a near-duplicate of an earlier ORIGINAL sample j: j's image with
+// every pixel channel moved by at most 2 levels. Returns j, or -1 when i is an original.
+int64_t near_duplicate_source(uint64_t seed, uint64_t index, int percent);
+// Sample i of such a dataset (synth_image when it is an original).
+Image synth_sample(uint64_t seed, uint64_t index, int size, int duplicate_percent, int* label);
+
+// Writes ceil(count / per_shard) shards of synth_sample(seed, i, size, duplicate_percent) encoded
+// as `encoding` ("png", or "jpeg" at quality 90) to DIR (created if needed), then DIR/dataset.json
+// describing them (written last, atomically: its presence means the dataset is complete; with
+// duplicates it lists them as "near_duplicates": [[i, j], ...]). If DIR already holds a dataset.json
+// with exactly these parameters it does nothing; if it holds any other dataset.json or shard files
+// it refuses (no silent mix of two datasets). Call it on one rank.
 Status generate_synthetic_dataset(const std::string& dir, uint64_t count, uint64_t per_shard, int size, uint64_t seed,
-                                  const std::string& encoding);
+                                  const std::string& encoding, int duplicate_percent = 0);
 
 }  // namespace mobula::io

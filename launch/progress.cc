@@ -34,8 +34,9 @@ void ProgressLine::loop() {
   std::uintmax_t offset = std::filesystem::file_size(path_, ec);
   if (ec) offset = 0;
   std::string partial;
-  long long last_step = -1, attempt = -1, steps_seen = 0;
+  long long last_step = -1, attempt = -1, first_done = -1;
   double accuracy = -1;
+  long long tasks_total = -1;
   Clock::time_point attempt_t0{};
   bool drawn = false;
   for (bool last = false; !last;) {
@@ -52,22 +53,28 @@ void ProgressLine::loop() {
         if (a != attempt) {  // a relaunch: the rate starts over
           attempt = a;
           attempt_t0 = Clock::now();
-          steps_seen = 0;
+          first_done = -1;
         }
-        ++steps_seen;
         last_step = j.value("step", last_step);
+        if (first_done < 0) first_done = last_step + 1;
         accuracy = j.value("accuracy", accuracy);
+        tasks_total = j.value("tasks_total", tasks_total);  // curate: tasks, not steps
       }
     }
     if (last_step >= 0) {
       const long long done = last_step + 1;
       const double elapsed = std::chrono::duration<double>(Clock::now() - attempt_t0).count();
       std::string eta = "-";
-      if (steps_seen > 1 && total_ > done)
-        eta = format_duration(elapsed / double(steps_seen - 1) * double(total_ - done));
-      std::fprintf(stderr, "\r\033[K[mobula] step %lld/%lld (%.0f%%)  ETA %s  acc %.2f  attempt %lld", done,
-                   static_cast<long long>(total_), 100.0 * double(done) / double(std::max<int64_t>(1, total_)),
-                   eta.c_str(), accuracy, attempt);
+      const long long total = tasks_total >= 0 ? tasks_total : static_cast<long long>(total_);
+      // The rate of this attempt: steps (or tasks) done since its first line, per second.
+      if (done > first_done && total > done)
+        eta = format_duration(elapsed / double(done - first_done) * double(total - done));
+      if (tasks_total >= 0)
+        std::fprintf(stderr, "\r\033[K[mobula] tasks %lld/%lld (%.0f%%)  ETA %s  attempt %lld", done, total,
+                     100.0 * double(done) / double(std::max(1LL, total)), eta.c_str(), attempt);
+      else
+        std::fprintf(stderr, "\r\033[K[mobula] step %lld/%lld (%.0f%%)  ETA %s  acc %.2f  attempt %lld", done, total,
+                     100.0 * double(done) / double(std::max(1LL, total)), eta.c_str(), accuracy, attempt);
       std::fflush(stderr);
       drawn = true;
     }

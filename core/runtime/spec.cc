@@ -475,6 +475,24 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   spec.latent.hidden = static_cast<int>(get<int64_t>(L.set, "latent.hidden"));
   spec.latent.lr = get<double>(L.set, "latent.lr");
   spec.latent.encoder_weights = get<std::string>(L.set, "latent.encoder_weights");
+  spec.curate.task_images = static_cast<int>(get<int64_t>(L.set, "curate.task_images"));
+  spec.curate.threshold = get<double>(L.set, "curate.threshold");
+  spec.curate.per_shard = static_cast<int>(get<int64_t>(L.set, "curate.per_shard"));
+  spec.curate.duplicates = static_cast<int>(get<int64_t>(L.set, "curate.duplicates"));
+  spec.curate.backend = get<std::string>(L.set, "curate.backend");
+  spec.curate.redis = get<std::string>(L.set, "curate.redis");
+  spec.curate.queue = get<std::string>(L.set, "curate.queue");
+  if (spec.curate.queue.empty()) spec.curate.queue = spec.name;
+  spec.curate.lease_s = get<double>(L.set, "curate.lease_s");
+  spec.curate.max_attempts = static_cast<int>(get<int64_t>(L.set, "curate.max_attempts"));
+  if (!(spec.curate.lease_s > 0))
+    return Status::invalid_spec(L.where_of("curate.lease_s") + ": curate.lease_s: must be > 0 (seconds)");
+  if (!(spec.curate.threshold > 0 && spec.curate.threshold <= 1))
+    return Status::invalid_spec(L.where_of("curate.threshold") + ": curate.threshold: must be in (0, 1]");
+  if (spec.workload == "curate" && (spec.role("trainer")->ranks != 1 || !spec.role("embed")))
+    return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
+                                ": roles: workload \"curate\" needs exactly 1 trainer rank (the coordinator: it "
+                                "serves the queue and writes the output) and at least 1 embed rank (the workers)");
   if (spec.workload == "latent-pretrain") {
     const RoleSpec* tr = spec.role("trainer");
     const RoleSpec* em = spec.role("embed");

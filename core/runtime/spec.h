@@ -140,6 +140,16 @@ struct LatentSpec {
   std::string encoder_weights;
 };
 
+struct CurateSpec {
+  int task_images = 64;
+  double threshold = 0.97;
+  int per_shard = 256;
+  int duplicates = 20;
+  std::string backend = "journal", redis = "127.0.0.1:6379", queue;
+  double lease_s = 30;
+  int max_attempts = 3;
+};
+
 struct MetricsSpec {
   int port = 0;  // 0 off, -1 any free port
   std::string address = "127.0.0.1";
@@ -179,6 +189,7 @@ class JobSpec {
   MetricsSpec metrics;
   DataSpec data;
   LatentSpec latent;
+  CurateSpec curate;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

@@ -11,7 +11,7 @@ const std::vector<std::string>& known_roles() {
 
 const std::vector<std::string>& spec_sections() {
   static const std::vector<std::string> s = {"job",   "roles", "model",   "rl",   "checkpoint", "transport",
-                                             "slurm", "fault", "metrics", "data", "latent"};
+                                             "slurm", "fault", "metrics", "data", "latent", "curate"};
   return s;
 }
 
@@ -63,12 +63,14 @@ std::vector<KeyDef> build_schema() {
                       "shards are summed in one fixed binary tree, so the weights are bitwise the same for any "
                       "trainer count up to this (grpo), or dividing it (latent-pretrain): a job can restart "
                       "on another number of trainers without changing its results."));
-  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain"},
+  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain", "curate"},
                       "What the ranks run. `layout-check`: every role and link communicator is "
                       "exercised with collectives each step and verified against the layout. `grpo`: "
                       "supervised warm start, then GRPO with trainer and rollout roles (needs both). "
                       "`latent-pretrain`: trainers train a denoiser on VAE latents of an image dataset, "
-                      "computed by embed ranks (latent.mode)."));
+                      "computed by embed ranks (latent.mode). `curate`: embed ranks decode and embed image "
+                      "shards taken from a reliable task queue, trainer 0 serves the queue and writes the "
+                      "near-duplicate-filtered dataset (docs/queue.md)."));
   for (const auto& r : known_roles()) {
     s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
                         "Number of " + r +
@@ -160,6 +162,23 @@ std::vector<KeyDef> build_schema() {
   s.push_back(str_key("latent.encoder_weights", "", {},
                       "safetensors file of the encoder (rl/encoder/vae_encoder.h); empty = random weights from "
                       "job.seed (fixed for the whole job)."));
+  s.push_back(int_key("curate.task_images", 64, 1, 1 << 20, "Images per curation task (a queue entry)."));
+  s.push_back(float_key("curate.threshold", 0.97,
+                        "Cosine similarity of encoder embeddings at or above which an image is a near-duplicate of "
+                        "an earlier kept one and is dropped."));
+  s.push_back(int_key("curate.per_shard", 256, 1, 1 << 20, "Images per output shard of the curated dataset."));
+  s.push_back(int_key("curate.duplicates", 20, 0, 90,
+                      "Percent of near-duplicates injected when the synthetic input dataset is generated (no "
+                      "dataset in data.dir yet)."));
+  s.push_back(str_key("curate.backend", "journal", {"journal", "redis"},
+                      "The task queue: `journal`, embedded (WORKDIR/queue/queue.journal, served by trainer 0 over "
+                      "MPI), or `redis` (curate.redis; shared by independent jobs)."));
+  s.push_back(str_key("curate.redis", "127.0.0.1:6379", {}, "HOST:PORT of the Redis server (curate.backend = redis)."));
+  s.push_back(str_key("curate.queue", "", {},
+                      "Name of the queue (Redis keys mobula:q:NAME:*); empty = job.name."));
+  s.push_back(float_key("curate.lease_s", 30, "Seconds a task's lease lasts without a heartbeat."));
+  s.push_back(int_key("curate.max_attempts", 3, 1, 1000,
+                      "Failed or lost leases after which a task is parked in the dead-letter list (a poison task)."));
   s.push_back(int_key("metrics.port", 0, -1, 65535,
                       "Prometheus endpoint of the coordinator (world rank 0): GET /metrics on metrics.address. "
                       "0 = off, -1 = any free port (the URL goes to the log and events.jsonl)."));

@@ -117,8 +117,10 @@ Status run_layout_check(const WorkloadContext& ctx) {
 
 Status run_workload(const WorkloadContext& ctx) {
   if (ctx.spec.workload == "layout-check") return run_layout_check(ctx);
-  if (ctx.spec.workload == "grpo" || ctx.spec.workload == "latent-pretrain") {
-    const Status st = ctx.spec.workload == "grpo" ? run_grpo(ctx) : run_latent_pretrain(ctx);
+  if (ctx.spec.workload == "grpo" || ctx.spec.workload == "latent-pretrain" || ctx.spec.workload == "curate") {
+    const Status st = ctx.spec.workload == "grpo"              ? run_grpo(ctx)
+                      : ctx.spec.workload == "latent-pretrain" ? run_latent_pretrain(ctx)
+                                                               : run_curate(ctx);
     // Say it here, before the agreement: peers may be blocked in a transfer or a collective with
     // this rank and arrive late or never (agree() then aborts after fault.abort_grace_s).
     const bool failed = !st && st.code() != Status::Code::kPreempted;

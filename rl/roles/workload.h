@@ -41,4 +41,9 @@ Status run_grpo(const WorkloadContext& ctx);
 // (core/stage), or that the trainers compute themselves (rl/roles/latent.cc, docs/embedding.md).
 Status run_latent_pretrain(const WorkloadContext& ctx);
 
+// `curate`: embed ranks decode and embed image shards taken from a reliable task queue that trainer
+// 0 serves; trainer 0 then writes the near-duplicate-filtered dataset (rl/roles/curate.cc,
+// docs/queue.md).
+Status run_curate(const WorkloadContext& ctx);
+
 }  // namespace mobula::rl
