@@ -11,7 +11,7 @@ const std::vector<std::string>& known_roles() {
 
 const std::vector<std::string>& spec_sections() {
   static const std::vector<std::string> s = {"job",   "roles", "model",   "rl",   "checkpoint", "transport",
-                                             "slurm", "fault", "metrics", "data", "latent", "curate"};
+                                             "slurm", "fault", "metrics", "data", "latent",     "curate"};
   return s;
 }
 
@@ -174,8 +174,7 @@ std::vector<KeyDef> build_schema() {
                       "The task queue: `journal`, embedded (WORKDIR/queue/queue.journal, served by trainer 0 over "
                       "MPI), or `redis` (curate.redis; shared by independent jobs)."));
   s.push_back(str_key("curate.redis", "127.0.0.1:6379", {}, "HOST:PORT of the Redis server (curate.backend = redis)."));
-  s.push_back(str_key("curate.queue", "", {},
-                      "Name of the queue (Redis keys mobula:q:NAME:*); empty = job.name."));
+  s.push_back(str_key("curate.queue", "", {}, "Name of the queue (Redis keys mobula:q:NAME:*); empty = job.name."));
   s.push_back(float_key("curate.lease_s", 30, "Seconds a task's lease lasts without a heartbeat."));
   s.push_back(int_key("curate.max_attempts", 3, 1, 1000,
                       "Failed or lost leases after which a task is parked in the dead-letter list (a poison task)."));
