@@ -29,6 +29,8 @@ int cmd_history(bool ask_slurm);
 int cmd_show(const std::string& job, int nevents);
 int cmd_report(const std::string& job, const std::string& out);
 int cmd_version();
+// `mobula queue status|requeue-dead|drain DIR` (launch/queue_cli.cc).
+int cmd_queue(const std::string& action, const std::string& dir);
 
 // Entry point of the `mobula` executable.
 int mobula_main(int argc, char** argv);

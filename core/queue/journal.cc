@@ -39,7 +39,17 @@ constexpr size_t kRecordHead = 4 + 8 + 1;  // length, checksum, type
 constexpr uint32_t kMaxBody = 64u << 20;
 
 // Record types (docs/formats/queue-journal.md).
-enum : uint8_t { kEnqueue = 1, kLease = 2, kAck = 3, kFail = 4, kExpire = 5, kRevive = 6, kDrain = 7, kSnapshot = 8 };
+enum : uint8_t {
+  kEnqueue = 1,
+  kLease = 2,
+  kAck = 3,
+  kFail = 4,
+  kExpire = 5,
+  kRevive = 6,
+  kDrain = 7,
+  kSnapshot = 8,
+  kResume = 9
+};
 
 // Not journaled: every replay derives it again from the lease record without an end.
 const char* const kLostOnRestart = "lease lost: the queue's owner restarted (the worker or the job died)";
@@ -199,8 +209,8 @@ Status JournalQueue::apply(uint8_t type, const std::string& body, int64_t index,
                                     " record; the journal is corrupt from here: move it aside");
   };
   std::string id;
-  if (type == kDrain) {
-    draining_ = true;
+  if (type == kDrain || type == kResume) {
+    draining_ = type == kDrain;
     return p.done() ? Status::ok() : bad();
   }
   if (!p.str(&id)) return bad();
@@ -589,6 +599,15 @@ Status JournalQueue::drain() {
   if (draining_) return Status::ok();
   draining_ = true;
   append(kDrain, "");
+  return flush_locked();
+}
+
+Status JournalQueue::resume() {
+  if (o_.read_only) return Status::invalid_argument(path_ + ": opened read-only");
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!draining_) return Status::ok();
+  draining_ = false;
+  append(kResume, "");
   return flush_locked();
 }
 

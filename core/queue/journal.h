@@ -67,6 +67,7 @@ class JournalQueue final : public TaskQueue {
   Result<std::vector<DeadTask>> dead() override;
   Result<int64_t> requeue_dead() override;
   Status drain() override;
+  Status resume() override;
 
   // Makes every record written so far durable now.
   Status flush();

@@ -24,7 +24,8 @@ enum : uint8_t {
   kOpStats,
   kOpDead,
   kOpRevive,
-  kOpDrain
+  kOpDrain,
+  kOpResume
 };
 
 Body& put_lease(Body& b, const Lease& l) {
@@ -192,6 +193,8 @@ std::string QueueServer::handle(const std::string& request) {
     }
     case kOpDrain:
       return reply(q_.drain());
+    case kOpResume:
+      return reply(q_.resume());
     default:
       return reply(Status::invalid_argument("queue server: unknown op " + std::to_string(op)));
   }
@@ -325,6 +328,11 @@ Result<int64_t> MpiQueueClient::requeue_dead() {
   uint64_t n = 0;
   if (!p.u64(&n)) return Status::external("queue: malformed reply");
   return static_cast<int64_t>(n);
+}
+
+Status MpiQueueClient::resume() {
+  auto r = call(Body().u8(kOpResume).bytes());
+  return r ? Status::ok() : r.status();
 }
 
 Status MpiQueueClient::drain() {

@@ -74,6 +74,7 @@ class MpiQueueClient final : public TaskQueue {
   Result<std::vector<DeadTask>> dead() override;
   Result<int64_t> requeue_dead() override;
   Status drain() override;
+  Status resume() override;
 
  private:
   MpiQueueClient(MPI_Comm comm, int server, std::chrono::milliseconds timeout)

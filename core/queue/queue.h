@@ -80,6 +80,8 @@ class TaskQueue {
   // Dead tasks back to pending with their attempts reset; returns how many.
   virtual Result<int64_t> requeue_dead() = 0;
   virtual Status drain() = 0;
+  // Undoes drain(): leases are handed out again.
+  virtual Status resume() = 0;
 };
 
 }  // namespace mobula::queue

@@ -453,8 +453,8 @@ Status run_curate(const WorkloadContext& ctx) {
   if (!dead->empty()) return dead_tasks_error(spec, *dead);
   if (stats->draining && stats->pending > 0)
     return Status::invalid_argument("curate: the queue was drained with " + std::to_string(stats->pending) +
-                                    " task(s) pending; `mobula queue requeue-dead` does not apply: remove " +
-                                    spec.workdir + "/queue/drain and undo the drain to finish");
+                                    " task(s) pending; `mobula queue resume " + spec.workdir +
+                                    "` and run the job again to finish them");
   const double t_tasks = now() - t0;
   {
     auto enc = ImageLatents::create(spec);  // the embedding width
