@@ -28,7 +28,7 @@ int fail(const char* what, const Status& st) {
 
 int cmd_queue(const std::string& action, const std::string& dir) {
   const std::string qdir = queue_dir(dir);
-  queue::JournalOptions ro;
+  queue::JournalOptions ro = queue::owner_options(qdir);  // the job's poison limit
   ro.read_only = action == "status";
   auto q = queue::JournalQueue::open(qdir, ro);
   if (!q && action == "drain" && fs::exists(fs::path(qdir) / "queue.journal")) {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/queue/codec.h"
@@ -98,6 +99,20 @@ Status write_all(int fd, const std::string& bytes, const std::string& path) {
 
 }  // namespace
 
+JournalOptions owner_options(const std::string& dir) {
+  JournalOptions o;
+  std::ifstream in(dir + "/queue.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (j.is_object()) {
+    o.lease_s = j.value("lease_s", o.lease_s);
+    o.max_attempts = j.value("max_attempts", o.max_attempts);
+    o.flush_s = j.value("flush_s", o.flush_s);
+  }
+  return o;
+}
+
 JournalQueue::JournalQueue(std::string dir, const JournalOptions& o)
     : dir_(std::move(dir)), path_(dir_ + "/queue.journal"), o_(o), clock_(steady_now) {}
 
@@ -123,6 +138,10 @@ Result<std::unique_ptr<JournalQueue>> JournalQueue::open(const std::string& dir,
     MOBULA_RETURN_IF_ERROR(fsync_path(dir, /*directory=*/true));
   }
   MOBULA_RETURN_IF_ERROR(q->replay());
+  if (!o.read_only) {
+    const nlohmann::ordered_json j = {{"lease_s", o.lease_s}, {"max_attempts", o.max_attempts}, {"flush_s", o.flush_s}};
+    MOBULA_RETURN_IF_ERROR(write_file_atomically(dir + "/queue.json", j.dump(2) + "\n", /*durable=*/true));
+  }
   if (!o.read_only) q->flusher_ = std::thread([p = q.get()] { p->flusher(); });
   return q;
 }
@@ -291,7 +310,14 @@ Status JournalQueue::apply(uint8_t type, const std::string& body, int64_t index,
     }
     case kRevive: {
       Task* t = need();
-      if (!p.done() || !t || t->state != State::kDead) return bad();
+      if (!p.done() || !t) return bad();
+      // Dead after a restart of the owner (a lease lost then, at the poison limit): settle it first.
+      if (t->state == State::kLeased) back_to_pending(id, *t, kLostOnRestart);
+      if (t->state == State::kPending) {  // the limit was not reached: the attempts restart all the same
+        t->attempts = 0;
+        return Status::ok();
+      }
+      if (t->state != State::kDead) return bad();
       --counts_[3], ++counts_[0];
       t->state = State::kPending;
       t->attempts = 0;

@@ -52,6 +52,10 @@ struct JournalOptions : QueueOptions {
   bool read_only = false;                     // replay only (mobula queue status while a job runs)
 };
 
+// The options the owner last opened DIR with (DIR/queue.json, written at every open), so that
+// readers (mobula queue status) replay with the same poison limit; the defaults when there is none.
+JournalOptions owner_options(const std::string& dir);
+
 class JournalQueue final : public TaskQueue {
  public:
   static Result<std::unique_ptr<JournalQueue>> open(const std::string& dir, const JournalOptions& o = {});

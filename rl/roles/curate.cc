@@ -170,6 +170,7 @@ Status worker_loop(const WorkloadContext& ctx, const JobSpec& spec, queue::TaskQ
                               ? env_long("MOBULA_FAULT_KILL_AFTER_TASKS", -1)
                               : -1;
   auto& done = metrics::registry().counter("mobula_curate_tasks_total", "Curation tasks this rank completed");
+  enc->slow_down(static_cast<int>(env_long("MOBULA_FAULT_EMBED_DELAY_MS", 0)));  // test switch: every worker
   long n = 0;
   for (;;) {
     if (ctx.watchdog) ctx.watchdog->beat("curate: waiting for a task", n);
@@ -349,12 +350,23 @@ Result<Reduced> reduce(const JobSpec& spec, uint64_t images, uint64_t per_task, 
 
 // The coordinator's wait for the workers: it polls the queue it owns (no MPI call spins).
 Status wait_until_settled(const WorkloadContext& ctx, queue::TaskQueue& q, Progress& progress) {
+  // Test switch (docs/testing.md): the coordinator SIGKILLs itself once k tasks are done.
+  const long kill_after = fault_attempt_matches() && env_long("MOBULA_FAULT_KILL_RANK", 0) == ctx.rank
+                              ? env_long("MOBULA_FAULT_KILL_AFTER_TASKS", -1)
+                              : -1;
   for (int64_t polls = 0;; ++polls) {
     if (ctx.watchdog) ctx.watchdog->beat("curate: serving the queue", polls);
     if (ctx.metrics) ctx.metrics->tick();
     auto s = q.stats();
     if (!s) return s.status();
     progress.update(*s);
+    if (kill_after >= 0 && s->done >= kill_after) {
+      spdlog::warn("fault injection: the coordinator SIGKILLs itself after {} tasks", s->done);
+      events::emit(ctx.spec.workdir, "fault_injected",
+                   {{"kind", events::str("SIGKILL")}, {"tasks", events::num(s->done)}}, ctx.rank);
+      spdlog::shutdown();
+      std::raise(SIGKILL);
+    }
     if (s->leased == 0 && (s->pending == 0 || s->draining)) {
       progress.update(*s, /*force=*/true);
       return Status::ok();
@@ -374,6 +386,60 @@ Status dead_tasks_error(const JobSpec& spec, const std::vector<queue::DeadTask>&
                                   "` and run the job again");
 }
 
+// After the queue settled, on the coordinator: dead tasks or a drain stop the job (exit 2); else the
+// reduce, and summary.json.
+Status finish(const JobSpec& spec, queue::JournalQueue& journal, uint64_t images, double t_tasks) {
+  const uint64_t per_task = uint64_t(spec.curate.task_images);
+  const std::string parts = spec.workdir + "/curate/parts";
+  auto dead = journal.dead();
+
+  if (!dead) return dead.status();
+  auto stats = journal.stats();
+  if (!stats) return stats.status();
+  if (!dead->empty()) return dead_tasks_error(spec, *dead);
+  if (stats->draining && stats->pending > 0)
+    return Status::invalid_argument("curate: the queue was drained with " + std::to_string(stats->pending) +
+                                    " task(s) pending; `mobula queue resume " + spec.workdir +
+                                    "` and run the job again to finish them");
+  auto enc = ImageLatents::create(spec);  // the embedding width
+  if (!enc) return enc.status();
+  const int D = enc->latent_floats();
+  const double tr0 = now();
+  auto red = reduce(spec, images, per_task, parts, D);
+  if (!red) return red.status();
+  spdlog::info(
+      "curate: {} images -> {} kept, {} near-duplicates dropped (threshold {}); {} tasks in {:.2f} s, "
+      "reduce {:.2f} s; manifest xxh64 {}",
+      images, red->kept, red->dropped, spec.curate.threshold, stats->done, t_tasks, now() - tr0, red->manifest_xxh64);
+  const ordered_json summary = {{"job", spec.name},
+                                {"images", images},
+                                {"tasks", stats->done},
+                                {"kept", red->kept},
+                                {"dropped", red->dropped},
+                                {"threshold", spec.curate.threshold},
+                                {"tasks_s", t_tasks},
+                                {"tasks_per_s", double(stats->done) / std::max(1e-9, t_tasks)},
+                                {"manifest_xxh64", red->manifest_xxh64}};
+  return write_file_atomically(spec.workdir + "/summary.json", summary.dump(2) + "\n");
+}
+
+// Every rank ends with the coordinator's verdict, with its status code, so that a spec or data
+// problem found there is exit 2 everywhere (never relaunched) and a failure a failure.
+Status coordinators_verdict(const WorkloadContext& ctx, const Status& mine) {
+  int code = static_cast<int>(mine.code());
+  MOBULA_MPI(MPI_Bcast(&code, 1, MPI_INT, 0, ctx.world));
+  if (ctx.rank == 0 || code == 0) return ctx.rank == 0 ? mine : Status::ok();
+  const std::string msg = "curate: the coordinator (rank 0) stopped the job (see its error)";
+  switch (static_cast<Status::Code>(code)) {
+    case Status::Code::kInvalidSpec:
+      return Status::invalid_spec(msg);
+    case Status::Code::kInvalidArgument:
+      return Status::invalid_argument(msg);
+    default:
+      return Status::external(msg);
+  }
+}
+
 }  // namespace
 
 Status run_curate(const WorkloadContext& ctx) {
@@ -387,7 +453,6 @@ Status run_curate(const WorkloadContext& ctx) {
   const std::string parts = spec.workdir + "/curate/parts";
   const uint64_t per_task = uint64_t(spec.curate.task_images);
   uint64_t images = 0;
-  int D = 0;
   std::unique_ptr<queue::JournalQueue> journal;
   std::unique_ptr<queue::QueueServer> server;
   std::unique_ptr<queue::MpiQueueClient> client;
@@ -413,9 +478,7 @@ Status run_curate(const WorkloadContext& ctx) {
     }
   }
   // Everybody learns whether the coordinator is ready (or gives up with its error).
-  int ok = setup.is_ok() ? 1 : 0;
-  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
-  if (!ok) return setup.is_ok() ? Status::external("curate: the coordinator could not open the queue") : setup;
+  MOBULA_RETURN_IF_ERROR(coordinators_verdict(ctx, setup));
   if (coordinator) {
     queue::ServerOptions so;
     so.drain_file = spec.workdir + "/queue/drain";
@@ -445,39 +508,8 @@ Status run_curate(const WorkloadContext& ctx) {
   server.reset();
   MOBULA_RETURN_IF_ERROR(st);
   if (any) return Status::external("curate: a worker failed (see its log)");
-  if (!coordinator) return Status::ok();
-  auto dead = journal->dead();
-  if (!dead) return dead.status();
-  auto stats = journal->stats();
-  if (!stats) return stats.status();
-  if (!dead->empty()) return dead_tasks_error(spec, *dead);
-  if (stats->draining && stats->pending > 0)
-    return Status::invalid_argument("curate: the queue was drained with " + std::to_string(stats->pending) +
-                                    " task(s) pending; `mobula queue resume " + spec.workdir +
-                                    "` and run the job again to finish them");
-  const double t_tasks = now() - t0;
-  {
-    auto enc = ImageLatents::create(spec);  // the embedding width
-    if (!enc) return enc.status();
-    D = enc->latent_floats();
-  }
-  const double tr0 = now();
-  auto red = reduce(spec, images, per_task, parts, D);
-  if (!red) return red.status();
-  spdlog::info(
-      "curate: {} images -> {} kept, {} near-duplicates dropped (threshold {}); {} tasks in {:.2f} s, "
-      "reduce {:.2f} s; manifest xxh64 {}",
-      images, red->kept, red->dropped, spec.curate.threshold, stats->done, t_tasks, now() - tr0, red->manifest_xxh64);
-  const ordered_json summary = {{"job", spec.name},
-                                {"images", images},
-                                {"tasks", stats->done},
-                                {"kept", red->kept},
-                                {"dropped", red->dropped},
-                                {"threshold", spec.curate.threshold},
-                                {"tasks_s", t_tasks},
-                                {"tasks_per_s", double(stats->done) / std::max(1e-9, t_tasks)},
-                                {"manifest_xxh64", red->manifest_xxh64}};
-  return write_file_atomically(spec.workdir + "/summary.json", summary.dump(2) + "\n");
+  const Status result = coordinator ? finish(spec, *journal, images, now() - t0) : Status::ok();
+  return coordinators_verdict(ctx, result);
 }
 
 }  // namespace mobula::rl

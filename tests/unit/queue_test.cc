@@ -144,6 +144,12 @@ TEST_F(Journal, LeasesHeldAtACrashComeBackWithTheirAttemptsCounted) {
   EXPECT_NE((*dead)[0].error.find("the queue's owner restarted"), std::string::npos);
   EXPECT_EQ(q->stats()->pending, 1);  // t2 comes back once more
   EXPECT_GT(q->replayed_records(), 0);
+  // Requeued (mobula queue requeue-dead) and reopened: the revival replays after the lost lease.
+  EXPECT_EQ(*q->requeue_dead(), 1);
+  q.reset();
+  q = open(o);
+  EXPECT_EQ(q->stats()->dead, 0);
+  EXPECT_EQ(q->stats()->pending, 2);
 }
 
 std::string slurp(const fs::path& p) {
