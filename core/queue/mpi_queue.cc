@@ -96,7 +96,7 @@ Status QueueServer::stop() {
 }
 
 void QueueServer::loop() {
-  auto last_expire = std::chrono::steady_clock::now();
+  auto last_expire = std::chrono::steady_clock::now(), last_request = last_expire;
   while (!stop_) {
     int flag = 0;
     MPI_Status probed;
@@ -112,6 +112,7 @@ void QueueServer::loop() {
       }
       const std::string out = handle(*req);
       ++requests_;
+      last_request = std::chrono::steady_clock::now();
       if (MPI_Send(out.data(), int(out.size()), MPI_BYTE, probed.MPI_SOURCE, kReplyTag, comm_) != MPI_SUCCESS) {
         error_ = Status::external("queue server: MPI_Send of a reply failed");
         return;
@@ -129,7 +130,12 @@ void QueueServer::loop() {
         if (Status d = q_.drain(); !d.is_ok()) spdlog::error("queue server: {}", d.message());
       }
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(o_.idle_sleep_us));
+    // Busy: a worker's next request comes within microseconds, so yield for a while after the last
+    // one; idle: sleep, and leave the core to the workers.
+    if (now - last_request < std::chrono::microseconds(o_.spin_us))
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(o_.idle_sleep_us));
   }
 }
 
@@ -218,13 +224,19 @@ Result<std::string> MpiQueueClient::call(const std::string& request) {
   MOBULA_MPI(MPI_Send(request.data(), int(request.size()), MPI_BYTE, server_, kRequestTag, comm_));
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   MPI_Status probed;
+  const auto sent = std::chrono::steady_clock::now();
   for (int flag = 0;;) {
     MOBULA_MPI(MPI_Iprobe(server_, kReplyTag, comm_, &flag, &probed));
     if (flag) break;
-    if (std::chrono::steady_clock::now() >= deadline)
+    const auto t = std::chrono::steady_clock::now();
+    if (t >= deadline)
       return Status::timeout("queue: no reply from the queue server (rank " + std::to_string(server_) + ") within " +
                              std::to_string(timeout_.count() / 1000) + " s");
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    // A reply usually takes microseconds: yield first, then sleep (a blocking MPI_Recv would spin).
+    if (t - sent < std::chrono::milliseconds(1))
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
   auto msg = recv_message(comm_, probed);
   if (!msg) return msg.status();

@@ -7,8 +7,10 @@
 //    `comm`) are collective over `comm`: both duplicate it, so queue traffic never mixes with the
 //    caller's.
 //  * The server thread makes all its MPI calls itself (MPI_THREAD_MULTIPLE, which Environment
-//    requests); it polls with a short sleep when idle (a spinning thread would take a core from
-//    the workers on the same node), and calls expire_leases() every `expire_every_s`.
+//    requests); it polls yielding for spin_us after each request (the next one comes within
+//    microseconds while workers are busy) and with a short sleep when idle (a spinning thread would
+//    take a core from the workers on the same node), and calls expire_leases() every
+//    `expire_every_s`. Clients wait for a reply the same way (yield for 1 ms, then sleep).
 //  * A client is thread-safe (a mutex around each request/reply), so a worker may renew its lease
 //    from a heartbeat thread while its main thread works.
 //  * Requests time out after `timeout` (the server rank died or hangs): the call returns
@@ -31,6 +33,7 @@
 namespace mobula::queue {
 
 struct ServerOptions {
+  int spin_us = 2000;  // after a request, yield (not sleep) this long while polling for the next
   int idle_sleep_us = 200;
   double expire_every_s = 1.0;
   std::string drain_file;  // when this file appears, the server drains the queue ("" never)
