@@ -17,7 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   slurm-wlm slurm-client munge
   libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev
-  libcpp-httplib-dev chromium python3-prometheus-client libpng-dev libjpeg62-turbo-dev
+  libcpp-httplib-dev libhiredis-dev redis-server chromium python3-prometheus-client libpng-dev libjpeg62-turbo-dev
 )
 
 deps() {
@@ -56,6 +56,9 @@ test_all() {
   "$cluster" start "$MOBULA_SLURM_DIR"
   # The slurm-labelled tests fail (instead of skipping) when the cluster is not reachable.
   export SLURM_CONF="$MOBULA_SLURM_DIR/slurm.conf" MOBULA_REQUIRE_SLURM=1
+  # The Redis tests start private redis-server instances; here they fail (instead of skipping)
+  # when it is missing.
+  export MOBULA_REQUIRE_REDIS=1
   local rc=0
   (cd "$BUILD" && ctest --output-on-failure -j "${MOBULA_TEST_JOBS:-2}" "$@") || rc=$?
   trap - EXIT
