@@ -106,15 +106,18 @@ int mobula_main(int argc, char** argv) {
   report->add_option("job", report_job, "Job id or name, or a job's work dir")->required();
   report->add_option("-o,--output", report_out, "The HTML file to write")->required();
 
-  std::string queue_dir;
+  std::string queue_dir, queue_redis;
   auto* queue = app.add_subcommand("queue", "The task queue of a job's work dir (workload curate; docs/queue.md)");
   queue->require_subcommand(1);
   for (const auto& [name, what] :
        {std::pair<const char*, const char*>{"status", "Pending, leased, done and dead tasks; the dead ones' errors"},
         {"requeue-dead", "Dead tasks back to pending, attempts reset (the job must not run)"},
         {"drain", "Hand out no more tasks (asks a running coordinator)"},
-        {"resume", "Undo a drain (the job must not run)"}})
-    queue->add_subcommand(name, what)->add_option("dir", queue_dir, "The job's work dir")->required();
+        {"resume", "Undo a drain (the job must not run)"}}) {
+    auto* sub = queue->add_subcommand(name, what);
+    sub->add_option("dir", queue_dir, "The job's work dir (or, with --redis, the queue's name)")->required();
+    sub->add_option("--redis", queue_redis, "HOST:PORT of a Redis backend (curate.backend = redis)");
+  }
 
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
@@ -136,7 +139,7 @@ int mobula_main(int argc, char** argv) {
   if (status->parsed()) return cmd_status(status_job);
   if (logs->parsed()) return cmd_logs(logs_job, logs_rank, logs_attempt);
   if (cancel->parsed()) return cmd_cancel(cancel_job);
-  if (queue->parsed()) return cmd_queue(queue->get_subcommands().front()->get_name(), queue_dir);
+  if (queue->parsed()) return cmd_queue(queue->get_subcommands().front()->get_name(), queue_dir, queue_redis);
   if (serve->parsed()) return serve_history(serve_address, serve_port);
   if (history->parsed()) return cmd_history(!history_no_slurm);
   if (show->parsed()) return cmd_show(show_job, show_events);

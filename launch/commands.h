@@ -30,7 +30,8 @@ int cmd_show(const std::string& job, int nevents);
 int cmd_report(const std::string& job, const std::string& out);
 int cmd_version();
 // `mobula queue status|requeue-dead|drain DIR` (launch/queue_cli.cc).
-int cmd_queue(const std::string& action, const std::string& dir);
+int cmd_queue(const std::string& action, const std::string& dir, const std::string& redis = "",
+              const std::string& name = "");
 
 // Entry point of the `mobula` executable.
 int mobula_main(int argc, char** argv);

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "core/queue/journal.h"
+#include "core/queue/redis.h"
 #include "launch/commands.h"
 
 namespace mobula::launch {
@@ -26,7 +27,38 @@ int fail(const char* what, const Status& st) {
 
 }  // namespace
 
-int cmd_queue(const std::string& action, const std::string& dir) {
+// The queue of a Redis backend (curate.backend = redis): the same actions on the server's keys.
+int redis_queue(const std::string& action, const std::string& address, const std::string& name) {
+  auto q = queue::RedisQueue::connect(address, name);
+  if (!q) return fail(action.c_str(), q.status());
+  if (action == "status") {
+    auto s = (*q)->stats();
+    auto dead = (*q)->dead();
+    if (!s || !dead) return fail("status", s ? dead.status() : s.status());
+    std::printf("queue %s on redis %s\n", name.c_str(), address.c_str());
+    std::printf("  pending %lld  leased %lld  done %lld  dead %lld  total %lld%s\n", static_cast<long long>(s->pending),
+                static_cast<long long>(s->leased), static_cast<long long>(s->done), static_cast<long long>(s->dead),
+                static_cast<long long>(s->total()), s->draining ? "  (draining)" : "");
+    for (const auto& d : *dead)
+      std::printf("  dead %s after %d attempt(s): %s\n", d.id.c_str(), d.attempts, d.error.c_str());
+    return 0;
+  }
+  Status st = Status::ok();
+  if (action == "requeue-dead") {
+    auto n = (*q)->requeue_dead();
+    if (!n) return fail("requeue-dead", n.status());
+    std::printf("%lld dead task(s) back to pending, their attempts reset\n", static_cast<long long>(*n));
+    return 0;
+  }
+  if (action == "drain") st = (*q)->drain();
+  if (action == "resume") st = (*q)->resume();
+  if (!st.is_ok()) return fail(action.c_str(), st);
+  std::printf("%s: queue %s on redis %s\n", action == "drain" ? "drained" : "resumed", name.c_str(), address.c_str());
+  return 0;
+}
+
+int cmd_queue(const std::string& action, const std::string& dir, const std::string& redis, const std::string& name) {
+  if (!redis.empty()) return redis_queue(action, redis, name.empty() ? dir : name);
   const std::string qdir = queue_dir(dir);
   queue::JournalOptions ro = queue::owner_options(qdir);  // the job's poison limit
   ro.read_only = action == "status";

@@ -31,6 +31,7 @@
 #include "core/metrics/registry.h"
 #include "core/queue/journal.h"
 #include "core/queue/mpi_queue.h"
+#include "core/queue/redis.h"
 #include "core/runtime/environment.h"
 #include "core/runtime/files.h"
 #include "core/runtime/log.h"
@@ -178,6 +179,7 @@ Status worker_loop(const WorkloadContext& ctx, const JobSpec& spec, queue::TaskQ
     auto leases = q.lease(me, 1);
     if (!leases) return leases.status();
     if (leases->empty()) {
+      if (auto e = q.expire_leases(); !e) return e.status();  // a dead worker's lease comes back
       auto s = q.stats();
       if (!s) return s.status();
       if (s->leased == 0 && (s->pending == 0 || s->draining)) return Status::ok();  // nothing can come back
@@ -357,6 +359,8 @@ Status wait_until_settled(const WorkloadContext& ctx, queue::TaskQueue& q, Progr
   for (int64_t polls = 0;; ++polls) {
     if (ctx.watchdog) ctx.watchdog->beat("curate: serving the queue", polls);
     if (ctx.metrics) ctx.metrics->tick();
+    if (polls % 50 == 0)  // every second: a dead worker's lease comes back (Redis; the journal's server does it too)
+      if (auto e = q.expire_leases(); !e) return e.status();
     auto s = q.stats();
     if (!s) return s.status();
     progress.update(*s);
@@ -388,7 +392,7 @@ Status dead_tasks_error(const JobSpec& spec, const std::vector<queue::DeadTask>&
 
 // After the queue settled, on the coordinator: dead tasks or a drain stop the job (exit 2); else the
 // reduce, and summary.json.
-Status finish(const JobSpec& spec, queue::JournalQueue& journal, uint64_t images, double t_tasks) {
+Status finish(const JobSpec& spec, queue::TaskQueue& journal, uint64_t images, double t_tasks) {
   const uint64_t per_task = uint64_t(spec.curate.task_images);
   const std::string parts = spec.workdir + "/curate/parts";
   auto dead = journal.dead();
@@ -440,75 +444,93 @@ Status coordinators_verdict(const WorkloadContext& ctx, const Status& mine) {
   }
 }
 
-}  // namespace
-
-Status run_curate(const WorkloadContext& ctx) {
-  const JobSpec& spec = ctx.spec;
-  const Placement& me = ctx.layout.at(ctx.rank);
-  const bool coordinator = ctx.rank == 0, worker = me.role == "embed";
-  MOBULA_RETURN_IF_ERROR(ensure_input(ctx));
-  if (spec.curate.backend != "journal")
-    return Status::invalid_spec(spec.where("curate.backend") + ": curate.backend: \"" + spec.curate.backend +
-                                "\" is not in this build yet; use \"journal\"");
-  const std::string parts = spec.workdir + "/curate/parts";
-  const uint64_t per_task = uint64_t(spec.curate.task_images);
-  uint64_t images = 0;
+// The queue every rank uses: the journal on the coordinator (served to the others over MPI by
+// *server), or a Redis connection on every rank. Collective over the world.
+struct Queues {
   std::unique_ptr<queue::JournalQueue> journal;
   std::unique_ptr<queue::QueueServer> server;
-  std::unique_ptr<queue::MpiQueueClient> client;
+  std::unique_ptr<queue::TaskQueue> client;  // MpiQueueClient or RedisQueue
+  queue::TaskQueue& mine() { return journal ? static_cast<queue::TaskQueue&>(*journal) : *client; }
+};
+
+// Opens the queue (the coordinator: creates and enqueues), then serves or connects.
+Status open_queues(const WorkloadContext& ctx, uint64_t* images, Queues* qs) {
+  const JobSpec& spec = ctx.spec;
+  const bool coordinator = ctx.rank == 0, redis = spec.curate.backend == "redis";
   Status setup = Status::ok();
-  if (coordinator) {
-    auto ds = io::ImageDataset::open(spec.data.dir);
-    if (!ds) setup = ds.status();
-    if (setup.is_ok()) images = ds->size();
-    std::error_code ec;
-    fs::create_directories(parts, ec);
-    queue::JournalOptions o;
+  if (redis) {
+    queue::RedisOptions o;
     o.lease_s = spec.curate.lease_s;
     o.max_attempts = spec.curate.max_attempts;
-    if (setup.is_ok()) {
+    auto r = queue::RedisQueue::connect(spec.curate.redis, spec.curate.queue, o);
+    if (!r) setup = r.status();
+    if (r) qs->client = std::move(r).value();
+  }
+  if (coordinator && setup.is_ok()) {
+    auto ds = io::ImageDataset::open(spec.data.dir);
+    if (!ds) setup = ds.status();
+    if (setup.is_ok()) *images = ds->size();
+    std::error_code ec;
+    fs::create_directories(spec.workdir + "/curate/parts", ec);
+    if (setup.is_ok() && !redis) {
+      queue::JournalOptions o;
+      o.lease_s = spec.curate.lease_s;
+      o.max_attempts = spec.curate.max_attempts;
       auto j = queue::JournalQueue::open(spec.workdir + "/queue", o);
       if (!j) setup = j.status();
-      if (j) journal = std::move(j).value();
+      if (j) qs->journal = std::move(j).value();
     }
     if (setup.is_ok()) {
-      auto added = journal->enqueue(all_tasks(images, per_task));
+      auto added = qs->mine().enqueue(all_tasks(*images, uint64_t(spec.curate.task_images)));
       if (!added) setup = added.status();
-      if (added && *added > 0) spdlog::info("curate: enqueued {} task(s) of {} images", *added, per_task);
+      if (added && *added > 0)
+        spdlog::info("curate: enqueued {} task(s) of {} images", *added, spec.curate.task_images);
     }
   }
   // Everybody learns whether the coordinator is ready (or gives up with its error).
   MOBULA_RETURN_IF_ERROR(coordinators_verdict(ctx, setup));
+  if (redis) return Status::ok();
   if (coordinator) {
     queue::ServerOptions so;
     so.drain_file = spec.workdir + "/queue/drain";
     so.expire_every_s = std::min(1.0, spec.curate.lease_s / 4);
-    auto s = queue::QueueServer::start(ctx.world, *journal, so);
+    auto s = queue::QueueServer::start(ctx.world, *qs->journal, so);
     if (!s) return s.status();
-    server = std::move(s).value();
-  } else {
-    auto c = queue::MpiQueueClient::connect(ctx.world, 0);
-    if (!c) return c.status();
-    client = std::move(c).value();
+    qs->server = std::move(s).value();
+    return Status::ok();
   }
+  auto c = queue::MpiQueueClient::connect(ctx.world, 0);
+  if (!c) return c.status();
+  qs->client = std::move(c).value();
+  return Status::ok();
+}
+
+}  // namespace
+
+Status run_curate(const WorkloadContext& ctx) {
+  const JobSpec& spec = ctx.spec;
+  const bool coordinator = ctx.rank == 0, worker = ctx.layout.at(ctx.rank).role == "embed";
+  MOBULA_RETURN_IF_ERROR(ensure_input(ctx));
+  uint64_t images = 0;
+  Queues qs;
+  MOBULA_RETURN_IF_ERROR(open_queues(ctx, &images, &qs));
   const double t0 = now();
   Status st = Status::ok();
-  if (worker) st = worker_loop(ctx, spec, *client, parts);
+  if (worker) st = worker_loop(ctx, spec, qs.mine(), spec.workdir + "/curate/parts");
   if (coordinator) {
-    const int64_t total = int64_t((images + per_task - 1) / per_task);
-    Progress progress(spec, total);
-    if (auto s0 = journal->stats(); s0) progress.start_from(s0->done);
-    st = wait_until_settled(ctx, *journal, progress);
+    const uint64_t per_task = uint64_t(spec.curate.task_images);
+    Progress progress(spec, int64_t((images + per_task - 1) / per_task));
+    if (auto s0 = qs.mine().stats(); s0) progress.start_from(s0->done);
+    st = wait_until_settled(ctx, qs.mine(), progress);
   }
   // Every worker is done (its last request answered) once all ranks are here.
   int mine = st.is_ok() ? 0 : 1, any = 0;
   MOBULA_MPI(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, ctx.world));
-  if (server) MOBULA_RETURN_IF_ERROR(server->stop());
-  client.reset();
-  server.reset();
+  if (qs.server) MOBULA_RETURN_IF_ERROR(qs.server->stop());
+  qs.server.reset();
   MOBULA_RETURN_IF_ERROR(st);
   if (any) return Status::external("curate: a worker failed (see its log)");
-  const Status result = coordinator ? finish(spec, *journal, images, now() - t0) : Status::ok();
+  const Status result = coordinator ? finish(spec, qs.mine(), images, now() - t0) : Status::ok();
   return coordinators_verdict(ctx, result);
 }
 

@@ -9,12 +9,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/runtime/process.h"
+#include "tests/support/redis_server.h"
 
 namespace mobula {
 namespace {
@@ -159,6 +162,70 @@ TEST_F(Curate, ACorruptJournalIsAClearErrorNamingTheRecord) {
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
   EXPECT_NE((r.out + r.err).find("queue.journal: record 1 at byte"), std::string::npos) << r.out << r.err;
   EXPECT_EQ(slurp(journal), bytes);  // nothing written over it
+}
+
+// A private redis-server for the Redis-backend tests (skips without one, fails under ./dev.sh test).
+std::unique_ptr<testing::RedisServer> redis_or_skip(const fs::path& dir, std::string* why) {
+  if (testing::RedisServer::binary().empty()) {
+    *why = "redis-server is not installed";
+    return nullptr;
+  }
+  auto r = std::make_unique<testing::RedisServer>(dir);
+  if (!r->start()) {
+    *why = "redis-server did not start (" + dir.string() + "/redis.log)";
+    return nullptr;
+  }
+  return r;
+}
+
+TEST_F(Curate, TheRedisBackendWritesTheSameDataset) {
+  ASSERT_FALSE(clean().empty());
+  std::string why;
+  auto redis = redis_or_skip(root_ / "redis-a", &why);
+  if (!redis) {
+    if (testing::RedisServer::required()) FAIL() << why;
+    GTEST_SKIP() << why;
+  }
+  const auto r = run("redis", {"curate.backend=\"redis\"", "curate.redis=" + redis->address()});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(curated(root_ / "redis"), clean());
+  auto st = run_capture({kExe, "queue", "status", "curate", "--redis", redis->address()}, 30);
+  ASSERT_TRUE(st.is_ok());
+  EXPECT_NE(st->out.find("pending 0  leased 0  done 8  dead 0  total 8"), std::string::npos) << st->out;
+}
+
+TEST_F(Curate, ARedisServerRestartedMidRunLosesNothing) {
+  ASSERT_FALSE(clean().empty());
+  std::string why;
+  auto redis = redis_or_skip(root_ / "redis-b", &why);
+  if (!redis) {
+    if (testing::RedisServer::required()) FAIL() << why;
+    GTEST_SKIP() << why;
+  }
+  const std::string name = "redis-restart";
+  auto job = std::async(std::launch::async, [&] {
+    return run(name, {"curate.backend=\"redis\"", "curate.redis=" + redis->address(), "curate.queue=restart"},
+               {{"MOBULA_FAULT_EMBED_DELAY_MS", "100"}});
+  });
+  // Once two parts are written: the server dies (SIGKILL) and comes back half a second later.
+  bool killed = false;
+  for (int i = 0; i < 600 && job.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready; ++i) {
+    size_t parts = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(root_ / name / "curate" / "parts", ec))
+      parts += e.path().extension() == ".part";
+    if (parts < 2) continue;
+    redis->stop(SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ASSERT_TRUE(redis->start());
+    killed = true;
+    break;
+  }
+  const auto r = job.get();
+  ASSERT_TRUE(killed) << "the job ended before the restart:\n" << r.out << r.err;
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("reconnected to redis"), std::string::npos) << r.out;
+  EXPECT_EQ(curated(root_ / name), clean());
 }
 
 }  // namespace
