@@ -252,8 +252,13 @@ Status RedisQueue::reconnect_locked() {
 
 Result<std::shared_ptr<redisReply>> RedisQueue::run(int s, const std::vector<std::string>& args) {
   std::lock_guard<std::mutex> lk(mu_);
+  // EVALSHA of the script's SHA-1 (the server's SCRIPT LOAD answer); a server that does not know
+  // it (restarted: its script cache is empty) gets the whole body once (EVAL, which caches it).
   const std::string body = std::string(kPrelude) + kScripts[s];
-  std::vector<std::string> argv = {"EVAL", body, std::to_string(keys_.size())};
+  if (shas_.empty()) shas_.resize(kCount);
+  const bool by_sha = !shas_[size_t(s)].empty();
+  std::vector<std::string> argv = {by_sha ? "EVALSHA" : "EVAL", by_sha ? shas_[size_t(s)] : body,
+                                   std::to_string(keys_.size())};
   argv.insert(argv.end(), keys_.begin(), keys_.end());
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<const char*> ptrs;
@@ -268,9 +273,21 @@ Result<std::shared_ptr<redisReply>> RedisQueue::run(int s, const std::vector<std
       if (r->type == REDIS_REPLY_ERROR) {
         const std::string e = reply_str(r.get());
         if (e.rfind("LOST ", 0) == 0) return Status::not_found(e.substr(5));
+        if (e.rfind("NOSCRIPT", 0) == 0) {  // resend with the body (it caches it again)
+          shas_[size_t(s)].clear();
+          argv[0] = "EVAL", argv[1] = body;
+          ptrs[0] = argv[0].data(), ptrs[1] = argv[1].data();
+          lens[0] = argv[0].size(), lens[1] = argv[1].size();
+          continue;
+        }
         // A server that is still loading its data after a restart: retry like a lost connection.
         if (e.rfind("LOADING", 0) != 0) return Status::external("queue: redis: " + e);
       } else {
+        if (!by_sha && shas_[size_t(s)].empty()) {  // learn its SHA-1 for the next calls
+          std::unique_ptr<redisReply, ReplyFree> sha(
+              static_cast<redisReply*>(redisCommand(c_, "SCRIPT LOAD %b", body.data(), body.size())));
+          if (sha && sha->type == REDIS_REPLY_STRING) shas_[size_t(s)] = reply_str(sha.get());
+        }
         return r;
       }
     }

@@ -2,7 +2,7 @@
 // array-job elements share one queue (docs/queue.md). Redis' reliable-list pattern: a lease moves a
 // task atomically from the pending list to the processing list (LMOVE) and records its token and
 // deadline; ack/fail/expiry take it off the processing list again. Every call is one Lua script
-// (EVAL; the server caches it compiled), atomic on the server; deadlines use the server's clock (TIME), so every client
+// (EVALSHA after the first EVAL of it), atomic on the server; deadlines use the server's clock (TIME), so every client
 // agrees on them.
 //
 // Keys (one hash tag, so a cluster keeps them in one slot): mobula:q:{NAME}:pending (list),
@@ -71,6 +71,7 @@ class RedisQueue final : public TaskQueue {
   std::string name_;
   RedisOptions o_;
   std::vector<std::string> keys_;
+  std::vector<std::string> shas_;  // per script: its SHA-1 once the server has it
   redisContext* c_ = nullptr;
   int64_t reconnects_ = 0;
   std::mutex mu_;
