@@ -490,6 +490,28 @@ std::string card(const std::string& title, const std::string& body, bool wide = 
   return std::string("<div class=\"card") + (wide ? " wide" : "") + "\"><h3>" + esc(title) + "</h3>" + body + "</div>";
 }
 
+// The task queue of a curation job (metrics.jsonl lines with tasks_done, one a second): tasks by
+// state and tasks/s over the job's seconds; "" when the job has no queue.
+std::string queue_cards(const std::vector<json>& metrics) {
+  std::optional<double> t0;
+  Chart states{"queue", "seconds", "tasks", "", {}, true, true, {}},
+      rate{"queue_rate", "seconds", "tasks/s", " /s", {}, false, true, {}};
+  states.series = {{"done", kGreen, {}}, {"leased", kOrange, {}}, {"pending", kBlue, {}}, {"dead", kSlate, {}}};
+  rate.series = {{"tasks/s", kCyan, {}}};
+  for (const json& m : metrics) {
+    const auto t = parse_utc(text(m, "time"));
+    if (!t || !num(m, "tasks_done")) continue;
+    if (!t0) t0 = *t;
+    const double x = *t - *t0;
+    const char* keys[] = {"tasks_done", "tasks_leased", "tasks_pending", "tasks_dead"};
+    for (size_t i = 0; i < 4; ++i) states.series[i].pts.emplace_back(x, num(m, keys[i]).value_or(0));
+    rate.series[0].pts.emplace_back(x, num(m, "tasks_per_s").value_or(0));
+  }
+  if (!t0) return "";
+  return "<h2>Task queue</h2>\n<div class=\"plots\">\n" + card("Tasks by state (stacked)", render_chart(states)) +
+         "\n" + card("Tasks per second (this attempt)", render_chart(rate)) + "\n</div>\n";
+}
+
 }  // namespace
 
 std::string html_escape(std::string_view s) {
@@ -638,14 +660,20 @@ std::string render_report(const JobView& job) {
             {{"staged", kBlue, {staged.begin(), staged.end()}}, {"durable", kGreen, {durable.begin(), durable.end()}}});
   ckpt.zero = true;
 
-  o += "<h2>Training</h2>\n<div class=\"plots\">\n";
-  o += card("Reward and accuracy", render_chart(reward)) + "\n";
-  o += card("Loss and KL", render_chart(loss)) + "\n";
-  o += card("Throughput (tokens/s)", render_chart(tokens)) + "\n";
-  o += card("Step-time breakdown (stacked, s)", render_chart(breakdown)) + "\n";
-  o += card("Weight-sync time (ms)", render_chart(sync)) + "\n";
-  o += card("Checkpoint stage / durable time (s)", render_chart(ckpt)) + "\n";
+  // A curation job has queue lines instead of training steps: its page shows the queue.
+  const std::string queue = queue_cards(job.metrics);
+  const bool training = queue.empty() || !reward.series[0].pts.empty() || !loss.series[0].pts.empty();
+  o += "<h2>" + std::string(training ? "Training" : "Attempts") + "</h2>\n<div class=\"plots\">\n";
+  if (training) {
+    o += card("Reward and accuracy", render_chart(reward)) + "\n";
+    o += card("Loss and KL", render_chart(loss)) + "\n";
+    o += card("Throughput (tokens/s)", render_chart(tokens)) + "\n";
+    o += card("Step-time breakdown (stacked, s)", render_chart(breakdown)) + "\n";
+    o += card("Weight-sync time (ms)", render_chart(sync)) + "\n";
+    o += card("Checkpoint stage / durable time (s)", render_chart(ckpt)) + "\n";
+  }
   o += card("Attempts and restarts", render_timeline(job.events), true) + "\n</div>\n";
+  o += queue;
 
   // Layout: rank, role, host from the last job_start.
   o += "<h2>Layout</h2>\n";

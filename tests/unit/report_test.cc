@@ -225,5 +225,22 @@ TEST_F(Report, SurvivesExtremeNumbers) {
   EXPECT_LT(html.size(), 200000u);
 }
 
+// A curation job's queue lines (tasks by state, tasks/s) make a "Task queue" section instead of
+// the empty training plots.
+TEST_F(Report, ACurationJobShowsItsQueue) {
+  std::ofstream(dir_ / "metrics.jsonl", std::ios::trunc)
+      << "{\"time\": \"2026-11-26T04:00:10.000Z\", \"attempt\": 0, \"step\": 1, \"tasks_done\": 2, "
+         "\"tasks_total\": 8, \"tasks_pending\": 4, \"tasks_leased\": 2, \"tasks_dead\": 0, \"tasks_per_s\": 2.0}\n"
+      << "{\"time\": \"2026-11-26T04:00:12.000Z\", \"attempt\": 0, \"step\": 7, \"tasks_done\": 8, "
+         "\"tasks_total\": 8, \"tasks_pending\": 0, \"tasks_leased\": 0, \"tasks_dead\": 0, \"tasks_per_s\": 3.5}\n";
+  const std::string html = render_report(load());
+  EXPECT_NE(html.find("<h2>Task queue</h2>"), std::string::npos);
+  EXPECT_NE(html.find("Tasks by state (stacked)"), std::string::npos);
+  EXPECT_EQ(html.find("Reward and accuracy"), std::string::npos);  // no training plots to show
+  // The GRPO fixture's page has no queue section.
+  SetUp();
+  EXPECT_EQ(render_report(load()).find("Task queue"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace mobula::launch
