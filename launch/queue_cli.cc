@@ -25,17 +25,13 @@ int fail(const char* what, const Status& st) {
   return st.code() == Status::Code::kInvalidArgument || st.code() == Status::Code::kNotFound ? 2 : 1;
 }
 
-}  // namespace
-
-// The queue of a Redis backend (curate.backend = redis): the same actions on the server's keys.
-int redis_queue(const std::string& action, const std::string& address, const std::string& name) {
-  auto q = queue::RedisQueue::connect(address, name);
-  if (!q) return fail(action.c_str(), q.status());
+// One action on a queue of either backend; `label` names it in the status header.
+int run_action(const std::string& action, queue::TaskQueue& q, const std::string& label) {
   if (action == "status") {
-    auto s = (*q)->stats();
-    auto dead = (*q)->dead();
+    auto s = q.stats();
+    auto dead = q.dead();
     if (!s || !dead) return fail("status", s ? dead.status() : s.status());
-    std::printf("queue %s on redis %s\n", name.c_str(), address.c_str());
+    std::printf("queue %s\n", label.c_str());
     std::printf("  pending %lld  leased %lld  done %lld  dead %lld  total %lld%s\n", static_cast<long long>(s->pending),
                 static_cast<long long>(s->leased), static_cast<long long>(s->done), static_cast<long long>(s->dead),
                 static_cast<long long>(s->total()), s->draining ? "  (draining)" : "");
@@ -43,22 +39,32 @@ int redis_queue(const std::string& action, const std::string& address, const std
       std::printf("  dead %s after %d attempt(s): %s\n", d.id.c_str(), d.attempts, d.error.c_str());
     return 0;
   }
-  Status st = Status::ok();
   if (action == "requeue-dead") {
-    auto n = (*q)->requeue_dead();
+    auto n = q.requeue_dead();
     if (!n) return fail("requeue-dead", n.status());
     std::printf("%lld dead task(s) back to pending, their attempts reset\n", static_cast<long long>(*n));
     return 0;
   }
-  if (action == "drain") st = (*q)->drain();
-  if (action == "resume") st = (*q)->resume();
-  if (!st.is_ok()) return fail(action.c_str(), st);
-  std::printf("%s: queue %s on redis %s\n", action == "drain" ? "drained" : "resumed", name.c_str(), address.c_str());
-  return 0;
+  if (action == "drain" || action == "resume") {
+    if (Status st = action == "drain" ? q.drain() : q.resume(); !st.is_ok()) return fail(action.c_str(), st);
+    std::printf("%s: queue %s\n", action == "drain" ? "drained (no task is handed out until resumed)" : "resumed",
+                label.c_str());
+    return 0;
+  }
+  std::fprintf(stderr, "mobula queue: unknown action '%s'; use status, requeue-dead, drain or resume\n",
+               action.c_str());
+  return 2;
 }
 
+}  // namespace
+
 int cmd_queue(const std::string& action, const std::string& dir, const std::string& redis, const std::string& name) {
-  if (!redis.empty()) return redis_queue(action, redis, name.empty() ? dir : name);
+  if (!redis.empty()) {  // a Redis backend (curate.backend = redis): the same actions on the server's keys
+    const std::string qname = name.empty() ? dir : name;
+    auto q = queue::RedisQueue::connect(redis, qname);
+    if (!q) return fail(action.c_str(), q.status());
+    return run_action(action, **q, qname + " on redis " + redis);
+  }
   const std::string qdir = queue_dir(dir);
   queue::JournalOptions ro = queue::owner_options(qdir);  // the job's poison limit
   ro.read_only = action == "status";
@@ -70,41 +76,13 @@ int cmd_queue(const std::string& action, const std::string& dir, const std::stri
     return 0;
   }
   if (!q) return fail(action.c_str(), q.status());
-  if (action == "status") {
-    auto s = (*q)->stats();
-    auto dead = (*q)->dead();
-    if (!s || !dead) return fail("status", s ? dead.status() : s.status());
-    std::printf("queue %s/queue.journal (%lld records%s)\n", qdir.c_str(),
-                static_cast<long long>((*q)->replayed_records()),
-                (*q)->torn_tail().empty() ? "" : ", a torn last record ignored");
-    std::printf("  pending %lld  leased %lld  done %lld  dead %lld  total %lld%s\n", static_cast<long long>(s->pending),
-                static_cast<long long>(s->leased), static_cast<long long>(s->done), static_cast<long long>(s->dead),
-                static_cast<long long>(s->total()), s->draining ? "  (draining)" : "");
-    for (const auto& d : *dead)
-      std::printf("  dead %s after %d attempt(s): %s\n", d.id.c_str(), d.attempts, d.error.c_str());
-    return 0;
-  }
-  if (action == "requeue-dead") {
-    auto n = (*q)->requeue_dead();
-    if (!n) return fail("requeue-dead", n.status());
-    std::printf("%lld dead task(s) back to pending, their attempts reset\n", static_cast<long long>(*n));
-    return 0;
-  }
   if (action == "resume") {
     std::error_code ec;
     fs::remove(fs::path(qdir) / "drain", ec);
-    if (Status st = (*q)->resume(); !st.is_ok()) return fail("resume", st);
-    std::printf("resumed: tasks are handed out again\n");
-    return 0;
   }
-  if (action == "drain") {
-    if (Status st = (*q)->drain(); !st.is_ok()) return fail("drain", st);
-    std::printf("drained: no task is handed out until `mobula queue resume %s`\n", dir.c_str());
-    return 0;
-  }
-  std::fprintf(stderr, "mobula queue: unknown action '%s'; use status, requeue-dead, drain or resume\n",
-               action.c_str());
-  return 2;
+  return run_action(action, **q,
+                    qdir + "/queue.journal (" + std::to_string((*q)->replayed_records()) + " records" +
+                        ((*q)->torn_tail().empty() ? "" : ", a torn last record ignored") + ")");
 }
 
 }  // namespace mobula::launch
