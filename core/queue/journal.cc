@@ -18,6 +18,7 @@
 
 #include "core/queue/codec.h"
 #include "core/runtime/files.h"
+#include "core/runtime/time_format.h"
 
 namespace mobula::queue {
 
@@ -54,10 +55,6 @@ enum : uint8_t {
 
 // Not journaled: every replay derives it again from the lease record without an end.
 const char* const kLostOnRestart = "lease lost: the queue's owner restarted (the worker or the job died)";
-
-double steady_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 uint64_t checksum(uint8_t type, const std::string& body) {
   XXH64_state_t* st = XXH64_createState();
@@ -114,7 +111,7 @@ JournalOptions owner_options(const std::string& dir) {
 }
 
 JournalQueue::JournalQueue(std::string dir, const JournalOptions& o)
-    : dir_(std::move(dir)), path_(dir_ + "/queue.journal"), o_(o), clock_(steady_now) {}
+    : dir_(std::move(dir)), path_(dir_ + "/queue.journal"), o_(o), clock_(monotonic_seconds) {}
 
 Result<std::unique_ptr<JournalQueue>> JournalQueue::open(const std::string& dir, const JournalOptions& o) {
   if (o.max_attempts < 1 || !(o.lease_s > 0) || !(o.flush_s > 0))

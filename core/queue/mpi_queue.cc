@@ -248,16 +248,25 @@ Result<std::string> MpiQueueClient::call(const std::string& request) {
   return msg->substr(msg->size() - p.left());
 }
 
+Status MpiQueueClient::call_status(const std::string& request) {
+  auto r = call(request);
+  return r ? Status::ok() : r.status();
+}
+
+Result<int64_t> MpiQueueClient::call_count(const std::string& request) {
+  auto r = call(request);
+  if (!r) return r.status();
+  Parse p(*r);
+  uint64_t n = 0;
+  if (!p.u64(&n)) return Status::external("queue: malformed reply from the queue server");
+  return static_cast<int64_t>(n);
+}
+
 Result<int64_t> MpiQueueClient::enqueue(const std::vector<TaskSpec>& tasks) {
   Body b;
   b.u8(kOpEnqueue).u32(uint32_t(tasks.size()));
   for (const auto& t : tasks) b.str(t.id).str(t.payload);
-  auto r = call(b.bytes());
-  if (!r) return r.status();
-  Parse p(*r);
-  uint64_t n = 0;
-  if (!p.u64(&n)) return Status::external("queue: malformed enqueue reply");
-  return static_cast<int64_t>(n);
+  return call_count(b.bytes());
 }
 
 Result<std::vector<Lease>> MpiQueueClient::lease(const std::string& worker, int max) {
@@ -275,31 +284,23 @@ Result<std::vector<Lease>> MpiQueueClient::lease(const std::string& worker, int 
 Status MpiQueueClient::renew(const Lease& l) {
   Body b;
   b.u8(kOpRenew);
-  auto r = call(put_lease(b, l).bytes());
-  return r ? Status::ok() : r.status();
+  return call_status(put_lease(b, l).bytes());
 }
 
 Status MpiQueueClient::ack(const Lease& l) {
   Body b;
   b.u8(kOpAck);
-  auto r = call(put_lease(b, l).bytes());
-  return r ? Status::ok() : r.status();
+  return call_status(put_lease(b, l).bytes());
 }
 
 Status MpiQueueClient::fail(const Lease& l, const std::string& error) {
   Body b;
   b.u8(kOpFail);
-  auto r = call(put_lease(b, l).str(error).bytes());
-  return r ? Status::ok() : r.status();
+  return call_status(put_lease(b, l).str(error).bytes());
 }
 
 Result<int64_t> MpiQueueClient::expire_leases() {
-  auto r = call(Body().u8(kOpExpire).bytes());
-  if (!r) return r.status();
-  Parse p(*r);
-  uint64_t n = 0;
-  if (!p.u64(&n)) return Status::external("queue: malformed reply");
-  return static_cast<int64_t>(n);
+  return call_count(Body().u8(kOpExpire).bytes());
 }
 
 Result<QueueStats> MpiQueueClient::stats() {
@@ -334,22 +335,15 @@ Result<std::vector<DeadTask>> MpiQueueClient::dead() {
 }
 
 Result<int64_t> MpiQueueClient::requeue_dead() {
-  auto r = call(Body().u8(kOpRevive).bytes());
-  if (!r) return r.status();
-  Parse p(*r);
-  uint64_t n = 0;
-  if (!p.u64(&n)) return Status::external("queue: malformed reply");
-  return static_cast<int64_t>(n);
+  return call_count(Body().u8(kOpRevive).bytes());
 }
 
 Status MpiQueueClient::resume() {
-  auto r = call(Body().u8(kOpResume).bytes());
-  return r ? Status::ok() : r.status();
+  return call_status(Body().u8(kOpResume).bytes());
 }
 
 Status MpiQueueClient::drain() {
-  auto r = call(Body().u8(kOpDrain).bytes());
-  return r ? Status::ok() : r.status();
+  return call_status(Body().u8(kOpDrain).bytes());
 }
 
 }  // namespace mobula::queue

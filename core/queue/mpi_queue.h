@@ -84,6 +84,8 @@ class MpiQueueClient final : public TaskQueue {
       : comm_(comm), server_(server), timeout_(timeout) {}
   // One request, its reply's body (after the status).
   Result<std::string> call(const std::string& request);
+  Status call_status(const std::string& request);          // a reply with no body
+  Result<int64_t> call_count(const std::string& request);  // a reply of one count
   MPI_Comm comm_;
   int server_;
   std::chrono::milliseconds timeout_;

@@ -33,6 +33,10 @@ std::optional<double> parse_utc(const std::string& s) {
   return days * 86400.0 + h * 3600.0 + mi * 60.0 + sec;
 }
 
+double monotonic_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 std::string format_duration(double s) {
   if (!(s >= 0)) return "-";
   char buf[32];

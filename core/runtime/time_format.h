@@ -14,6 +14,8 @@ std::string utc_now(bool millis = true);
 // "2026-11-26T04:31:12.223Z" (fraction optional) -> seconds since the epoch; nullopt when it is
 // not such a time.
 std::optional<double> parse_utc(const std::string& s);
+// Seconds on the monotonic clock (for durations; no relation to wall time).
+double monotonic_seconds();
 // "42.0s", "3m05s", "1h02m"; "-" for a negative or NaN duration.
 std::string format_duration(double seconds);
 

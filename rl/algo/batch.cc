@@ -23,8 +23,8 @@ Datum completion_datum(std::span<const int> seq, size_t first, std::span<const f
   return d;
 }
 
-Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::vector<Datum>& batch,
-                                                     const LossConfig& loss, double* tokens) {
+Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, std::span<const Datum> batch, const LossConfig& loss,
+                                                     double* tokens) {
   const int Tmax = model.config().max_seq;
   double n_total = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -107,7 +107,7 @@ Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::ve
   return out;
 }
 
-Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, const std::vector<Datum>& batch) {
+Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, std::span<const Datum> batch) {
   const int Tmax = model.config().max_seq;
   std::vector<std::vector<float>> out(batch.size());
   const size_t mb = static_cast<size_t>(model.max_batch());

@@ -48,11 +48,11 @@ Datum completion_datum(std::span<const int> seq, size_t first, std::span<const f
 // Forward + backward of `batch` in microbatches of at most model.max_batch() rows. Gradients of the
 // loss's TOKEN SUM accumulate into model.grads (the caller divides by all tokens before the
 // optimizer step); *tokens receives the number of trained tokens. The returned stats are means.
-Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, const std::vector<Datum>& batch,
-                                                     const LossConfig& loss, double* tokens);
+Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, std::span<const Datum> batch, const LossConfig& loss,
+                                                     double* tokens);
 
 // Log-probs of every datum's target tokens (one per position) under the model; no backward.
-Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, const std::vector<Datum>& batch);
+Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, std::span<const Datum> batch);
 
 // The optimizer step that goes with forward_backward_batch: divides the accumulated gradient token
 // sums by `tokens` (all trained tokens since the last step, over every replica) and applies `opt`

@@ -1,17 +1,14 @@
 #include "rl/algo/grpo.h"
 
+#include "core/runtime/time_format.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 
 namespace mobula::rl {
 
-namespace {
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 std::string completion_text(const Tokenizer& tok, std::vector<int> ids) {
   if (!ids.empty() && ids.back() == tok.eos()) ids.pop_back();
@@ -78,21 +75,21 @@ Result<Rollouts> grpo_rollouts(const SampleGroupsFn& sample, const Task& task, c
   }
   const SamplingParams sp = grpo_sampling(cfg, tok);
   Rollouts out;
-  const double ts0 = now();
+  const double ts0 = monotonic_seconds();
   auto samples = sample(prompts, sp);
   if (!samples) return samples.status();
   if (samples->size() != prompts.size() * size_t(G))
     return Status::external("grpo: the sampler returned " + std::to_string(samples->size()) + " completions, not " +
                             std::to_string(prompts.size() * size_t(G)));
-  out.stats.sample_seconds = now() - ts0;
-  const double tr0 = now();
+  out.stats.sample_seconds = monotonic_seconds() - ts0;
+  const double tr0 = monotonic_seconds();
   std::vector<float> rewards;
   for (size_t i = 0; i < prompts.size(); ++i)
     for (int g = 0; g < G; ++g)
       rewards.push_back(task.reward((*ex)[i], completion_text(tok, (*samples)[i * size_t(G) + size_t(g)].tokens)));
   auto adv = group_advantages(rewards, G, cfg.divide_by_std);
   if (!adv) return adv.status();
-  out.stats.reward_seconds = now() - tr0;
+  out.stats.reward_seconds = monotonic_seconds() - tr0;
   RolloutStats& st = out.stats;
   for (size_t i = 0; i < prompts.size(); ++i)
     for (int g = 0; g < G; ++g) {
@@ -154,12 +151,12 @@ Result<GrpoStepStats> grpo_step(TrainingClient& client, const Task& task, const 
   if (ro->records.empty()) return st;  // every group had equal rewards: nothing to learn from
   std::vector<Datum> batch;
   for (const auto& r : ro->records) batch.push_back(grpo_datum(r));
-  const double t0 = now();
+  const double t0 = monotonic_seconds();
   auto fb = client.forward_backward(std::move(batch), grpo_loss(cfg)).get();
   if (!fb) return fb.status();
   auto os = client.optim_step(cfg.adam).get();
   if (!os) return os.status();
-  st.seconds_train = now() - t0;
+  st.seconds_train = monotonic_seconds() - t0;
   st.loss = fb->stats.loss;
   st.clip_fraction = fb->stats.clip_fraction;
   st.kl = fb->stats.kl;

@@ -178,7 +178,7 @@ Result<ForwardBackwardOutput> TrainingClient::forward_backward_shards(const std:
       opts_.shards,
       [&](int s, std::span<float> value) -> Status {
         const size_t i = size_t(s - mine.first);
-        const std::vector<Datum> part(batch.begin() + long(begin[i]), batch.begin() + long(begin[i + 1]));
+        const auto part = std::span<const Datum>(batch).subspan(begin[i], begin[i + 1] - begin[i]);
         model_->zero_grad();
         double tokens = 0;
         double* st = &stats[i * 6];

@@ -9,11 +9,7 @@
 
 namespace mobula::rl {
 
-Result<ImageLatents> ImageLatents::create(const JobSpec& spec) {
-  ImageLatents m;
-  auto ds = io::ImageDataset::open(spec.data.dir);
-  if (!ds) return ds.status();
-  m.ds_ = std::make_unique<io::ImageDataset>(std::move(ds).value());
+Result<VaeEncoderConfig> ImageLatents::encoder_config(const JobSpec& spec) {
   VaeEncoderConfig cfg;
   cfg.image = spec.data.size;
   cfg.base_channels = spec.latent.base_channels;
@@ -21,6 +17,17 @@ Result<ImageLatents> ImageLatents::create(const JobSpec& spec) {
   cfg.groups = spec.latent.base_channels % 8 == 0 ? 8 : 4;
   if (Status v = cfg.validate(); !v.is_ok())
     return Status::invalid_spec(spec.where("latent.base_channels") + ": encoder: " + v.message());
+  return cfg;
+}
+
+Result<ImageLatents> ImageLatents::create(const JobSpec& spec) {
+  ImageLatents m;
+  auto ds = io::ImageDataset::open(spec.data.dir);
+  if (!ds) return ds.status();
+  m.ds_ = std::make_unique<io::ImageDataset>(std::move(ds).value());
+  auto config = encoder_config(spec);
+  if (!config) return config.status();
+  const VaeEncoderConfig& cfg = *config;
   auto enc = VaeEncoder<>::create(cfg);
   if (!enc) return enc.status();
   m.enc_ = std::make_unique<VaeEncoder<>>(std::move(enc).value());

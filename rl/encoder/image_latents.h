@@ -22,6 +22,8 @@ namespace mobula::rl {
 class ImageLatents {
  public:
   static Result<ImageLatents> create(const JobSpec& spec);
+  // The spec's encoder (validated) without building it: its latent_floats() is a latent's width.
+  static Result<VaeEncoderConfig> encoder_config(const JobSpec& spec);
   int latent_floats() const { return floats_; }
   uint64_t dataset_size() const { return ds_->size(); }
   io::ImageDataset& dataset() { return *ds_; }

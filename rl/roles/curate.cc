@@ -49,10 +49,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream ss;
@@ -211,27 +207,10 @@ Status worker_loop(const WorkloadContext& ctx, const JobSpec& spec, queue::TaskQ
 
 // ---- the coordinator -----------------------------------------------------------------------------
 
-Status ensure_input(const WorkloadContext& ctx) {
-  const DataSpec& d = ctx.spec.data;
-  Status st;
-  if (ctx.rank == 0 && !fs::exists(d.dir + "/dataset.json")) {
-    const double t0 = now();
-    st = io::generate_synthetic_dataset(d.dir, uint64_t(d.images), uint64_t(d.per_shard), d.size,
-                                        uint64_t(ctx.spec.seed), d.encoding, ctx.spec.curate.duplicates);
-    if (st.is_ok())
-      spdlog::info("data: generated {} synthetic {}x{} images ({}% near-duplicates) in {} in {:.1f} s", d.images,
-                   d.size, d.size, ctx.spec.curate.duplicates, d.dir, now() - t0);
-  }
-  int ok = st.is_ok() ? 1 : 0;
-  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
-  if (!ok) return st.is_ok() ? Status::io("data: rank 0 could not create " + d.dir + " (see its log)") : st;
-  return Status::ok();
-}
-
 // Progress into metrics.jsonl (the progress line, the report) and the registry, every second.
 class Progress {
  public:
-  Progress(const JobSpec& spec, int64_t total) : spec_(spec), total_(total), t0_(now()) {}
+  Progress(const JobSpec& spec, int64_t total) : spec_(spec), total_(total), t0_(monotonic_seconds()) {}
   void update(const queue::QueueStats& s, bool force = false) {
     auto& r = metrics::registry();
     for (const auto& [state, v] : {std::pair<const char*, int64_t>{"pending", s.pending},
@@ -239,9 +218,9 @@ class Progress {
                                    {"done", s.done},
                                    {"dead", s.dead}})
       r.gauge("mobula_queue_tasks", "Tasks in the queue by state", {{"state", state}}).set(double(v));
-    if (!force && now() - last_ < 1.0) return;
-    last_ = now();
-    const double rate = double(s.done - done0_) / std::max(1e-9, now() - t0_);
+    if (!force && monotonic_seconds() - last_ < 1.0) return;
+    last_ = monotonic_seconds();
+    const double rate = double(s.done - done0_) / std::max(1e-9, monotonic_seconds() - t0_);
     r.gauge("mobula_queue_tasks_per_second", "Tasks done per second (this attempt)").set(rate);
     ordered_json line = {{"time", utc_now()},        {"attempt", env_long("MOBULA_STEP_ATTEMPT", 0)},
                          {"step", s.done - 1},       {"tasks_done", s.done},
@@ -405,16 +384,17 @@ Status finish(const JobSpec& spec, queue::TaskQueue& journal, uint64_t images, d
     return Status::invalid_argument("curate: the queue was drained with " + std::to_string(stats->pending) +
                                     " task(s) pending; `mobula queue resume " + spec.workdir +
                                     "` and run the job again to finish them");
-  auto enc = ImageLatents::create(spec);  // the embedding width
-  if (!enc) return enc.status();
-  const int D = enc->latent_floats();
-  const double tr0 = now();
+  auto cfg = ImageLatents::encoder_config(spec);  // the embedding width (no encoder built)
+  if (!cfg) return cfg.status();
+  const int D = static_cast<int>(cfg->latent_floats());
+  const double tr0 = monotonic_seconds();
   auto red = reduce(spec, images, per_task, parts, D);
   if (!red) return red.status();
   spdlog::info(
       "curate: {} images -> {} kept, {} near-duplicates dropped (threshold {}); {} tasks in {:.2f} s, "
       "reduce {:.2f} s; manifest xxh64 {}",
-      images, red->kept, red->dropped, spec.curate.threshold, stats->done, t_tasks, now() - tr0, red->manifest_xxh64);
+      images, red->kept, red->dropped, spec.curate.threshold, stats->done, t_tasks, monotonic_seconds() - tr0,
+      red->manifest_xxh64);
   const ordered_json summary = {{"job", spec.name},
                                 {"images", images},
                                 {"tasks", stats->done},
@@ -510,11 +490,11 @@ Status open_queues(const WorkloadContext& ctx, uint64_t* images, Queues* qs) {
 Status run_curate(const WorkloadContext& ctx) {
   const JobSpec& spec = ctx.spec;
   const bool coordinator = ctx.rank == 0, worker = ctx.layout.at(ctx.rank).role == "embed";
-  MOBULA_RETURN_IF_ERROR(ensure_input(ctx));
+  MOBULA_RETURN_IF_ERROR(ensure_synthetic_dataset(ctx, spec.curate.duplicates));
   uint64_t images = 0;
   Queues qs;
   MOBULA_RETURN_IF_ERROR(open_queues(ctx, &images, &qs));
-  const double t0 = now();
+  const double t0 = monotonic_seconds();
   Status st = Status::ok();
   if (worker) st = worker_loop(ctx, spec, qs.mine(), spec.workdir + "/curate/parts");
   if (coordinator) {
@@ -530,7 +510,7 @@ Status run_curate(const WorkloadContext& ctx) {
   qs.server.reset();
   MOBULA_RETURN_IF_ERROR(st);
   if (any) return Status::external("curate: a worker failed (see its log)");
-  const Status result = coordinator ? finish(spec, qs.mine(), images, now() - t0) : Status::ok();
+  const Status result = coordinator ? finish(spec, qs.mine(), images, monotonic_seconds() - t0) : Status::ok();
   return coordinators_verdict(ctx, result);
 }
 

@@ -51,10 +51,6 @@ namespace {
 
 using nlohmann::ordered_json;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // The shard of item i of n when n items are cut into S shards (contiguous, as even as can be).
 int shard_of(int i, int n, int S) {
   return static_cast<int>(int64_t(i) * S / n);
@@ -279,14 +275,14 @@ class GrpoJob final : public TrainingWorkload {
   // ---- start: the warm start (a fresh job), its accuracy, the KL reference --------------------------
   Status begin(int64_t start) override {
     start_ = start;
-    t_start_ = now();
+    t_start_ = monotonic_seconds();
     if (s_.trainer && start == 0) MOBULA_RETURN_IF_ERROR(warm_start());
     if (lead_ && start == 0) {
       auto a = evaluate(*client_, *eval_sampler_, s_.task, s_.tok, rl_.eval_problems, rl_.max_new_tokens);
       if (!a) return a.status();
       base_acc_ = *a;
-      spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)", now() - t_start_,
-                   base_acc_, rl_.eval_problems);
+      spdlog::info("warm start done in {:.1f} s: held-out greedy accuracy {:.3f} ({} problems)",
+                   monotonic_seconds() - t_start_, base_acc_, rl_.eval_problems);
     }
     // Every trainer holds the warm-start accuracy: it goes into checkpoints (a collective attribute).
     if (s_.trainer) MOBULA_MPI(MPI_Bcast(&base_acc_, 1, MPI_DOUBLE, 0, s_.ctx.comms.role()));
@@ -300,17 +296,17 @@ class GrpoJob final : public TrainingWorkload {
                         .get();
       if (!copied) return copied.status();
     }
-    t_rl_ = now();
+    t_rl_ = monotonic_seconds();
     return Status::ok();
   }
 
   // ---- step k ----------------------------------------------------------------------------------
   Status step(int64_t k, Lifecycle& life) override {
     cur_ = StepState{};
-    cur_.t0 = now();
+    cur_.t0 = monotonic_seconds();
     life.beat("weight sync", k);
     MOBULA_RETURN_IF_ERROR(sync_at_step_start(k));
-    cur_.t_sync = now() - cur_.t0;
+    cur_.t_sync = monotonic_seconds() - cur_.t0;
     if (s_.rollout) {
       life.beat("sampling", k);
       return rollout_step(k);
@@ -327,9 +323,9 @@ class GrpoJob final : public TrainingWorkload {
     // The trainers now hold v_(k+1). One-step-off: ship it now; batch k+2 is the first to use it.
     double t_sync_after = 0;
     if (async() && k + 2 < spec_.steps) {
-      const double ta = now();
+      const double ta = monotonic_seconds();
       MOBULA_RETURN_IF_ERROR(sync_version(k + 1));
-      t_sync_after = now() - ta;
+      t_sync_after = monotonic_seconds() - ta;
     }
     // Lag between the policy being trained (v_k) and the one that sampled the batch.
     const int64_t lag = k - static_cast<int64_t>(cur_.total.version);
@@ -524,7 +520,7 @@ class GrpoJob final : public TrainingWorkload {
   // Trainers: every rollout's part of step k, in (prompt, sample) order, as datums of their shards.
   Status receive_batch(int64_t k, std::vector<Datum>* batch) {
     std::vector<RolloutRecord> recs;
-    const double tx0 = now();
+    const double tx0 = monotonic_seconds();
     for (int r = 0; r < s_.R; ++r) {
       int64_t size = 0;
       Options o;
@@ -548,7 +544,7 @@ class GrpoJob final : public TrainingWorkload {
       cur_.total.add(st);
     }
     // Waiting for and receiving the batch, less the rollouts' own sampling and reward time.
-    cur_.t_wait = now() - tx0;
+    cur_.t_wait = monotonic_seconds() - tx0;
     std::sort(recs.begin(), recs.end(), [](const RolloutRecord& a, const RolloutRecord& b) {
       return a.prompt != b.prompt ? a.prompt < b.prompt : a.sample < b.sample;
     });
@@ -560,7 +556,7 @@ class GrpoJob final : public TrainingWorkload {
   }
 
   Status train(std::vector<Datum> batch, Lifecycle& life) {
-    const double tt0 = now();
+    const double tt0 = monotonic_seconds();
     if (async()) {  // v_k, for a checkpoint at boundary k+1
       // prev_params is part of a staged checkpoint: its copy must be done before it changes.
       cur_.blocked_by_save = life.wait_staged();
@@ -577,7 +573,7 @@ class GrpoJob final : public TrainingWorkload {
                          [&] { return life.wait_staged(); });
     if (!st) return st.status();
     cur_.result = *st;
-    cur_.t_train = now() - tt0;
+    cur_.t_train = monotonic_seconds() - tt0;
     return Status::ok();
   }
 
@@ -587,8 +583,7 @@ class GrpoJob final : public TrainingWorkload {
     for (size_t i = 0; i < batch.size();) {
       size_t j = i;
       while (j < batch.size() && batch[j].shard == batch[i].shard) ++j;
-      const std::vector<Datum> part(batch.begin() + long(i), batch.begin() + long(j));
-      auto lr = forward_batch(*ref_model_, part);
+      auto lr = forward_batch(*ref_model_, std::span<const Datum>(batch).subspan(i, j - i));
       if (!lr) return lr.status();
       for (size_t d = i; d < j; ++d) batch[d].logprobs_ref = std::move((*lr)[d - i]);
       i = j;
@@ -612,7 +607,7 @@ class GrpoJob final : public TrainingWorkload {
     m.loss = st.loss;
     m.trained_tokens = st.tokens;
     m.completion_tokens = total.completion_tokens;
-    m.step_s = now() - cur_.t0;
+    m.step_s = monotonic_seconds() - cur_.t0;
     m.tokens_per_s = total.completion_tokens / m.step_s;
     m.sync_s = cur_.t_sync + t_sync_after;
     m.sample_s = total.sample_seconds;
@@ -645,7 +640,7 @@ class GrpoJob final : public TrainingWorkload {
   }
 
   Status write_summary(int64_t start, double final_acc, const std::string& params_hash) {
-    const double wall = now() - t_start_, rl_wall = now() - t_rl_;
+    const double wall = monotonic_seconds() - t_start_, rl_wall = monotonic_seconds() - t_rl_;
     StepMetrics mean;
     double sum_tokens = 0, sum_step = 0;
     ordered_json steps = ordered_json::array();

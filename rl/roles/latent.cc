@@ -32,6 +32,7 @@
 #include "core/runtime/hash.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/runtime/time_format.h"
 #include "core/stage/stage.h"
 #include "core/transport/flows.h"
 #include "core/transport/shard_sum.h"
@@ -52,10 +53,6 @@ namespace {
 
 using Exec = Kokkos::DefaultExecutionSpace;
 using View = Kokkos::View<float*, Exec::memory_space>;
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 double uniform(uint64_t key) {
   return double(splitmix64(key) >> 11) * (1.0 / 9007199254740992.0);
@@ -158,24 +155,6 @@ class Denoiser {
   View in_, h_, a_, out_, dout_, da_, dh_;
 };
 
-// Rank 0 makes the synthetic dataset when data.dir holds none; everybody waits for it.
-Status ensure_dataset(const WorkloadContext& ctx) {
-  const DataSpec& d = ctx.spec.data;
-  Status st;
-  if (ctx.rank == 0 && !std::filesystem::exists(d.dir + "/dataset.json")) {
-    const double t0 = now();
-    st = io::generate_synthetic_dataset(d.dir, uint64_t(d.images), uint64_t(d.per_shard), d.size,
-                                        uint64_t(ctx.spec.seed), d.encoding);
-    if (st.is_ok())
-      spdlog::info("data: generated {} synthetic {}x{} {} images in {} in {:.1f} s", d.images, d.size, d.size,
-                   d.encoding, d.dir, now() - t0);
-  }
-  int ok = st.is_ok() ? 1 : 0;
-  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
-  if (!ok) return st.is_ok() ? Status::io("data: rank 0 could not create " + d.dir + " (see its log)") : st;
-  return Status::ok();
-}
-
 // The trainers' side of latent-pretrain as a workload of the shared lifecycle. Step j trains on
 // item j of the stage (so the step in the checkpoint is also the data cursor). The step's batch is
 // cut into job.shards shards of batch / shards samples; a trainer computes the gradient of each of
@@ -239,14 +218,14 @@ class LatentTrainer final : public TrainingWorkload {
       if (!c) return c.status();
       consumer_ = std::move(c).value();
     }
-    t_run_ = now();
+    t_run_ = monotonic_seconds();
     return Status::ok();
   }
 
   Status step(int64_t j, Lifecycle& life) override {
     life.beat("step", j);
     MOBULA_RETURN_IF_ERROR(load_batch(j));
-    const double t1 = now();
+    const double t1 = monotonic_seconds();
     // The gradient and the squared errors of each of this trainer's shards, summed in the tree.
     std::vector<double> sse(size_t(mine_.size()));
     MOBULA_RETURN_IF_ERROR(sum_shards<float>(
@@ -275,7 +254,7 @@ class LatentTrainer final : public TrainingWorkload {
     std::copy(grads_.begin(), grads_.end(), g.data());
     Kokkos::deep_copy(net_.grads, g);
     net_.opt->step(net_.params, net_.grads);
-    t_train_ += now() - t1;
+    t_train_ += monotonic_seconds() - t1;
     loss_ = total_sse / (double(L_.batch) * double(D_));
     if (losses_.empty()) first_loss_ = loss_;
     losses_.push_back(loss_);
@@ -297,7 +276,7 @@ class LatentTrainer final : public TrainingWorkload {
   Status drain(int64_t) override { return consumer_ ? consumer_->finish() : Status::ok(); }
 
   Status finish(int64_t start) override {
-    const double wall = now() - t_run_;
+    const double wall = monotonic_seconds() - t_run_;
     if (consumer_) MOBULA_RETURN_IF_ERROR(consumer_->finish());
     if (lead_) MOBULA_RETURN_IF_ERROR(write_summary(start, wall));
     return Status::ok();
@@ -306,16 +285,16 @@ class LatentTrainer final : public TrainingWorkload {
  private:
   // This trainer's share of step j (its shards' samples, in order) into ids_ and x_.
   Status load_batch(int64_t j) {
-    const double t0 = now();
+    const double t0 = monotonic_seconds();
     if (L_.mode == "jit") {
       auto item = consumer_->next();
       if (!item) return item.status();
       std::copy(item->samples.begin(), item->samples.end(), ids_.begin());
       std::copy(item->data.begin(), item->data.end(), x_.begin());
-      t_wait_ += now() - t0;
+      t_wait_ += monotonic_seconds() - t0;
       static auto& m_stall =
           metrics::registry().counter("mobula_stage_wait_seconds_total", "Time trainers waited for data");
-      m_stall.inc(now() - t0);
+      m_stall.inc(monotonic_seconds() - t0);
       return Status::ok();
     }
     const uint64_t N = maker_.dataset_size();
@@ -323,7 +302,7 @@ class LatentTrainer final : public TrainingWorkload {
     for (int s = 0; s < per_; ++s) ids_[size_t(s)] = stage::sample_at(first + uint64_t(s), N, uint64_t(spec_.seed));
     if (L_.mode == "inline") {
       MOBULA_RETURN_IF_ERROR(maker_.make(ids_, x_.data()));
-      t_encode_ += now() - t0;
+      t_encode_ += monotonic_seconds() - t0;
       return Status::ok();
     }
     for (int s = 0; s < per_; ++s)
@@ -410,7 +389,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
     if (ctx.watchdog) ctx.watchdog->beat(phase, step);
     if (ctx.metrics) ctx.metrics->tick();
   };
-  MOBULA_RETURN_IF_ERROR(ensure_dataset(ctx));
+  MOBULA_RETURN_IF_ERROR(ensure_synthetic_dataset(ctx, /*duplicate_percent=*/0));
   auto maker_r = ImageLatents::create(spec);
   if (!maker_r) return maker_r.status();
   ImageLatents maker = std::move(maker_r).value();
@@ -421,7 +400,7 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
   // ---- offline: every rank encodes a contiguous share of the dataset into latents.h5 ----------
   std::vector<float> table;  // offline: (N, D) on trainers
   if (L.mode == "offline") {
-    const double t0 = now();
+    const double t0 = monotonic_seconds();
     int world = 1;
     MOBULA_MPI(MPI_Comm_size(ctx.world, &world));
     const uint64_t lo = N * uint64_t(ctx.rank) / uint64_t(world), hi = N * uint64_t(ctx.rank + 1) / uint64_t(world);
@@ -447,7 +426,8 @@ Status run_latent_pretrain(const WorkloadContext& ctx) {
       table.resize(N * uint64_t(D));
       MOBULA_RETURN_IF_ERROR(f->read_slices("latents", table, MPI_COMM_SELF));
     }
-    if (ctx.rank == 0) spdlog::info("offline: encoded {} images into {} in {:.2f} s", N, path, now() - t0);
+    if (ctx.rank == 0)
+      spdlog::info("offline: encoded {} images into {} in {:.2f} s", N, path, monotonic_seconds() - t0);
     if (!trainer) return Status::ok();
   }
 

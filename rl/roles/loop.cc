@@ -9,6 +9,7 @@
 #include "core/runtime/environment.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/runtime/time_format.h"
 
 namespace mobula::rl {
 
@@ -16,10 +17,6 @@ namespace {
 
 void record_preemption(const WorkloadContext& ctx, int64_t step, int sig, bool checkpointed);
 void record_checkpoint_failure(const WorkloadContext& ctx, int64_t step, const Status& saved);
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // The fault-injection switches (docs/testing.md), read once. A rank-specific switch applies to
 // world rank MOBULA_FAULT_KILL_RANK (default 0) in the launch MOBULA_FAULT_KILL_ATTEMPT names.
@@ -201,7 +198,7 @@ class Loop final : public Lifecycle {
   // it (and reports the outcome there); the others go on. A failed save is reported and training
   // goes on: `latest` still names the previous checkpoint and the next interval tries again.
   double periodic_save(int64_t steps_done) {
-    const double t0 = now();
+    const double t0 = monotonic_seconds();
     if (async_mode()) {
       if (!async_) return 0.0;
       // The previous save's outcome, which its background thread has reported already.
@@ -209,10 +206,10 @@ class Loop final : public Lifecycle {
         record_checkpoint_failure(ctx_, steps_done - 1, st);
       else
         (void)async_->stage(state_after(steps_done));
-      return now() - t0;
+      return monotonic_seconds() - t0;
     }
     const Status saved = save_sync(steps_done, spec_.checkpoint.keep);
-    const double secs = now() - t0;
+    const double secs = monotonic_seconds() - t0;
     if (lead_ && !saved.is_ok()) record_checkpoint_failure(ctx_, steps_done - 1, saved);
     if (lead_ && saved.is_ok()) {
       spdlog::info("checkpoint after step {} published in {:.3f} s", steps_done - 1, secs);

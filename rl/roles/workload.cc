@@ -2,12 +2,15 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <thread>
 
 #include "core/metrics/events.h"
 #include "core/runtime/log.h"
 #include "core/runtime/mpi.h"
+#include "core/runtime/time_format.h"
+#include "io/synthetic_images.h"
 
 namespace mobula::rl {
 namespace {
@@ -112,6 +115,25 @@ Status run_layout_check(const WorkloadContext& ctx) {
   if (ctx.rank == 0)
     spdlog::info("layout check passed: {} ranks, {} roles, {} links, {} steps", ctx.layout.world_size(),
                  ctx.layout.roles().size(), ctx.layout.links().size(), ctx.spec.steps);
+  return Status::ok();
+}
+
+Status ensure_synthetic_dataset(const WorkloadContext& ctx, int duplicate_percent) {
+  const DataSpec& d = ctx.spec.data;
+  Status st;
+  if (ctx.rank == 0 && !std::filesystem::exists(d.dir + "/dataset.json")) {
+    const double t0 = monotonic_seconds();
+    st = io::generate_synthetic_dataset(d.dir, uint64_t(d.images), uint64_t(d.per_shard), d.size,
+                                        uint64_t(ctx.spec.seed), d.encoding, duplicate_percent);
+    if (st.is_ok())
+      spdlog::info("data: generated {} synthetic {}x{} {} images{} in {} in {:.1f} s", d.images, d.size, d.size,
+                   d.encoding,
+                   duplicate_percent > 0 ? " (" + std::to_string(duplicate_percent) + "% near-duplicates)" : "", d.dir,
+                   monotonic_seconds() - t0);
+  }
+  int ok = st.is_ok() ? 1 : 0;
+  MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
+  if (!ok) return st.is_ok() ? Status::io("data: rank 0 could not create " + d.dir + " (see its log)") : st;
   return Status::ok();
 }
 

@@ -28,6 +28,11 @@ struct WorkloadContext {
 
 Status run_workload(const WorkloadContext& ctx);
 
+// Rank 0 writes the synthetic image dataset (io/synthetic_images.h, with `duplicate_percent` near-
+// duplicates) into data.dir when it holds none; every rank learns the outcome (collective over the
+// world): rank 0's error, or "could not create" on the others.
+Status ensure_synthetic_dataset(const WorkloadContext& ctx, int duplicate_percent);
+
 // `layout-check`: each step, every role communicator and every link communicator runs an
 // all-reduce whose result is predicted from the layout (sum of world ranks, sum of role ids), and a
 // broadcast from the first role of each link carrying (step, seed); any mismatch is an error.
