@@ -5,7 +5,10 @@
 // Restore reads come from the page cache in both rows (no cache drop without root rights).
 // Asynchronous saves: the stall (the staging copy) against the synchronous save time.
 //
-//   mpirun -np 2 perf/bench_checkpoint [MiB-per-buffer=64] [iters=5] [dir=.]
+//   mpirun -np 2 perf/bench_checkpoint [MiB-per-buffer=64] [iters=5] [dir=.] [--kib KiB-per-buffer] [--csv FILE]
+//
+// --kib: the buffer size in KiB instead (small checkpoints: the scaling study's latency term);
+// --csv: one machine-readable line per row (perf/harness.h CsvLog) for the scaling study's model.
 #include <fcntl.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -34,10 +37,13 @@ int main(int argc, char** argv) {
   auto env = Environment::init(&argc, &argv);
   if (!env) die(env.status().message());
   const int rank = (*env)->rank(), size = (*env)->size();
+  const std::string kib = perf::take_flag(&argc, argv, "--kib");
+  const perf::CsvLog csv("bench_checkpoint", perf::take_flag(&argc, argv, "--csv"));
   const size_t mib = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 64;
   const int iters = argc > 2 ? std::atoi(argv[2]) : 5;
   const std::string dir = (argc > 3 ? std::string(argv[3]) : std::string(".")) + "/bench_checkpoint.d";
-  const size_t n = mib * (1 << 20) / sizeof(float);
+  const size_t n = (kib.empty() ? mib * (1 << 20) : std::strtoul(kib.c_str(), nullptr, 10) * 1024) / sizeof(float);
+  if (n == 0) die("the buffer size must be at least 4 bytes (MiB-per-buffer or --kib)");
   std::vector<std::vector<float>> state(3, std::vector<float>(n)), back(3, std::vector<float>(n));
   for (size_t b = 0; b < 3; ++b)
     for (size_t i = 0; i < n; ++i) state[b][i] = static_cast<float>((b * 7919 + i) % 16777216) * 0.5f;
@@ -125,13 +131,15 @@ int main(int argc, char** argv) {
     ::close(fd);
   });
   if (rank == 0) {
-    std::printf("# bench_checkpoint: %d ranks, 3 buffers x %zu MiB (replicated), %d iterations (median), dir %s\n",
-                size, mib, iters, dir.c_str());
+    std::printf("# bench_checkpoint: %d ranks, 3 buffers x %zu KiB (replicated), %d iterations (median), dir %s\n",
+                size, n * sizeof(float) / 1024, iters, dir.c_str());
     perf::print_header();
     perf::print_row(wrow, size, nullptr);
     perf::print_row(save, size, &wrow);
     perf::print_row(rrow, size, nullptr);
     perf::print_row(load, size, &rrow);
+    csv.row("dd", "write_fsync", size, wrow);
+    csv.row("hdf5", "checkpoint_save", size, save);
     const double st = perf::median(stall), sf = perf::median(stall_fb), du = perf::median(durable),
                  sync = perf::median(save.s);
     std::printf("async save: durable after %.1f ms; sync save %.1f ms\n", du * 1e3, sync * 1e3);

@@ -16,8 +16,10 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -91,5 +93,40 @@ inline void print_row(const Row& r, int nranks, const Row* baseline) {
   std::printf("%-28s %12.0f %11.3f %9.3f %9.3f %7lld %8s\n", r.name.c_str(), r.bytes, t * 1e3, alg,
               alg * bus_factor(r.pattern, nranks), r.wrong, ratio);
 }
+
+// `--NAME VALUE` anywhere in argv: removed from argv (the positional arguments keep their places),
+// its value returned; `fallback` when absent.
+inline std::string take_flag(int* argc, char** argv, const char* name, std::string fallback = "") {
+  for (int i = 1; i + 1 < *argc; ++i) {
+    if (std::strcmp(argv[i], name) != 0) continue;
+    std::string v = argv[i + 1];
+    for (int j = i; j + 2 <= *argc; ++j) argv[j] = argv[j + 2];
+    *argc -= 2;
+    return v;
+  }
+  return fallback;
+}
+
+// Machine-readable results for the scaling study's cost model (perf/scaling/cost_model.h): with a
+// path, one "bench,backend,op,ranks,bytes,median_s,wrong" line per row is appended (the header when
+// the file is new). Rank 0 only; a file that cannot be written ends the benchmark.
+class CsvLog {
+ public:
+  CsvLog(const char* bench, std::string path) : bench_(bench), path_(std::move(path)) {}
+  bool on() const { return !path_.empty(); }
+  void row(const std::string& backend, const std::string& op, int ranks, const Row& r) const {
+    if (path_.empty()) return;
+    FILE* f = std::fopen(path_.c_str(), "a");
+    if (!f) die(bench_, path_ + ": " + std::strerror(errno));
+    if (std::ftell(f) == 0) std::fputs("bench,backend,op,ranks,bytes,median_s,wrong\n", f);
+    std::fprintf(f, "%s,%s,%s,%d,%.0f,%.9g,%lld\n", bench_, backend.c_str(), op.c_str(), ranks, r.bytes, median(r.s),
+                 r.wrong);
+    if (std::fclose(f) != 0) die(bench_, path_ + ": " + std::strerror(errno));
+  }
+
+ private:
+  const char* bench_;
+  std::string path_;
+};
 
 }  // namespace mobula::perf
