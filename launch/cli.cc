@@ -4,6 +4,7 @@
 #include "core/config.h"
 #include "launch/commands.h"
 #include "launch/history.h"
+#include "launch/scale_study.h"
 #include "launch/step.h"
 
 namespace mobula::launch {
@@ -119,6 +120,51 @@ int mobula_main(int argc, char** argv) {
     sub->add_option("--redis", queue_redis, "HOST:PORT of a Redis backend (curate.backend = redis)");
   }
 
+  ScaleStudyOptions scale_o;
+  auto* scale = app.add_subcommand(
+      "scale-study",
+      "Run a spec over a sweep of rank counts (resumable), fit the cost model, write points.csv and an HTML page");
+  scale->add_option("spec", scale_o.spec, "Job spec (TOML)")->check(CLI::ExistingFile);
+  scale->add_option("--set", scale_o.sets, "Override a spec value for every point, KEY=VALUE (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  scale
+      ->add_option("--sweep", scale_o.sweeps,
+                   "NAME=V1,V2,...: a role's ranks (trainers, rollouts, embed), nodes, or a spec key (repeatable; "
+                   "the points are every combination)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  scale->add_option("--mode", scale_o.mode, "strong (the batch stays) or weak (it grows with the first role axis)")
+      ->check(CLI::IsMember({"strong", "weak"}));
+  scale->add_option("--repeats", scale_o.repeats, "Runs per point (medians; default 1)")->check(CLI::Range(1, 100));
+  scale->add_option("-o,--out", scale_o.out, "Study directory (default: the spec's work dir + -scale)");
+  scale->add_flag("--slurm", scale_o.slurm, "Run each point as a Slurm job, one after the other (afterany)");
+  bool scale_no_cal = false;
+  scale->add_flag("--no-calibrate", scale_no_cal,
+                  "Skip the communication benchmarks (the model uses the base point's)");
+  scale->add_option("--point-timeout", scale_o.point_timeout_s, "Seconds one run may take (default 3600)")
+      ->check(CLI::PositiveNumber);
+  scale->add_option("--bench-dir", scale_o.bench_dir, "Where bench_transport and bench_checkpoint are (build/perf)");
+  std::string fit_dir;
+  auto* scale_fit = scale->add_subcommand("fit", "Refit the model and redraw a study directory from its CSV files");
+  scale_fit->add_option("dir", fit_dir, "The study directory")->required();
+  ProjectOptions proj_o;
+  auto* scale_proj = scale->add_subcommand("project", "Project a GRPO step to large clusters (docs/scaling.md)");
+  scale_proj->add_option("--models", proj_o.models, "Model sizes (default 1B,8B,70B)");
+  scale_proj->add_option("--gpus", proj_o.gpus, "GPU counts (default 64,...,4096)");
+  scale_proj->add_option("--link-gbs", proj_o.a.link_gbs, "GB/s per GPU between nodes (default 25)")
+      ->check(CLI::PositiveNumber);
+  scale_proj->add_option("--alpha-us", proj_o.a.alpha_us, "Latency per message in us (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  scale_proj->add_option("--tflops", proj_o.a.gpu_tflops, "Peak TFLOP/s per GPU (default 989)")
+      ->check(CLI::PositiveNumber);
+  scale_proj->add_option("--mfu", proj_o.a.mfu, "Training MFU (default 0.4)")->check(CLI::Range(0.01, 1.0));
+  scale_proj->add_option("--tokens-per-gpu", proj_o.a.tokens_per_gpu, "Trained tokens per trainer GPU per step")
+      ->check(CLI::PositiveNumber);
+  scale_proj->add_option("--ckpt-every", proj_o.a.ckpt_every, "Steps per checkpoint (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  scale_proj->add_option("-o,--out", proj_o.out, "Also write the table as CSV");
+
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
   try {
@@ -144,6 +190,16 @@ int mobula_main(int argc, char** argv) {
   if (history->parsed()) return cmd_history(!history_no_slurm);
   if (show->parsed()) return cmd_show(show_job, show_events);
   if (report->parsed()) return cmd_report(report_job, report_out);
+  if (scale_fit->parsed()) return cmd_scale_fit(fit_dir);
+  if (scale_proj->parsed()) return cmd_scale_project(proj_o);
+  if (scale->parsed()) {
+    if (scale_o.spec.empty()) {
+      std::fprintf(stderr, "mobula scale-study: a spec is required (or: scale-study fit DIR | project); see --help\n");
+      return 2;
+    }
+    scale_o.calibrate = !scale_no_cal;
+    return cmd_scale_study(scale_o);
+  }
   return cmd_version();
 }
 

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/runtime/status.h"
+
 namespace mobula::launch {
 
 struct SpecArgs {
@@ -16,6 +18,10 @@ int cmd_check(const SpecArgs& a, int np, bool all_keys);
 int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
 int cmd_worker(const SpecArgs& a, int argc, char** argv);
 int cmd_submit(const SpecArgs& a, bool dry_run);
+// What cmd_submit does, with extra sbatch arguments (e.g. --dependency=afterany:ID): the job id, or
+// with dry_run the script. On failure *exit_code is 2 (bad input) or 1.
+Result<std::string> submit_spec(const SpecArgs& a, const std::vector<std::string>& sbatch_args, bool dry_run,
+                                int* exit_code);
 // "completed", "bad input", "preempted", "stuck rank" or "failed" for a job's exit code.
 const char* outcome_of(int code);
 int cmd_status(const std::string& job);  // "" lists every registered job

@@ -670,6 +670,7 @@ class GrpoJob final : public TrainingWorkload {
                             {"trainers", s_.T},
                             {"rollouts", s_.R},
                             {"shards", spec_.shards},
+                            {"params", s_.nparams},
                             {"warm_start_steps", rl_.warm_start_steps},
                             {"rl_steps", spec_.steps},
                             {"first_step", start},

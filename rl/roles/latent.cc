@@ -335,7 +335,8 @@ class LatentTrainer final : public TrainingWorkload {
     spdlog::info(
         "{} steps in {:.2f} s ({:.1f} samples/s); stall {:.1f}% of the wall time, encode {:.2f} s, train {:.2f} s",
         steps, wall, rate, 100.0 * stall, t_encode_, t_train_);
-    const nlohmann::ordered_json j = {{"job", spec_.name},      {"mode", L_.mode},
+    const nlohmann::ordered_json j = {{"job", spec_.name},      {"spec_hash", spec_.hash()},
+                                      {"params", net_.size()},  {"mode", L_.mode},
                                       {"trainers", T_},         {"embed", ctx_.layout.ranks_of("embed").size()},
                                       {"shards", spec_.shards}, {"steps", spec_.steps},
                                       {"first_step", start},    {"batch", L_.batch},

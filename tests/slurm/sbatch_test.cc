@@ -666,5 +666,31 @@ TEST_F(Sbatch, FailingStepFailsTheJob) {
   EXPECT_EQ(n, 1u) << out;
 }
 
+TEST_F(Sbatch, ScaleStudyRunsEachPointAsAJobAfterThePrevious) {
+  // `mobula scale-study --slurm`: one batch job per run, each depending on the last (afterany), so
+  // no two runs share the nodes; the study waits for them and reads their summaries.
+  const std::string out = (dir_ / "study").string();
+  auto r = run_capture({kExe, "scale-study", kSrc + "/examples/grpo-addition.toml", "--slurm", "--sweep",
+                        "trainers=1,2", "-o", out, "--set", "rl.warm_start_steps=40", "--set", "job.steps=5", "--set",
+                        "rl.eval_problems=20", "--set", "slurm.partition=gpu", "--set", "slurm.time=5"},
+                       400);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  const std::string log = r->out + r->err;
+  ASSERT_EQ(r->exit_code, 0) << log;
+  EXPECT_NE(log.find("trainers=2, repeat 1: Slurm job"), std::string::npos) << log;
+  const std::string csv = slurp(fs::path(out) / "points.csv");
+  EXPECT_NE(csv.find("trainers=1,1,strong,grpo,1,1,0,0,2,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("trainers=2,1,strong,grpo,2,1,0,0,3,"), std::string::npos) << csv;
+  // The second run's job waited for the first one's.
+  EXPECT_NE(log.find("trainers=2, repeat 1: Slurm job "), std::string::npos) << log;
+  EXPECT_NE(log.find(" (after job "), std::string::npos) << log;
+  const std::string script = slurp(fs::path(out) / "points" / "trainers2" / "rep-1" / "sbatch.sh");
+  EXPECT_FALSE(script.empty());
+  bool found_out = false;
+  for (const auto& e : fs::directory_iterator(fs::path(out) / "points" / "trainers2" / "rep-1"))
+    found_out = found_out || e.path().filename().string().rfind("slurm-", 0) == 0;
+  EXPECT_TRUE(found_out) << "no slurm-ID.out in the run's work dir";
+}
+
 }  // namespace
 }  // namespace mobula
