@@ -529,6 +529,12 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
   if (spec.workload == "grpo" && (!spec.role("rollout")))
     return Status::invalid_spec(L.where_of("roles.rollout.ranks") +
                                 ": roles.rollout.ranks: workload \"grpo\" needs at least 1 rollout rank");
+  // Every trainer needs a shard of the step's batch (docs/rl.md, "Determinism").
+  if (const RoleSpec* tr = spec.role("trainer"); spec.workload == "grpo" && tr && tr->ranks > spec.shards)
+    return Status::invalid_spec(L.where_of("job.shards") + ": job.shards: " + std::to_string(spec.shards) +
+                                " is less than the " + std::to_string(tr->ranks) +
+                                " trainers; every trainer needs a shard: raise job.shards to " +
+                                std::to_string(tr->ranks) + " or more");
   spec.where_ = std::move(L.where);
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);
