@@ -326,8 +326,9 @@ Status calibrate_np(const Study& s, int np, bool transport, bool checkpoint) {
   std::string backend = s.base.transport.gradients == "auto" ? "mpi" : s.base.transport.gradients;
   if (transport && np >= 2) {
     auto argv = mpiexec_np(np);
-    argv.insert(argv.end(), {bench + "/transport/bench_transport", "1", "7", backend, "p2p,bcast,sync,shardsum",
-                             "--sizes", "4,64,256,1024,4096", "--csv", csv.string()});
+    argv.insert(argv.end(),
+                {bench + "/transport/bench_transport", "1", "7", backend, "p2p,bcast,allreduce,sync,shardsum",
+                 "--sizes", "4,64,256,1024,4096", "--csv", csv.string()});
     MOBULA_RETURN_IF_ERROR(run_bench(argv, 600));
   }
   if (checkpoint)

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -31,12 +32,7 @@ const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 constexpr int kSteps = 12, kRanks = 3;  // 2 trainers + 1 rollout
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 struct Fault {
   int attempt = 0, step = 0, rank = 0;

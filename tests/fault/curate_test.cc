@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 #include "tests/support/redis_server.h"
 
 namespace mobula {
@@ -26,12 +27,7 @@ namespace fs = std::filesystem;
 const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 // Every file of DIR/curated, name and bytes: equal strings, byte-identical outputs.
 std::string curated(const fs::path& dir) {

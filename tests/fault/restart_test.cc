@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -19,12 +20,7 @@ namespace fs = std::filesystem;
 const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 // "name=xxh64,..." of every dataset of a checkpoint, read back with the HDF5 tools.
 std::string dataset_checksums(const fs::path& file) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -22,12 +23,7 @@ const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 const std::string kMpiexec = MOBULA_MPIEXEC;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 // The "params_fnv1a" of DIR/summary.json ("" when missing).
 std::string params_hash(const fs::path& dir) {

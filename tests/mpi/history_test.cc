@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -30,12 +31,7 @@ namespace fs = std::filesystem;
 const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 size_t count(const std::string& hay, const std::string& needle) {
   size_t n = 0;

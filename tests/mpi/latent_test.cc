@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/runtime/process.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -22,12 +23,7 @@ namespace fs = std::filesystem;
 const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 std::string field(const std::string& json, const std::string& key) {
   std::smatch m;

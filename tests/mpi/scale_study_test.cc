@@ -12,6 +12,7 @@
 
 #include "core/runtime/process.h"
 #include "perf/scaling/cost_model.h"
+#include "tests/support/files.h"
 
 namespace mobula {
 namespace {
@@ -20,12 +21,7 @@ namespace fs = std::filesystem;
 const std::string kExe = MOBULA_EXE;
 const std::string kSrc = MOBULA_TEST_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 class ScaleStudy : public ::testing::Test {
  protected:

@@ -3,6 +3,7 @@
 // a torn last record dropped with a warning, a corrupt record an error naming it; compaction;
 // one owner at a time; drain.
 #include "core/queue/journal.h"
+#include "tests/support/files.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -152,12 +153,7 @@ TEST_F(Journal, LeasesHeldAtACrashComeBackWithTheirAttemptsCounted) {
   EXPECT_EQ(q->stats()->pending, 2);
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 TEST_F(Journal, ATornLastRecordIsDroppedWithAWarning) {
   {
