@@ -54,13 +54,22 @@ std::vector<std::string> predicted_hosts(int np, std::string* note) {
   return std::vector<std::string>(static_cast<size_t>(np), host_name());
 }
 
+}  // namespace
+
 std::string self_exe() {
   std::error_code ec;
   auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
   return ec ? std::string("mobula") : p.string();
 }
 
-}  // namespace
+std::vector<std::string> local_mpiexec(int np) {
+  std::string mpiexec = MOBULA_MPIEXEC;
+  if (mpiexec.empty()) mpiexec = "mpiexec";
+  if (const char* m = std::getenv("MOBULA_MPIEXEC"); m && *m) mpiexec = m;
+  return {mpiexec, "-np", std::to_string(np), "--oversubscribe", "--bind-to", "none",
+          // CMA single-copy needs ptrace rights that containers often deny.
+          "--mca", "btl_vader_single_copy_mechanism", "none"};
+}
 
 int cmd_check(const SpecArgs& a, int np, bool all_keys) {
   auto spec = load_spec(a.spec, a.sets);
@@ -98,12 +107,7 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   const int world = np > 0 ? np : spec->total_ranks();
   if (auto layout = Layout::make(*spec, world); !layout) return fail(layout.status());
 
-  std::string mpiexec = MOBULA_MPIEXEC;
-  if (mpiexec.empty()) mpiexec = "mpiexec";
-  if (const char* m = std::getenv("MOBULA_MPIEXEC"); m && *m) mpiexec = m;
-  std::vector<std::string> argv = {mpiexec, "-np", std::to_string(world), "--oversubscribe", "--bind-to", "none",
-                                   // CMA single-copy needs ptrace rights that containers often deny.
-                                   "--mca", "btl_vader_single_copy_mechanism", "none"};
+  std::vector<std::string> argv = local_mpiexec(world);
   for (const auto& x : mpiexec_args) argv.push_back(x);
   argv.insert(argv.end(), {self_exe(), "worker", a.spec});
   for (const auto& s : a.sets) argv.insert(argv.end(), {"--set", s});

@@ -39,6 +39,12 @@ int cmd_version();
 int cmd_queue(const std::string& action, const std::string& dir, const std::string& redis = "",
               const std::string& name = "");
 
+// This executable's path (/proc/self/exe; "mobula" when it cannot be read).
+std::string self_exe();
+// What `mobula run` starts ranks with on this host: mpiexec (MOBULA_MPIEXEC overrides the one
+// found at build time) -np NP, oversubscribed, unbound, without CMA single-copy.
+std::vector<std::string> local_mpiexec(int np);
+
 // Entry point of the `mobula` executable.
 int mobula_main(int argc, char** argv);
 

@@ -122,6 +122,7 @@ struct Run {
   fs::path dir;                   // the run's job work dir
   std::vector<std::string> sets;  // the point's, the run's work dir, the shared data dir
   std::string spec_hash;          // of the resolved spec: a changed spec or --set reruns the point
+  PointRow layout;                // the resolved spec's columns of points.csv (roles, ranks, batch, ...)
 };
 
 struct Study {
@@ -159,18 +160,9 @@ PointRow row_of(const Study& s, const Run& r) {
   auto res = read_json(result_file(r));
   row.exit_code = res ? static_cast<int>(num(*res, "exit_code")) : -1;
   row.cores = res ? static_cast<int>(num(*res, "cores")) : 0;
-  auto spec = load_spec(s.o.spec, r.sets);
-  if (spec) {
-    for (const auto& role : spec->roles) {
-      if (role.name == "trainer") row.trainers = role.ranks;
-      if (role.name == "rollout") row.rollouts = role.ranks;
-      if (role.name == "embed") row.embed = role.ranks;
-    }
-    row.ranks = spec->total_ranks();
-    row.nodes = spec->slurm.job.nodes;
-    row.ckpt_every = spec->checkpoint.every;
-    row.batch = spec->workload == "grpo" ? spec->rl.prompts_per_step : spec->latent.batch;
-  }
+  row.trainers = r.layout.trainers, row.rollouts = r.layout.rollouts, row.embed = r.layout.embed;
+  row.ranks = r.layout.ranks, row.nodes = r.layout.nodes, row.ckpt_every = r.layout.ckpt_every;
+  row.batch = r.layout.batch;
   auto sum = read_json(r.dir / "summary.json");
   if (row.exit_code != 0 || !sum) return row;
   const json& j = *sum;
@@ -263,15 +255,18 @@ Result<Study> make_study(const ScaleStudyOptions& o) {
       if (auto layout = Layout::make(*spec, spec->total_ranks()); !layout)
         return Status::invalid_argument("point " + p.label + ": " + layout.status().message());
       r.spec_hash = spec->hash();
+      for (const auto& role : spec->roles) {
+        if (role.name == "trainer") r.layout.trainers = role.ranks;
+        if (role.name == "rollout") r.layout.rollouts = role.ranks;
+        if (role.name == "embed") r.layout.embed = role.ranks;
+      }
+      r.layout.ranks = spec->total_ranks();
+      r.layout.nodes = spec->slurm.job.nodes;
+      r.layout.ckpt_every = spec->checkpoint.every;
+      r.layout.batch = spec->workload == "grpo" ? spec->rl.prompts_per_step : spec->latent.batch;
       s.runs.push_back(std::move(r));
     }
   return s;
-}
-
-std::string self_exe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("mobula") : p.string();
 }
 
 std::vector<std::string> mobula_args(const Study& s, const Run& r, const char* cmd) {
@@ -299,21 +294,6 @@ Status run_bench(const std::vector<std::string>& argv, double timeout_s) {
   return Status::ok();
 }
 
-std::vector<std::string> mpiexec_np(int np) {
-  std::string mpiexec = MOBULA_MPIEXEC;
-  if (mpiexec.empty()) mpiexec = "mpiexec";
-  if (const char* m = std::getenv("MOBULA_MPIEXEC"); m && *m) mpiexec = m;
-  return {mpiexec,
-          "-np",
-          std::to_string(np),
-          "--oversubscribe",
-          "--bind-to",
-          "none",
-          "--mca",
-          "btl_vader_single_copy_mechanism",
-          "none"};
-}
-
 Status calibrate_np(const Study& s, int np, bool transport, bool checkpoint) {
   const fs::path dir = s.out / "calibration";
   const fs::path csv = dir / ("np-" + std::to_string(np) + ".csv"), done = dir / ("np-" + std::to_string(np) + ".done");
@@ -325,7 +305,7 @@ Status calibrate_np(const Study& s, int np, bool transport, bool checkpoint) {
   const std::string bench = bench_dir(s.o);
   std::string backend = s.base.transport.gradients == "auto" ? "mpi" : s.base.transport.gradients;
   if (transport && np >= 2) {
-    auto argv = mpiexec_np(np);
+    auto argv = local_mpiexec(np);
     argv.insert(argv.end(),
                 {bench + "/transport/bench_transport", "1", "7", backend, "p2p,bcast,allreduce,sync,shardsum",
                  "--sizes", "4,64,256,1024,4096", "--csv", csv.string()});
@@ -333,7 +313,7 @@ Status calibrate_np(const Study& s, int np, bool transport, bool checkpoint) {
   }
   if (checkpoint)
     for (const char* kib : {"64", "2048"}) {
-      auto argv = mpiexec_np(np);
+      auto argv = local_mpiexec(np);
       argv.insert(argv.end(),
                   {bench + "/bench_checkpoint", "1", "5", dir.string(), "--kib", kib, "--csv", csv.string()});
       MOBULA_RETURN_IF_ERROR(run_bench(argv, 600));
@@ -344,10 +324,8 @@ Status calibrate_np(const Study& s, int np, bool transport, bool checkpoint) {
 Status calibrate(const Study& s) {
   std::set<int> world, trainers;
   for (const Run& r : s.runs) {
-    auto spec = load_spec(s.o.spec, r.sets);
-    if (!spec) return spec.status();
-    world.insert(spec->total_ranks());
-    if (const RoleSpec* t = spec->role("trainer")) trainers.insert(t->ranks);
+    world.insert(r.layout.ranks);
+    if (r.layout.trainers > 0) trainers.insert(r.layout.trainers);
   }
   std::error_code ec;
   fs::create_directories(s.out / "calibration", ec);
