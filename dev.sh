@@ -18,6 +18,7 @@ PACKAGES=(
   slurm-wlm slurm-client munge
   libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev
   libcpp-httplib-dev libhiredis-dev redis-server chromium python3-prometheus-client libpng-dev libjpeg62-turbo-dev
+  libsqlite3-dev libssl-dev
 )
 
 deps() {

@@ -1,5 +1,7 @@
 #include "rl/algo/batch.h"
 
+#include "rl/algo/lora_batch.h"
+
 #include <algorithm>
 #include <string>
 
@@ -23,22 +25,34 @@ Datum completion_datum(std::span<const int> seq, size_t first, std::span<const f
   return d;
 }
 
+Result<LossStats> token_sum_weights(const LossConfig& loss, std::span<const float> lp, std::span<const float> mask,
+                                    std::span<const float> old, std::span<const float> adv, std::span<const float> ref,
+                                    std::span<float> w) {
+  Result<LossStats> st = Status::invalid_argument("unreachable");
+  switch (loss.fn) {
+    case LossFn::kCrossEntropy:
+      st = cross_entropy_weights(lp, mask, w);
+      break;
+    case LossFn::kImportanceSampling:
+      st = importance_sampling_weights(lp, old, adv, mask, w);
+      break;
+    case LossFn::kPpo:
+      st = ppo_weights(lp, old, adv, mask, loss.clip_low, loss.clip_high, ref, loss.kl_coef, w);
+      break;
+  }
+  if (!st) return st;
+  const double n = static_cast<double>(st->tokens);
+  for (auto& x : w) x = static_cast<float>(x * n);
+  return st;
+}
+
 Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, std::span<const Datum> batch, const LossConfig& loss,
                                                      double* tokens) {
   const int Tmax = model.config().max_seq;
   double n_total = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const Datum& d = batch[i];
-    const size_t T = d.tokens.size();
-    const std::string at = "forward_backward: datum " + std::to_string(i) + ": ";
-    if (T == 0 || static_cast<int>(T) > Tmax)
-      return Status::invalid_argument(at + std::to_string(T) + " tokens; need 1.." + std::to_string(Tmax));
-    if (d.target_tokens.size() != T || d.weights.size() != T)
-      return Status::invalid_argument(at + "target_tokens and weights must have one entry per token");
-    if (loss.fn != LossFn::kCrossEntropy && (d.logprobs_old.size() != T || d.advantages.size() != T))
-      return Status::invalid_argument(at + "importance_sampling/ppo need logprobs_old and advantages per token");
-    if (!d.logprobs_ref.empty() && d.logprobs_ref.size() != T)
-      return Status::invalid_argument(at + "logprobs_ref must be empty or have one entry per token");
+    MOBULA_RETURN_IF_ERROR(check_datum(d, i, loss, model.config(), true));
     for (float w : d.weights) n_total += w;
   }
   ForwardBackwardOutput out;
@@ -68,24 +82,12 @@ Result<ForwardBackwardOutput> forward_backward_batch(Gpt<>& model, std::span<con
       }
     }
     MOBULA_RETURN_IF_ERROR(model.forward(tok, tgt, int(B), T, lp));
-    Result<LossStats> st = Status::invalid_argument("unreachable");
-    switch (loss.fn) {
-      case LossFn::kCrossEntropy:
-        st = cross_entropy_weights(lp, mask, w);
-        break;
-      case LossFn::kImportanceSampling:
-        st = importance_sampling_weights(lp, old, adv, mask, w);
-        break;
-      case LossFn::kPpo:
-        st = ppo_weights(lp, old, adv, mask, loss.clip_low, loss.clip_high, ref, loss.kl_coef, w);
-        break;
-    }
-    if (!st) return st.status();
     // The loss functions normalise by this microbatch's tokens; gradients accumulate as SUMS over
-    // tokens (w * n_mb) and optim_step divides by every token since the last step, so two
-    // forward_backward calls equal one call on the concatenated batch.
+    // tokens and optim_step divides by every token since the last step, so two forward_backward
+    // calls equal one call on the concatenated batch.
+    Result<LossStats> st = token_sum_weights(loss, lp, mask, old, adv, ref, w);
+    if (!st) return st.status();
     const double n_mb = static_cast<double>(st->tokens);
-    for (auto& x : w) x = static_cast<float>(x * n_mb);
     MOBULA_RETURN_IF_ERROR(model.backward(w));
     loss_sum += st->loss * n_mb;
     clip_sum += st->clip_fraction * n_mb;

@@ -45,6 +45,13 @@ struct ForwardBackwardOutput {
 Datum completion_datum(std::span<const int> seq, size_t first, std::span<const float> logp_old = {},
                        float advantage = 0.0f);
 
+// Per-token weights for Gpt::backward of the loss's TOKEN SUM over these positions (the loss
+// function's mean-normalised weights times the positions' token count), and the loss's stats.
+// ref may be empty (no KL term).
+Result<LossStats> token_sum_weights(const LossConfig& loss, std::span<const float> logp, std::span<const float> mask,
+                                    std::span<const float> old, std::span<const float> adv, std::span<const float> ref,
+                                    std::span<float> w);
+
 // Forward + backward of `batch` in microbatches of at most model.max_batch() rows. Gradients of the
 // loss's TOKEN SUM accumulate into model.grads (the caller divides by all tokens before the
 // optimizer step); *tokens receives the number of trained tokens. The returned stats are means.

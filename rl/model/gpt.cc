@@ -1,8 +1,11 @@
 #include "rl/model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "rl/model/decode_kernels.h"
 #include "rl/model/kernels.h"
+#include "rl/model/lora_kernels.h"
 
 namespace mobula::rl {
 
@@ -268,6 +271,11 @@ Status Gpt<Exec>::forward(std::span<const int> tokens, std::span<const int> targ
                                     " outside (1.." + std::to_string(max_batch_) + ") x (1.." +
                                     std::to_string(cfg_.max_seq) + ")");
   const size_t N = size_t(B) * T;
+  for (const auto& seg : lora_)
+    if (seg.row0 + seg.rows > B)
+      return Status::invalid_argument("Gpt::forward: LoRA segment rows " + std::to_string(seg.row0) + ".." +
+                                      std::to_string(seg.row0 + seg.rows) + " outside the batch of " +
+                                      std::to_string(B));
   if (tokens.size() != N || targets.size() != N || logp.size() != N || (!entropy.empty() && entropy.size() != N))
     return Status::invalid_argument(
         "Gpt::forward: tokens/targets/logp/entropy must each hold B*T = " + std::to_string(N) + " elements");
@@ -293,7 +301,7 @@ Status Gpt<Exec>::forward(std::span<const int> tokens, std::span<const int> targ
   for (int l = 0; l < L; ++l) layer_forward(l, B, T);
   const float* last = A + a.residual3 + size_t(L - 1) * a.btc;
   K::layernorm_forward<Exec>(A + a.lnf, A + a.lnf_mean, A + a.lnf_rstd, last, p.lnfw, p.lnfb, long(N), C);
-  K::matmul_forward<Exec>(A + a.logits, A + a.lnf, p.wte, nullptr, long(N), C, V);
+  proj_forward(0, 4, A + a.logits, A + a.lnf, p.wte, nullptr, C, V, B, T);
   K::logprob_forward<Exec>(A + a.logp, entropy.empty() ? nullptr : A + a.entropy, A + a.lse, A + a.logits,
                            targets_.data(), long(N), V);
   Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hl(logp.data(), N);
@@ -332,15 +340,15 @@ void Gpt<Exec>::layer_forward(int l, int B, int T) {
   float* res3 = A + a.residual3 + l * a.btc;
   K::layernorm_forward<Exec>(ln1, A + a.ln1_mean + li * a.bt, A + a.ln1_rstd + li * a.bt, residual, p.ln1w + o,
                              p.ln1b + o, long(N), C);
-  K::matmul_forward<Exec>(qkv, ln1, p.qkvw + o, p.qkvb + o, long(N), C, 3 * C);
+  proj_forward(l, 0, qkv, ln1, p.qkvw + o, p.qkvb + o, C, 3 * C, B, T);
   K::attention_forward<Exec>(atty, att, qkv, S + s.q, S + s.k, S + s.v, S + s.y, B, T, C, NH);
-  K::matmul_forward<Exec>(res2, atty, p.attprojw + o, p.attprojb + o, long(N), C, C);
+  proj_forward(l, 1, res2, atty, p.attprojw + o, p.attprojb + o, C, C, B, T);
   K::add_inplace<Exec>(res2, residual, long(N) * C);
   K::layernorm_forward<Exec>(ln2, A + a.ln2_mean + li * a.bt, A + a.ln2_rstd + li * a.bt, res2, p.ln2w + o, p.ln2b + o,
                              long(N), C);
-  K::matmul_forward<Exec>(fch, ln2, p.fcw + o, p.fcb + o, long(N), C, H);
+  proj_forward(l, 2, fch, ln2, p.fcw + o, p.fcb + o, C, H, B, T);
   K::gelu_forward<Exec>(fchg, fch, long(N) * H);
-  K::matmul_forward<Exec>(res3, fchg, p.fcprojw + o, p.fcprojb + o, long(N), H, C);
+  proj_forward(l, 3, res3, fchg, p.fcprojw + o, p.fcprojb + o, H, C, B, T);
   K::add_inplace<Exec>(res3, res2, long(N) * C);
 }
 
@@ -366,11 +374,12 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
   const size_t pl = off_.layer_stride;
   float* dres = S + s.dresidual;
   float* dln = S + s.dln;
+  auto gw = [this](float* grad) { return frozen_ ? nullptr : grad; };  // base weight gradients
 
   K::logprob_backward<Exec>(S + s.dlogits, A + a.logits, A + a.lse, targets_.data(), wvec_.data(), long(N), V);
-  K::matmul_backward<Exec>(dln, g.wte, nullptr, S + s.dlogits, A + a.lnf, p.wte, long(N), C, V);
+  proj_backward(0, 4, dln, g.wte, nullptr, S + s.dlogits, A + a.lnf, p.wte, C, V, B, T);
   Kokkos::deep_copy(Kokkos::subview(scratch_, std::pair<size_t, size_t>(s.dresidual, s.dresidual + N * C)), 0.0f);
-  K::layernorm_backward<Exec>(dres, g.lnfw, g.lnfb, dln, A + a.residual3 + size_t(L - 1) * a.btc, p.lnfw,
+  K::layernorm_backward<Exec>(dres, gw(g.lnfw), gw(g.lnfb), dln, A + a.residual3 + size_t(L - 1) * a.btc, p.lnfw,
                               A + a.lnf_mean, A + a.lnf_rstd, long(N), C);
   for (int l = L - 1; l >= 0; --l) {
     if (recompute_) layer_forward(l, B, T);  // same kernels, same inputs: bitwise the same values
@@ -386,21 +395,151 @@ Status Gpt<Exec>::backward(std::span<const float> w) {
     const float* fch = A + a.fch + li * a.bt * H;
     const float* fchg = A + a.fch_gelu + li * a.bt * H;
     // res3 = res2 + fcproj(gelu(fc(ln2(res2)))); dres holds dL/dres3.
-    K::matmul_backward<Exec>(S + s.dfch_gelu, g.fcprojw + o, g.fcprojb + o, dres, fchg, p.fcprojw + o, long(N), H, C);
+    proj_backward(l, 3, S + s.dfch_gelu, g.fcprojw + o, g.fcprojb + o, dres, fchg, p.fcprojw + o, H, C, B, T);
     K::gelu_backward<Exec>(S + s.dfch, fch, S + s.dfch_gelu, long(N) * H);
-    K::matmul_backward<Exec>(dln, g.fcw + o, g.fcb + o, S + s.dfch, ln2, p.fcw + o, long(N), C, H);
-    K::layernorm_backward<Exec>(dres, g.ln2w + o, g.ln2b + o, dln, res2, p.ln2w + o, A + a.ln2_mean + li * a.bt,
+    proj_backward(l, 2, dln, g.fcw + o, g.fcb + o, S + s.dfch, ln2, p.fcw + o, C, H, B, T);
+    K::layernorm_backward<Exec>(dres, gw(g.ln2w + o), gw(g.ln2b + o), dln, res2, p.ln2w + o, A + a.ln2_mean + li * a.bt,
                                 A + a.ln2_rstd + li * a.bt, long(N), C);
     // dres now holds dL/dres2; res2 = residual + attproj(attention(qkv(ln1(residual)))).
-    K::matmul_backward<Exec>(S + s.datty, g.attprojw + o, g.attprojb + o, dres, atty, p.attprojw + o, long(N), C, C);
+    proj_backward(l, 1, S + s.datty, g.attprojw + o, g.attprojb + o, dres, atty, p.attprojw + o, C, C, B, T);
     K::attention_backward<Exec>(S + s.dqkv, S + s.datty, qkv, att, S + s.q, S + s.k, S + s.v, S + s.dy, S + s.dq,
                                 S + s.dk, S + s.dv, S + s.datt, B, T, C, NH);
-    K::matmul_backward<Exec>(dln, g.qkvw + o, g.qkvb + o, S + s.dqkv, ln1, p.qkvw + o, long(N), C, 3 * C);
-    K::layernorm_backward<Exec>(dres, g.ln1w + o, g.ln1b + o, dln, residual, p.ln1w + o, A + a.ln1_mean + li * a.bt,
-                                A + a.ln1_rstd + li * a.bt, long(N), C);
+    proj_backward(l, 0, dln, g.qkvw + o, g.qkvb + o, S + s.dqkv, ln1, p.qkvw + o, C, 3 * C, B, T);
+    K::layernorm_backward<Exec>(dres, gw(g.ln1w + o), gw(g.ln1b + o), dln, residual, p.ln1w + o,
+                                A + a.ln1_mean + li * a.bt, A + a.ln1_rstd + li * a.bt, long(N), C);
   }
-  K::encoder_backward<Exec>(g.wte, g.wpe, dres, tokens_.data(), B, T, C, V);
+  if (!frozen_) K::encoder_backward<Exec>(g.wte, g.wpe, dres, tokens_.data(), B, T, C, V);
   return Status::ok();
+}
+
+template <class Exec>
+void Gpt<Exec>::set_frozen_base(bool frozen) {
+  frozen_ = frozen;
+  fwd_.clear();
+  bwd_.clear();
+  if (!frozen) return;
+  const int C = cfg_.d_model, H = cfg_.hidden(), V = cfg_.vocab;
+  const P p = param_ptrs(params.data());
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const size_t o = size_t(l) * off_.layer_stride;
+    const std::pair<const float*, std::pair<int, int>> mats[kLoraTargets] = {
+        {p.qkvw + o, {3 * C, C}}, {p.attprojw + o, {C, C}}, {p.fcw + o, {H, C}}, {p.fcprojw + o, {C, H}}};
+    for (const auto& [w, shape] : mats) {
+      fwd_.push_back(pack_rowmat(w, shape.first, shape.second, false));
+      bwd_.push_back(pack_rowmat(w, shape.first, shape.second, true));
+    }
+  }
+  fwd_.push_back(pack_rowmat(p.wte, V, C, false));
+  bwd_.push_back(pack_rowmat(p.wte, V, C, true));
+}
+
+template <class Exec>
+typename Gpt<Exec>::RowMat Gpt<Exec>::pack_rowmat(const float* W, int OC, int IC, bool transpose) {
+  RowMat m;
+  m.out = transpose ? IC : OC;
+  m.in = transpose ? OC : IC;
+  m.panels = m.out % kernels::kPanel == 0;
+  Buffer src(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_src"), size_t(OC) * IC);
+  float* d = src.data();
+  const int out = m.out, in = m.in;
+  if (transpose) {
+    Kokkos::parallel_for(
+        "rowmat_transpose", kernels::Range<Exec>(0, long(out) * in), KOKKOS_LAMBDA(long i) {
+          const long r = i / in, c = i % in;
+          d[i] = W[c * out + r];
+        });
+  } else {
+    Kokkos::deep_copy(src, Kokkos::View<const float*, Mem, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(W, src.extent(0)));
+  }
+  if (!m.panels) {
+    m.w = src;
+    return m;
+  }
+  m.w = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_panels"), src.extent(0));
+  kernels::pack_panels<Exec>(m.w.data(), src.data(), in, out);
+  return m;
+}
+
+template <class Exec>
+void Gpt<Exec>::rowmat(const RowMat& m, float* out, const float* inp, const float* bias, long N) {
+  if (m.panels)
+    kernels::matmul_forward_panels<Exec>(out, inp, m.w.data(), bias, int(N), m.in, m.out, false);
+  else
+    kernels::matmul_forward_rows<Exec>(out, inp, m.w.data(), bias, int(N), m.in, m.out);
+}
+
+template <class Exec>
+void Gpt<Exec>::proj_forward(int l, int target, float* out, const float* inp, const float* W, const float* bias, int IC,
+                             int OC, int B, int T) {
+  const long N = long(B) * T;
+  if (frozen_)
+    rowmat(fwd_[target == 4 ? fwd_.size() - 1 : size_t(l) * kLoraTargets + size_t(target)], out, inp, bias, N);
+  else
+    kernels::matmul_forward<Exec>(out, inp, W, bias, N, IC, OC);
+  if (target < 4) lora_forward(l, target, out, inp, IC, OC, T);
+}
+
+template <class Exec>
+void Gpt<Exec>::proj_backward(int l, int target, float* dinp, float* dW, float* db, const float* dout, const float* inp,
+                              const float* W, int IC, int OC, int B, int T) {
+  const long N = long(B) * T;
+  if (frozen_)
+    rowmat(bwd_[target == 4 ? bwd_.size() - 1 : size_t(l) * kLoraTargets + size_t(target)], dinp, dout, nullptr, N);
+  else
+    kernels::matmul_backward<Exec>(dinp, dW, db, dout, inp, W, N, IC, OC);
+  if (target < 4) lora_backward(l, target, dinp, dout, inp, IC, OC, T);
+}
+
+template <class Exec>
+Status Gpt<Exec>::set_lora(std::span<const LoraSegment<Exec>> segments) {
+  int end = 0, rank = 0;
+  for (const auto& seg : segments) {
+    if (seg.row0 < end || seg.rows < 0)
+      return Status::invalid_argument("Gpt::set_lora: segments must be in row order and not overlap");
+    end = seg.row0 + seg.rows;
+    if (!seg.adapter) continue;
+    const GptConfig& b = seg.adapter->base();
+    if (b.to_string() != cfg_.to_string())
+      return Status::invalid_argument("Gpt::set_lora: adapter made for base (" + b.to_string() + "), this model is (" +
+                                      cfg_.to_string() + ")");
+    rank = std::max(rank, seg.adapter->config().rank);
+  }
+  lora_.assign(segments.begin(), segments.end());
+  const size_t need = 2 * size_t(max_batch_) * cfg_.max_seq * size_t(rank);
+  if (lora_scratch_.extent(0) < need)
+    lora_scratch_ = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "lora_scratch"), need);
+  return Status::ok();
+}
+
+template <class Exec>
+void Gpt<Exec>::lora_forward(int l, int target, float* out, const float* inp, int IC, int OC, int T) {
+  for (const auto& seg : lora_) {
+    if (!seg.adapter || seg.rows == 0) continue;
+    const auto& a = *seg.adapter;
+    const float* w = a.params.data();
+    kernels::lora_forward<Exec>(out, inp, w + a.a_offset(l, LoraTarget(target)), w + a.b_offset(l, LoraTarget(target)),
+                                a.config().scale(), long(seg.row0) * T, long(seg.row0 + seg.rows) * T, IC, OC,
+                                a.config().rank);
+  }
+}
+
+template <class Exec>
+void Gpt<Exec>::lora_backward(int l, int target, float* dinp, const float* dout, const float* inp, int IC, int OC,
+                              int T) {
+  const size_t half = lora_scratch_.extent(0) / 2;
+  for (const auto& seg : lora_) {
+    if (!seg.adapter || seg.rows == 0) continue;
+    auto& a = *seg.adapter;
+    const LoraTarget t = LoraTarget(target);
+    const float* w = a.params.data();
+    float* G = a.grads.data();
+    const int r = a.config().rank;
+    const long p0 = long(seg.row0) * T, p1 = long(seg.row0 + seg.rows) * T;
+    float* tmp = lora_scratch_.data();
+    float* dtmp = lora_scratch_.data() + half;
+    kernels::lora_backward<Exec>(dinp, G + a.a_offset(l, t), G + a.b_offset(l, t), tmp, dtmp, dout, inp,
+                                 w + a.a_offset(l, t), w + a.b_offset(l, t), a.config().scale(), p0, p1, IC, OC, r);
+  }
 }
 
 template <class Exec>

@@ -53,6 +53,17 @@ GptOffsets gpt_offsets(const GptConfig& cfg);
 // Smallest bucket >= t from {8, 16, 32, 64, 128, ...} capped at max_seq.
 int bucket_length(int t, int max_seq);
 
+template <class Exec>
+class LoraAdapter;  // rl/model/lora.h
+
+// Rows [row0, row0 + rows) of the next batch use `adapter` (null: the base model alone).
+template <class Exec>
+struct LoraSegment {
+  int row0 = 0;
+  int rows = 0;
+  LoraAdapter<Exec>* adapter = nullptr;
+};
+
 template <class Exec = Kokkos::DefaultExecutionSpace>
 class Gpt {
  public:
@@ -85,6 +96,19 @@ class Gpt {
   // Accumulates d(sum w*logp)/dparams of the last forward into grads. w: (B,T).
   Status backward(std::span<const float> w);
 
+  // Multi-LoRA (rl/model/lora.h): the row segments of the next forward/backward pairs and their
+  // adapters, kept until the next call (copied; the adapters must outlive their use); empty: the
+  // base model alone. Fails when an adapter was made for another base config or segments overlap.
+  // backward() accumulates every segment's adapter gradients into that adapter's grads.
+  Status set_lora(std::span<const LoraSegment<Exec>> segments);
+  // Frozen base (LoRA fine-tuning): backward() computes no base gradient (input gradients still
+  // flow to the adapters), and the base's matmuls run row-invariant kernels
+  // (rl/model/decode_kernels.h) on weights packed here, so that a row's outputs and gradients do
+  // not depend on the other rows of the batch (a BLAS GEMM's do: its blocking follows the row
+  // count). Call it once the weights are final; changing params afterwards needs another call.
+  void set_frozen_base(bool frozen);
+  bool frozen_base() const { return frozen_; }
+
   // Last forward's logits (B,T,V), copied to the host (tests, golden checks).
   std::vector<float> logits_host() const;
 
@@ -93,6 +117,25 @@ class Gpt {
   struct P;  // parameter pointers
   P param_ptrs(float* base) const;
   void layer_forward(int l, int B, int T);
+  // Adds the LoRA deltas of every segment to a projection's output / its gradients (no-ops
+  // without segments).
+  void lora_forward(int l, int target, float* out, const float* inp, int IC, int OC, int T);
+  void lora_backward(int l, int target, float* dinp, const float* dout, const float* inp, int IC, int OC, int T);
+  // Projection `target` (0..3: qkv, attproj, fc, fcproj; 4: the output head) of layer l: BLAS, or
+  // the packed row-invariant kernels when frozen; then the LoRA deltas.
+  void proj_forward(int l, int target, float* out, const float* inp, const float* W, const float* bias, int IC, int OC,
+                    int B, int T);
+  void proj_backward(int l, int target, float* dinp, float* dW, float* db, const float* dout, const float* inp,
+                     const float* W, int IC, int OC, int B, int T);
+  // Row-invariant matmul weights: W (out, in) packed in panels (out % 16 == 0) or copied.
+  struct RowMat {
+    Buffer w;
+    int out = 0, in = 0;
+    bool panels = false;
+  };
+  std::vector<RowMat> fwd_, bwd_;  // per (layer, target) and the head: W and W^T
+  RowMat pack_rowmat(const float* W, int OC, int IC, bool transpose);
+  void rowmat(const RowMat& m, float* out, const float* inp, const float* bias, long N);
 
   GptConfig cfg_;
   int max_batch_ = 0;
@@ -105,6 +148,9 @@ class Gpt {
   Kokkos::View<int*, Mem> tokens_, targets_;
   Kokkos::View<float*, Mem> wvec_;
   int B_ = 0, T_ = 0;  // shape of the last forward; 0 = none
+  bool frozen_ = false;
+  std::vector<LoraSegment<Exec>> lora_;
+  Buffer lora_scratch_;  // (2, max_batch * max_seq, max rank): tmp and dtmp of lora_backward
 };
 
 extern template class Gpt<Kokkos::DefaultExecutionSpace>;

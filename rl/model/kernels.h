@@ -163,7 +163,7 @@ void layernorm_forward(float* out,        // (N,C)
 
 template <class Exec>
 void layernorm_backward(float* dinp,        // (N,C) +=
-                        float* dw,          // (C) +=
+                        float* dw,          // (C) += or nullptr (frozen; then db too)
                         float* db,          // (C) +=
                         const float* dout,  // (N,C)
                         const float* inp,   // (N,C)
@@ -187,6 +187,7 @@ void layernorm_backward(float* dinp,        // (N,C) +=
           d[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
       });
+  if (!dw) return;
   // dw, db: column sums over the rows, each column's rows in order (deterministic).
   auto column = KOKKOS_LAMBDA(int c) {
     float sw = 0.f, sb = 0.f;
@@ -249,14 +250,14 @@ void matmul_forward(float* out,         // (N,OC)
 
 template <class Exec>
 void matmul_backward(float* dinp,        // (N,C) assigned (+= with accumulate_dinp) or nullptr
-                     float* dW,          // (OC,C) +=
+                     float* dW,          // (OC,C) += or nullptr (frozen weights)
                      float* dbias,       // (OC) += or nullptr
                      const float* dout,  // (N,OC)
                      const float* inp,   // (N,C)
                      const float* W,     // (OC,C)
                      long N, int C, int OC, bool accumulate_dinp = false) {
   if (dinp) gemm<Exec>("N", "N", 1.0f, dout, int(N), OC, W, OC, C, accumulate_dinp ? 1.0f : 0.0f, dinp, int(N), C);
-  gemm<Exec>("T", "N", 1.0f, dout, int(N), OC, inp, int(N), C, 1.0f, dW, OC, C);
+  if (dW) gemm<Exec>("T", "N", 1.0f, dout, int(N), OC, inp, int(N), C, 1.0f, dW, OC, C);
   if (dbias) {
     // dbias (OC,1) += dout^T (OC,N) * 1 (N,1) as a BLAS GEMM: column sums in a fixed order
     // (deterministic), and the BLAS path (KokkosBlas' gemv "T" on LayoutRight is not a TPL call).
