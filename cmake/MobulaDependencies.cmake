@@ -36,6 +36,9 @@ pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 # The Prometheus endpoint and `mobula history serve` (Debian's libcpp-httplib-dev).
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+# `mobula serve`: its state (Debian's libsqlite3-dev) and token hashes (libssl-dev).
+find_package(SQLite3 REQUIRED)
+find_package(OpenSSL REQUIRED)
 add_library(mobula_xxhash INTERFACE)
 add_library(mobula::xxhash ALIAS mobula_xxhash)
 target_link_libraries(mobula_xxhash INTERFACE PkgConfig::XXHASH)

@@ -165,6 +165,23 @@ int mobula_main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   scale_proj->add_option("-o,--out", proj_o.out, "Also write the table as CSV");
 
+  SpecArgs serve_a;
+  std::string token_name;
+  auto* svc = app.add_subcommand(
+      "serve", "The multi-tenant training service (workload serve: LoRA adapters, HTTP API; docs/serve.md)");
+  svc->add_option("spec", serve_a.spec, "Job spec (TOML) with job.workload = \"serve\"")->check(CLI::ExistingFile);
+  svc->add_option("--set", serve_a.sets, "Override a spec value, KEY=VALUE (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* token = svc->add_subcommand("token", "Client tokens of a service's state (create prints one once)");
+  token->require_subcommand(1);
+  SpecArgs token_a;
+  for (const char* action : {"create", "list", "revoke"}) {
+    auto* t = token->add_subcommand(action, std::string(action) + " a client's token");
+    add_spec_args(t, &token_a);
+    if (std::string(action) != "list") t->add_option("--name", token_name, "The client's name")->required();
+  }
+
   app.add_subcommand("version", "Version, compiler and the MPI/HDF5/Kokkos/UCX/NCCL/CUDA found");
 
   try {
@@ -187,6 +204,8 @@ int mobula_main(int argc, char** argv) {
   if (cancel->parsed()) return cmd_cancel(cancel_job);
   if (queue->parsed()) return cmd_queue(queue->get_subcommands().front()->get_name(), queue_dir, queue_redis);
   if (serve->parsed()) return serve_history(serve_address, serve_port);
+  if (token->parsed()) return cmd_serve_token(token->get_subcommands().front()->get_name(), token_a, token_name);
+  if (svc->parsed()) return cmd_serve(serve_a);
   if (history->parsed()) return cmd_history(!history_no_slurm);
   if (show->parsed()) return cmd_show(show_job, show_events);
   if (report->parsed()) return cmd_report(report_job, report_out);

@@ -1,6 +1,8 @@
 #include "launch/commands.h"
+
 #include "core/runtime/time_format.h"
 #include "launch/step.h"
+#include "serve/run.h"
 
 #include <unistd.h>
 
@@ -164,6 +166,34 @@ int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_a
   events::emit(spec->workdir, "job_end",
                {{"exit_code", events::num(code)}, {"outcome", events::str(outcome_of(code))}});
   return code;
+}
+
+int cmd_serve(const SpecArgs& a) {
+  if (a.spec.empty()) {
+    std::fprintf(stderr,
+                 "mobula serve: a spec is required (mobula serve SPEC, or mobula serve token ...); see --help\n");
+    return 2;
+  }
+  auto spec = load_spec(a.spec, a.sets);
+  if (!spec) {
+    std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+    return spec.status().exit_code();
+  }
+  if (spec->workload != "serve") {
+    std::fprintf(stderr, "%s: job.workload: \"%s\"; mobula serve runs specs with job.workload = \"serve\"\n",
+                 spec->where("job.workload").c_str(), spec->workload.c_str());
+    return 2;
+  }
+  return cmd_run(a, 0, {});
+}
+
+int cmd_serve_token(const std::string& action, const SpecArgs& a, const std::string& name) {
+  auto spec = load_spec(a.spec, a.sets);
+  if (!spec) {
+    std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+    return spec.status().exit_code();
+  }
+  return serve::cmd_token(action, *spec, name);
 }
 
 const char* outcome_of(int code) {

@@ -16,6 +16,9 @@ struct SpecArgs {
 
 int cmd_check(const SpecArgs& a, int np, bool all_keys);
 int cmd_run(const SpecArgs& a, int np, const std::vector<std::string>& mpiexec_args);
+// `mobula serve SPEC`: `mobula run` of a serve spec (docs/serve.md); `mobula serve token ...`.
+int cmd_serve(const SpecArgs& a);
+int cmd_serve_token(const std::string& action, const SpecArgs& a, const std::string& name);
 int cmd_worker(const SpecArgs& a, int argc, char** argv);
 int cmd_submit(const SpecArgs& a, bool dry_run);
 // What cmd_submit does, with extra sbatch arguments (e.g. --dependency=afterany:ID): the job id, or

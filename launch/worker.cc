@@ -32,6 +32,7 @@
 #include "launch/commands.h"
 #include "launch/step.h"
 #include "rl/roles/workload.h"
+#include "serve/run.h"
 
 namespace mobula::launch {
 
@@ -153,7 +154,8 @@ Status run_rank(const SpecArgs& a, const Environment& env) {
     }
   }
   rl::WorkloadContext ctx{*spec, *layout, *comms, MPI_COMM_WORLD, env.rank(), &watchdog, agg->get()};
-  Status st = rl::run_workload(ctx);
+  // The service is not an rl workload: it lives above rl (serve/), on one rank.
+  Status st = spec->workload == "serve" ? serve::run_serve(ctx) : rl::run_workload(ctx);
   if (st.is_ok() || st.code() == Status::Code::kPreempted) {  // agreed on every rank: all are here
     if (Status f = (*agg)->finish(std::chrono::seconds(10)); !f.is_ok()) spdlog::warn("{}", f.message());
   }

@@ -489,6 +489,39 @@ Result<JobSpec> load_spec_from_string(std::string_view text, std::string file,
     return Status::invalid_spec(L.where_of("curate.lease_s") + ": curate.lease_s: must be > 0 (seconds)");
   if (!(spec.curate.threshold > 0 && spec.curate.threshold <= 1))
     return Status::invalid_spec(L.where_of("curate.threshold") + ": curate.threshold: must be in (0, 1]");
+  {
+    ServeSpec& v = spec.serve;
+    auto i = [&](const char* k) { return static_cast<int>(get<int64_t>(L.set, k)); };
+    v.host = get<std::string>(L.set, "serve.host");
+    v.port = i("serve.port");
+    v.state_dir = get<std::string>(L.set, "serve.state_dir");
+    if (v.state_dir.empty()) v.state_dir = spec.workdir + "/serve";
+    v.base = get<std::string>(L.set, "serve.base");
+    v.max_body_kib = i("serve.max_body_kib");
+    v.max_rows = i("serve.max_rows");
+    v.pass_rows = i("serve.pass_rows");
+    v.chunk_rows = i("serve.chunk_rows");
+    v.sample_rows = i("serve.sample_rows");
+    v.max_adapters = i("serve.max_adapters");
+    v.max_pending = i("serve.max_pending");
+    v.lora_rank = i("serve.lora_rank");
+    v.threads = i("serve.threads");
+    v.lora_alpha = get<double>(L.set, "serve.lora_alpha");
+    v.max_wait_s = get<double>(L.set, "serve.max_wait_s");
+    if (!(v.lora_alpha > 0))
+      return Status::invalid_spec(L.where_of("serve.lora_alpha") + ": serve.lora_alpha: must be > 0");
+    if (!(v.max_wait_s >= 0))
+      return Status::invalid_spec(L.where_of("serve.max_wait_s") + ": serve.max_wait_s: must be >= 0 (seconds)");
+    if (v.chunk_rows > v.pass_rows)
+      return Status::invalid_spec(L.where_of("serve.chunk_rows") +
+                                  ": serve.chunk_rows: " + std::to_string(v.chunk_rows) + " exceeds serve.pass_rows (" +
+                                  std::to_string(v.pass_rows) + "): a chunk must fit in one pass");
+    if (spec.workload == "serve" && spec.total_ranks() != 1)
+      return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
+                                  ": roles: workload \"serve\" runs on one rank "
+                                  "in this version (roles.trainer.ranks = 1, no other roles); " +
+                                  std::to_string(spec.total_ranks()) + " ranks are set");
+  }
   if (spec.workload == "curate" && (spec.role("trainer")->ranks != 1 || !spec.role("embed")))
     return Status::invalid_spec(L.where_of("roles.trainer.ranks") +
                                 ": roles: workload \"curate\" needs exactly 1 trainer rank (the coordinator: it "

@@ -150,6 +150,13 @@ struct CurateSpec {
   int max_attempts = 3;
 };
 
+struct ServeSpec {
+  std::string host = "127.0.0.1", state_dir, base;  // state_dir resolved: WORKDIR/serve when empty
+  int port = 8480, max_body_kib = 4096, max_rows = 64, pass_rows = 32, chunk_rows = 8, sample_rows = 64;
+  int max_adapters = 8, max_pending = 256, lora_rank = 8, threads = 32;
+  double lora_alpha = 16, max_wait_s = 30;
+};
+
 struct MetricsSpec {
   int port = 0;  // 0 off, -1 any free port
   std::string address = "127.0.0.1";
@@ -190,6 +197,7 @@ class JobSpec {
   DataSpec data;
   LatentSpec latent;
   CurateSpec curate;
+  ServeSpec serve;
 
   int total_ranks() const;
   const RoleSpec* role(std::string_view name) const;

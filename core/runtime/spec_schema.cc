@@ -10,8 +10,8 @@ const std::vector<std::string>& known_roles() {
 }
 
 const std::vector<std::string>& spec_sections() {
-  static const std::vector<std::string> s = {"job",   "roles", "model",   "rl",   "checkpoint", "transport",
-                                             "slurm", "fault", "metrics", "data", "latent",     "curate"};
+  static const std::vector<std::string> s = {"job",   "roles",   "model", "rl",     "checkpoint", "transport", "slurm",
+                                             "fault", "metrics", "data",  "latent", "curate",     "serve"};
   return s;
 }
 
@@ -63,14 +63,15 @@ std::vector<KeyDef> build_schema() {
                       "shards are summed in one fixed binary tree, so the weights are bitwise the same for any "
                       "trainer count up to this (grpo), or dividing it (latent-pretrain): a job can restart "
                       "on another number of trainers without changing its results."));
-  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain", "curate"},
+  s.push_back(str_key("job.workload", "layout-check", {"layout-check", "grpo", "latent-pretrain", "curate", "serve"},
                       "What the ranks run. `layout-check`: every role and link communicator is "
                       "exercised with collectives each step and verified against the layout. `grpo`: "
                       "supervised warm start, then GRPO with trainer and rollout roles (needs both). "
                       "`latent-pretrain`: trainers train a denoiser on VAE latents of an image dataset, "
                       "computed by embed ranks (latent.mode). `curate`: embed ranks decode and embed image "
                       "shards taken from a reliable task queue, trainer 0 serves the queue and writes the "
-                      "near-duplicate-filtered dataset (docs/queue.md)."));
+                      "near-duplicate-filtered dataset (docs/queue.md). `serve`: the multi-tenant training service "
+                      "(LoRA adapters on one base, HTTP API, docs/serve.md) on one rank."));
   for (const auto& r : known_roles()) {
     s.push_back(int_key("roles." + r + ".ranks", 0, 0, 1 << 20,
                         "Number of " + r +
@@ -178,6 +179,31 @@ std::vector<KeyDef> build_schema() {
   s.push_back(float_key("curate.lease_s", 30, "Seconds a task's lease lasts without a heartbeat."));
   s.push_back(int_key("curate.max_attempts", 3, 1, 1000,
                       "Failed or lost leases after which a task is parked in the dead-letter list (a poison task)."));
+  s.push_back(str_key("serve.host", "127.0.0.1", {},
+                      "Address the service listens on: loopback by default; 0.0.0.0 (every interface) only behind "
+                      "a firewall, tokens travel in clear HTTP."));
+  s.push_back(
+      int_key("serve.port", 8480, 0, 65535, "TCP port of the service; 0 = any free port (WORKDIR/serve.json says)."));
+  s.push_back(str_key("serve.state_dir", "", {},
+                      "Directory of the service's state (serve.db, adapter checkpoints, saved states); empty = "
+                      "WORKDIR/serve."));
+  s.push_back(str_key("serve.base", "", {},
+                      "safetensors weights of the shared base model (e.g. a grpo job's policy.safetensors); empty = "
+                      "a random base of [model]'s shape from job.seed."));
+  s.push_back(int_key("serve.max_body_kib", 4096, 1, 1 << 20, "Largest request body (KiB); larger ones get 413."));
+  s.push_back(int_key("serve.max_rows", 64, 1, 1 << 16, "Most datums of one forward_backward / forward request."));
+  s.push_back(int_key("serve.pass_rows", 32, 1, 1 << 16,
+                      "Rows of one pass over the base model (the chunks of several clients' requests)."));
+  s.push_back(int_key("serve.chunk_rows", 8, 1, 1 << 16,
+                      "Rows of a chunk: requests are cut into chunks, results do not depend on what shares a pass."));
+  s.push_back(
+      int_key("serve.sample_rows", 64, 1, 1 << 16, "Most sequences (prompts x num_samples) of one sample request."));
+  s.push_back(int_key("serve.max_adapters", 8, 1, 1 << 16, "Adapters one client may own."));
+  s.push_back(int_key("serve.max_pending", 256, 1, 1 << 20, "Queued requests per client; more get 429."));
+  s.push_back(int_key("serve.lora_rank", 8, 1, 64, "LoRA rank of a new adapter when the request names none."));
+  s.push_back(float_key("serve.lora_alpha", 16, "LoRA alpha of a new adapter when the request names none."));
+  s.push_back(float_key("serve.max_wait_s", 30, "Longest wait of one retrieve_future long poll (seconds)."));
+  s.push_back(int_key("serve.threads", 32, 2, 1024, "HTTP connections served at once (a long poll holds one)."));
   s.push_back(int_key("metrics.port", 0, -1, 65535,
                       "Prometheus endpoint of the coordinator (world rank 0): GET /metrics on metrics.address. "
                       "0 = off, -1 = any free port (the URL goes to the log and events.jsonl)."));

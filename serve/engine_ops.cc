@@ -1,0 +1,149 @@
+// The engine's calls other than forward_backward / forward (those share a pass: engine.cc). Each
+// runs on the worker thread and adds its completion (result, and what it changed for the journal's
+// same transaction) to `done`.
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "rl/algo/lora_batch.h"
+#include "rl/model/weights.h"
+#include "serve/codec.h"
+#include "serve/engine_state.h"
+
+namespace mobula::serve {
+
+using nlohmann::json;
+using namespace detail;
+
+namespace {
+
+Store::Completion failed(const RequestRow& r, const std::string& message) {
+  return {r.seq, false, message, {}};
+}
+
+Store::Completion ok(const RequestRow& r, const json& result, Store::Effect e = {}) {
+  return {r.seq, true, result.dump(), std::move(e)};
+}
+
+}  // namespace
+
+void Engine::execute_other(Pending& p, std::vector<Store::Completion>& done) {
+  const RequestRow& r = p.row;
+  const std::string client_dir = opts_.state_dir + "/clients/" + std::to_string(r.client);
+  if (r.op == "create_adapter") {
+    rl::LoraConfig lc{p.body.value("rank", opts_.default_rank), float(p.body.value("alpha", opts_.default_alpha)),
+                      p.body.value("seed", uint64_t(0))};
+    auto a = rl::LoraAdapter<>::create(base_->cfg, lc);
+    if (!a) return done.push_back(failed(r, a.status().message()));
+    const AdapterRow row{r.seq, r.client, lc.rank, double(lc.alpha), int64_t(lc.seed), "", 0};
+    std::unique_ptr<Adapter> ad(new Adapter(row, std::move(*a)));
+    ad->opt = std::make_unique<rl::AdamW<>>(rl::AdamWConfig{}, ad->lora.tensors(), ad->lora.num_params());
+    {
+      std::lock_guard lk(mu_);
+      adapters_[r.seq] = std::move(ad);
+    }
+    Store::Effect e;
+    e.new_adapter = row;
+    return done.push_back(ok(r, {{"adapter_id", r.seq}, {"rank", lc.rank}, {"alpha", lc.alpha}}, e));
+  }
+  Adapter* a = nullptr;
+  {
+    std::lock_guard lk(mu_);
+    a = find(r.client, r.adapter);
+  }
+  if (!a) return done.push_back(failed(r, "adapter " + std::to_string(r.adapter) + " was deleted"));
+  if (r.op == "optim_step") return optim_step(p, *a, done);
+  if (r.op == "sample") return sample(p, *a, done);
+  if (r.op == "delete_adapter") {
+    {
+      std::lock_guard lk(mu_);
+      adapters_.erase(r.adapter);
+    }
+    Store::Effect e;
+    e.deleted_adapter = r.adapter;
+    return done.push_back(ok(r, {{"deleted", r.adapter}}, e));
+  }
+  auto name = parse_name(p.body);
+  if (!name) return done.push_back(failed(r, name.status().message()));
+  std::error_code ec;
+  std::filesystem::create_directories(client_dir, ec);
+  if (r.op == "save_state") {
+    const std::string path = client_dir + "/" + *name + ".state.safetensors";
+    if (Status s = write_state(path, a->lora, *a->opt); !s) return done.push_back(failed(r, s.message()));
+    Store::Effect e;
+    e.saved = {r.client, SavedRow{*name, path, r.adapter}};
+    return done.push_back(ok(r, {{"name", *name}, {"step", a->opt->steps_done()}}, e));
+  }
+  if (r.op == "load_state") return load_state(p, *a, *name, done);
+  // save_weights_for_sampler: the merged weights as a full model file (rl/model/weights.h).
+  std::vector<float> merged = base_->host_params;
+  a->lora.merge_into(merged);
+  Kokkos::View<float*> v("merged", merged.size());
+  (void)from_host(v, merged, "merged");
+  const std::string path = client_dir + "/" + *name + ".weights.safetensors";
+  if (Status s = rl::save_weights(path, base_->cfg, v); !s) return done.push_back(failed(r, s.message()));
+  done.push_back(ok(r, {{"name", *name}, {"path", path}}));
+}
+
+Status Engine::checkpoint(Adapter& a, int64_t seq, Store::Effect& e) {
+  const std::string path =
+      opts_.state_dir + "/adapters/" + std::to_string(a.row.id) + "-" + std::to_string(seq) + ".state.safetensors";
+  MOBULA_RETURN_IF_ERROR(write_state(path, a.lora, *a.opt));
+  AdapterRow row = a.row;
+  row.ckpt_path = path;
+  row.ckpt_seq = seq;
+  e.checkpoint = row;
+  obsolete_.push_back(a.row.ckpt_path);  // removed once the journal points at the new one
+  a.row = row;
+  return Status::ok();
+}
+
+void Engine::optim_step(Pending& p, Adapter& a, std::vector<Store::Completion>& done) {
+  auto cfg = parse_adam(p.body);
+  if (!cfg) return done.push_back(failed(p.row, cfg.status().message()));
+  if (a.tokens <= 0)
+    return done.push_back(failed(p.row,
+                                 "optim_step: no trained token since the last optim_step "
+                                 "(call forward_backward with weights > 0 first)"));
+  a.opt->set_config(*cfg);
+  const float norm = rl::lora_step(a.lora, *a.opt, a.tokens);
+  a.tokens = 0;
+  ++a.version;
+  a.step = a.opt->steps_done();
+  Store::Effect e;
+  if (Status s = checkpoint(a, p.row.seq, e); !s) return done.push_back(failed(p.row, s.message()));
+  done.push_back(ok(p.row, {{"step", a.opt->steps_done()}, {"grad_norm", norm}}, e));
+}
+
+void Engine::load_state(Pending& p, Adapter& a, const std::string& name, std::vector<Store::Completion>& done) {
+  auto saved = store_->saved(p.row.client, name);
+  if (!saved) return done.push_back(failed(p.row, saved.status().message()));
+  if (!*saved) return done.push_back(failed(p.row, "load_state: no saved state \"" + name + "\" for this client"));
+  if (Status s = read_state((*saved)->path, a.lora, *a.opt); !s) return done.push_back(failed(p.row, s.message()));
+  a.tokens = 0;
+  ++a.version;
+  a.step = a.opt->steps_done();
+  Store::Effect e;
+  if (Status s = checkpoint(a, p.row.seq, e); !s) return done.push_back(failed(p.row, s.message()));
+  done.push_back(ok(p.row, {{"name", name}, {"step", a.opt->steps_done()}}, e));
+}
+
+void Engine::sample(Pending& p, Adapter& a, std::vector<Store::Completion>& done) {
+  auto req = parse_sample(p.body, base_->cfg, opts_.sample_rows);
+  if (!req) return done.push_back(failed(p.row, req.status().message()));
+  if (a.merged_version != a.version) {
+    std::vector<float> merged = base_->host_params;
+    a.lora.merge_into(merged);
+    if (a.merged.extent(0) != merged.size()) a.merged = Kokkos::View<float*>("merged", merged.size());
+    (void)from_host(a.merged, merged, "merged");
+    a.merged_version = a.version;
+  }
+  // Sample i's stream: a hash of (request seed, i), like the GRPO rollouts.
+  std::vector<uint64_t> seeds(req->prompts.size() * size_t(req->num_samples));
+  for (size_t i = 0; i < seeds.size(); ++i) seeds[i] = req->seed * 0x9E3779B97F4A7C15ull + i + 1;
+  auto s = base_->sampler->sample_groups(a.merged, req->prompts, req->num_samples, seeds, req->params);
+  if (!s) return done.push_back(failed(p.row, s.status().message()));
+  done.push_back(ok(p.row, to_json(*s)));
+}
+
+}  // namespace mobula::serve
