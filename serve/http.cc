@@ -63,6 +63,7 @@ HttpServer::HttpServer(Engine& e, const HttpOptions& o) : engine_(e), opts_(o), 
 Result<std::unique_ptr<HttpServer>> HttpServer::start(Engine& engine, const HttpOptions& opts) {
   std::unique_ptr<HttpServer> s(new HttpServer(engine, opts));
   s->srv_->set_payload_max_length(opts.max_body);
+  s->srv_->set_tcp_nodelay(true);  // replies are written as header + body: no Nagle wait on the second
   s->srv_->set_read_timeout(opts.io_timeout_s, 0);
   s->srv_->set_write_timeout(opts.io_timeout_s, 0);
   const int threads = opts.threads;
