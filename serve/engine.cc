@@ -97,7 +97,7 @@ Status Engine::load() {
     MOBULA_RETURN_IF_ERROR(rl::load_weights(opts_.base_weights, base_->cfg, base_->model->params));
   base_->model->set_frozen_base(true);
   base_->host_params = to_host(base_->model->params);
-  auto sampler = rl::Sampler<>::create(base_->cfg, opts_.sample_rows, base_->cfg.max_seq);
+  auto sampler = rl::Sampler<>::create(base_->cfg, std::max(opts_.sample_rows, opts_.pass_rows), base_->cfg.max_seq);
   if (!sampler) return sampler.status();
   base_->sampler = std::make_unique<rl::Sampler<>>(std::move(*sampler));
 
@@ -322,8 +322,12 @@ void Engine::run_round(std::vector<Pending>& round) {
           {p.row.seq, r.out.is_ok(), r.out ? to_json(*r.out, work[k].backward).dump() : r.out.status().message(), {}});
     }
   }
+  std::vector<Pending*> samples;
   for (Pending& p : round)
-    if (!is_pass_op(p.row.op)) execute_other(p, done);
+    if (p.row.op == "sample") samples.push_back(&p);
+  if (!samples.empty()) sample_round(samples, done);
+  for (Pending& p : round)
+    if (!is_pass_op(p.row.op) && p.row.op != "sample") execute_other(p, done);
   complete(done);
   std::lock_guard lk(mu_);
   for (const Pending& p : round) pending_.erase(p.row.seq);

@@ -6,7 +6,8 @@
 //  * Ordering: a client's requests run in submission order; requests of different clients run
 //    side by side. Each round, the worker takes the oldest request of every client that has one;
 //    all forward_backward / forward requests of the round share ONE pass over the base weights
-//    (rl/algo/lora_batch.h), the other calls run after them.
+//    (rl/algo/lora_batch.h), all sample requests one decode batch (rl/model/sampler.h,
+//    sample_many: every row with its adapter's delta), and the other calls run after them.
 //  * Isolation: a client reaches only its own adapters and saved states; another client's adapter
 //    id reads as unknown (404), never as forbidden, so ids reveal nothing.
 //  * Durability: serve/store.h. Requests are journaled before they are acknowledged; adapters
@@ -98,7 +99,8 @@ class Engine {
   void execute_other(Pending& p, std::vector<Store::Completion>& done);
   void optim_step(Pending& p, Adapter& a, std::vector<Store::Completion>& done);
   void load_state(Pending& p, Adapter& a, const std::string& name, std::vector<Store::Completion>& done);
-  void sample(Pending& p, Adapter& a, std::vector<Store::Completion>& done);
+  // Every sample request of a round, in as few sampler calls as its rows allow.
+  void sample_round(std::vector<Pending*>& reqs, std::vector<Store::Completion>& done);
   // Writes the adapter's state as of journal seq `seq` and records it in `e`.
   Status checkpoint(Adapter& a, int64_t seq, Store::Effect& e);
   void complete(std::vector<Store::Completion>& done);

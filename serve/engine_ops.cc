@@ -53,7 +53,6 @@ void Engine::execute_other(Pending& p, std::vector<Store::Completion>& done) {
   }
   if (!a) return done.push_back(failed(r, "adapter " + std::to_string(r.adapter) + " was deleted"));
   if (r.op == "optim_step") return optim_step(p, *a, done);
-  if (r.op == "sample") return sample(p, *a, done);
   if (r.op == "delete_adapter") {
     {
       std::lock_guard lk(mu_);
@@ -108,7 +107,6 @@ void Engine::optim_step(Pending& p, Adapter& a, std::vector<Store::Completion>& 
   a.opt->set_config(*cfg);
   const float norm = rl::lora_step(a.lora, *a.opt, a.tokens);
   a.tokens = 0;
-  ++a.version;
   a.step = a.opt->steps_done();
   Store::Effect e;
   if (Status s = checkpoint(a, p.row.seq, e); !s) return done.push_back(failed(p.row, s.message()));
@@ -121,29 +119,49 @@ void Engine::load_state(Pending& p, Adapter& a, const std::string& name, std::ve
   if (!*saved) return done.push_back(failed(p.row, "load_state: no saved state \"" + name + "\" for this client"));
   if (Status s = read_state((*saved)->path, a.lora, *a.opt); !s) return done.push_back(failed(p.row, s.message()));
   a.tokens = 0;
-  ++a.version;
   a.step = a.opt->steps_done();
   Store::Effect e;
   if (Status s = checkpoint(a, p.row.seq, e); !s) return done.push_back(failed(p.row, s.message()));
   done.push_back(ok(p.row, {{"name", name}, {"step", a.opt->steps_done()}}, e));
 }
 
-void Engine::sample(Pending& p, Adapter& a, std::vector<Store::Completion>& done) {
-  auto req = parse_sample(p.body, base_->cfg, opts_.sample_rows);
-  if (!req) return done.push_back(failed(p.row, req.status().message()));
-  if (a.merged_version != a.version) {
-    std::vector<float> merged = base_->host_params;
-    a.lora.merge_into(merged);
-    if (a.merged.extent(0) != merged.size()) a.merged = Kokkos::View<float*>("merged", merged.size());
-    (void)from_host(a.merged, merged, "merged");
-    a.merged_version = a.version;
+void Engine::sample_round(std::vector<Pending*>& reqs, std::vector<Store::Completion>& done) {
+  // Whole requests side by side in one decode batch (their adapters' deltas per row), up to the
+  // sampler's rows.
+  std::vector<rl::SampleBatch<>> batch;
+  std::vector<Pending*> in_batch;
+  int rows = 0;
+  auto flush = [&] {
+    if (batch.empty()) return;
+    auto s = base_->sampler->sample_many(base_->model->params, batch);
+    for (size_t k = 0; k < batch.size(); ++k)
+      done.push_back(s ? ok(in_batch[k]->row, to_json((*s)[k])) : failed(in_batch[k]->row, s.status().message()));
+    batch.clear();
+    in_batch.clear();
+    rows = 0;
+  };
+  for (Pending* p : reqs) {
+    Adapter* a = nullptr;
+    {
+      std::lock_guard lk(mu_);
+      a = find(p->row.client, p->row.adapter);
+    }
+    auto req = parse_sample(p->body, base_->cfg, opts_.sample_rows);
+    if (!a || !req) {
+      done.push_back(
+          failed(p->row, !a ? "adapter " + std::to_string(p->row.adapter) + " was deleted" : req.status().message()));
+      continue;
+    }
+    const int n = int(req->prompts.size()) * req->num_samples;
+    if (rows + n > base_->sampler->max_rows()) flush();
+    // Sample i's stream: a hash of (request seed, i), like the GRPO rollouts.
+    std::vector<uint64_t> seeds(static_cast<size_t>(n));
+    for (size_t i = 0; i < seeds.size(); ++i) seeds[i] = req->seed * 0x9E3779B97F4A7C15ull + i + 1;
+    batch.push_back({std::move(req->prompts), req->num_samples, std::move(seeds), req->params, &a->lora});
+    in_batch.push_back(p);
+    rows += n;
   }
-  // Sample i's stream: a hash of (request seed, i), like the GRPO rollouts.
-  std::vector<uint64_t> seeds(req->prompts.size() * size_t(req->num_samples));
-  for (size_t i = 0; i < seeds.size(); ++i) seeds[i] = req->seed * 0x9E3779B97F4A7C15ull + i + 1;
-  auto s = base_->sampler->sample_groups(a.merged, req->prompts, req->num_samples, seeds, req->params);
-  if (!s) return done.push_back(failed(p.row, s.status().message()));
-  done.push_back(ok(p.row, to_json(*s)));
+  flush();
 }
 
 }  // namespace mobula::serve

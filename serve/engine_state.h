@@ -25,11 +25,8 @@ struct Engine::Adapter {
   AdapterRow row;
   rl::LoraAdapter<> lora;
   std::unique_ptr<rl::AdamW<>> opt;
-  double tokens = 0;    // trained tokens accumulated in the gradients since the last optim_step
-  int64_t version = 0;  // bumped at every change of the weights
-  int64_t merged_version = -1;
-  Kokkos::View<float*> merged;  // base + delta, for the sampler
-  std::atomic<int> step{0};     // optimizer steps (read by list_adapters)
+  double tokens = 0;         // trained tokens accumulated in the gradients since the last optim_step
+  std::atomic<int> step{0};  // optimizer steps (read by list_adapters)
 };
 
 struct Engine::Pending {

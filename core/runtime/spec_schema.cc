@@ -193,7 +193,8 @@ std::vector<KeyDef> build_schema() {
   s.push_back(int_key("serve.max_body_kib", 4096, 1, 1 << 20, "Largest request body (KiB); larger ones get 413."));
   s.push_back(int_key("serve.max_rows", 64, 1, 1 << 16, "Most datums of one forward_backward / forward request."));
   s.push_back(int_key("serve.pass_rows", 32, 1, 1 << 16,
-                      "Rows of one pass over the base model (the chunks of several clients' requests)."));
+                      "Rows of one pass over the base model: the chunks of several clients' training requests, or the "
+                      "sequences of their sample requests decoded together."));
   s.push_back(int_key("serve.chunk_rows", 8, 1, 1 << 16,
                       "Rows of a chunk: requests are cut into chunks, results do not depend on what shares a pass."));
   s.push_back(

@@ -5,7 +5,9 @@
 //     (the baseline, same run). Prints both times, tokens/s and the aggregate ratio; checks that
 //     every adapter's gradients are the same bits both ways ("wrong" = differing adapters). Also the
 //     BLAS training path on the same rows, for what the row-invariant kernels cost.
-//  2. Request overhead: one small forward (1 datum) as a direct call, through the engine in-process
+//  2. Multi-LoRA sampling: K adapters' sample requests in one decode batch vs one after another
+//     ("wrong" = sequences whose tokens differ between the two).
+//  3. Request overhead: one small forward (1 datum) as a direct call, through the engine in-process
 //     (submit + retrieve: journal commit, queue, worker), and over HTTP (POST + retrieve_future).
 //
 //   build/perf/serve/bench_serve [--layers 2 --d-model 64 --heads 4 --context 16 --vocab 15 --rows 4
@@ -25,6 +27,7 @@
 #include "core/runtime/blas_cpu.h"
 #include "perf/harness.h"
 #include "rl/algo/lora_batch.h"
+#include "rl/model/sampler.h"
 #include "serve/engine.h"
 #include "serve/http.h"
 
@@ -131,6 +134,63 @@ void bench_batching(const GptConfig& cfg, int rows, int len, const std::vector<i
     const double tok = double(K) * rows * len;
     std::printf("%9d %12.3f %12.3f %14.0f %14.0f %8.2fx %13.3f %8.2fx %6d\n", K, s * 1e3, b * 1e3, tok / s, tok / b,
                 s / b, f * 1e3, b / f, wrong);
+    if (wrong) std::exit(1);
+  }
+}
+
+void bench_sampling(const GptConfig& cfg, const std::vector<int>& ks, int iters) {
+  const int prompts = 2, group = 4, new_tokens = 8;
+  std::printf("\n# multi-LoRA sampling: %d prompts x %d samples x %d new tokens per request, rank-8 adapters\n",
+              prompts, group, new_tokens);
+  std::printf("%9s %12s %12s %14s %14s %9s %6s\n", "adapters", "seq_ms", "batched_ms", "seq_tok/s", "batched_tok/s",
+              "ratio", "wrong");
+  for (int K : ks) {
+    auto m = Gpt<>::create(cfg, 1);
+    if (!m) fail(m.status().message());
+    m->init(1);
+    auto sampler = Sampler<>::create(cfg, K * prompts * group, cfg.max_seq);
+    if (!sampler) fail(sampler.status().message());
+    std::vector<LoraAdapter<>> ads;
+    std::vector<SampleBatch<>> reqs;
+    for (int k = 0; k < K; ++k) {
+      auto a = LoraAdapter<>::create(cfg, LoraConfig{8, 16, uint64_t(k + 1)});
+      if (!a) fail(a.status().message());
+      ads.push_back(std::move(*a));
+    }
+    for (int k = 0; k < K; ++k) {
+      SampleBatch<> b;
+      for (int p = 0; p < prompts; ++p) b.prompts.push_back({(3 + k + p) % cfg.vocab, (5 + 2 * k) % cfg.vocab, 1});
+      b.group = group;
+      for (int i = 0; i < prompts * group; ++i) b.seeds.push_back(uint64_t(k * 100 + i));
+      b.params.max_new_tokens = new_tokens;
+      b.adapter = &ads[size_t(k)];
+      reqs.push_back(std::move(b));
+    }
+    std::vector<double> seq, bat;
+    int wrong = 0;
+    for (int it = 0; it < iters + 1; ++it) {
+      std::vector<std::vector<Sample>> alone;
+      double t0 = now();
+      for (int k = 0; k < K; ++k) {
+        auto r = sampler->sample_many(m->params, std::span(&reqs[size_t(k)], 1));
+        if (!r) fail(r.status().message());
+        alone.push_back(std::move((*r)[0]));
+      }
+      const double ts = now() - t0;
+      t0 = now();
+      auto together = sampler->sample_many(m->params, reqs);
+      const double tb = now() - t0;
+      if (!together) fail(together.status().message());
+      wrong = 0;
+      for (int k = 0; k < K; ++k)
+        for (size_t i = 0; i < alone[size_t(k)].size(); ++i)
+          wrong += alone[size_t(k)][i].tokens != (*together)[size_t(k)][i].tokens;
+      if (it == 0) continue;
+      seq.push_back(ts);
+      bat.push_back(tb);
+    }
+    const double sm = perf::median(seq), b = perf::median(bat), tok = double(K) * prompts * group * new_tokens;
+    std::printf("%9d %12.3f %12.3f %14.0f %14.0f %8.2fx %6d\n", K, sm * 1e3, b * 1e3, tok / sm, tok / b, sm / b, wrong);
     if (wrong) std::exit(1);
   }
 }
@@ -262,6 +322,7 @@ int main(int argc, char** argv) {
   if (Status s = cfg.validate(); !s) fail(s.message());
   if (len > cfg.max_seq) fail("--len exceeds --context");
   bench_batching(cfg, rows, len, ks, iters);
+  bench_sampling(cfg, ks, iters);
   bench_overhead(cfg, calls, http);
   return 0;
 }

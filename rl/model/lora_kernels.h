@@ -59,31 +59,50 @@ void lora_backward(float* dinp,        // (N,IC) +=
         for (int j = 0; j < r; ++j) {
           const float* a = A + long(j) * IC;
           t[j] = scale * sum16(IC, [&](int c) { return x[c] * a[c]; });
-          dt[j] = 0.f;
         }
-        for (int k = 0; k < OC; ++k) {
+        // dt = scale * g B: four partial sums over k (k mod 4), added in order at the end: four
+        // independent FMA chains instead of one (a fixed order all the same).
+        float part[4][kMaxLoraRank];
+        for (int q = 0; q < 4; ++q)
+          for (int j = 0; j < r; ++j) part[q][j] = 0.f;
+        const int OC4 = OC - OC % 4;
+        for (int k = 0; k < OC4; k += 4)
+          for (int q = 0; q < 4; ++q) {
+            const float* b = B + long(k + q) * r;
+            const float gk = g[k + q];
+            for (int j = 0; j < r; ++j) part[q][j] += gk * b[j];
+          }
+        for (int k = OC4; k < OC; ++k) {
           const float* b = B + long(k) * r;
-          for (int j = 0; j < r; ++j) dt[j] += g[k] * b[j];
+          for (int j = 0; j < r; ++j) part[0][j] += g[k] * b[j];
         }
-        for (int j = 0; j < r; ++j) dt[j] *= scale;
+        for (int j = 0; j < r; ++j) dt[j] = scale * (((part[0][j] + part[1][j]) + part[2][j]) + part[3][j]);
+        // dinp += dt A, the rank's terms added in order j = 0..r-1 (contiguous over c: vectorizes).
         float* d = dinp + p * IC;
-        for (int c = 0; c < IC; ++c) {
-          float s = 0.f;
-          for (int j = 0; j < r; ++j) s += dt[j] * A[long(j) * IC + c];
-          d[c] += s;
+        for (int j = 0; j < r; ++j) {
+          const float* a = A + long(j) * IC;
+          const float dj = dt[j];
+          for (int c = 0; c < IC; ++c) d[c] += dj * a[c];
         }
       });
-  // dB (OC,r): row k walks the positions in order.
+  // dB (OC,r): every element sums over the positions in order; 16 rows of dB an item, so that each
+  // position's dout is read as 16 contiguous floats and the (16, r) sums stay in L1.
   Kokkos::parallel_for(
-      "lora_backward_dB", Range<Exec>(0, OC), KOKKOS_LAMBDA(long k) {
-        float acc[kMaxLoraRank];
-        for (int j = 0; j < r; ++j) acc[j] = 0.f;
+      "lora_backward_dB", Range<Exec>(0, (OC + 15) / 16), KOKKOS_LAMBDA(long blk) {
+        const int k0 = int(blk) * 16, kn = OC - k0 < 16 ? OC - k0 : 16;
+        float acc[16 * kMaxLoraRank];
+        for (int i = 0; i < kn * r; ++i) acc[i] = 0.f;
         for (long p = p0; p < p1; ++p) {
-          const float g = dout[p * OC + k];
+          const float* g = dout + p * OC + k0;
           const float* t = tmp + (p - p0) * r;
-          for (int j = 0; j < r; ++j) acc[j] += g * t[j];
+          for (int kk = 0; kk < kn; ++kk) {
+            const float gk = g[kk];
+            float* a = acc + kk * r;
+            for (int j = 0; j < r; ++j) a[j] += gk * t[j];
+          }
         }
-        for (int j = 0; j < r; ++j) dB[k * r + j] += acc[j];
+        for (int kk = 0; kk < kn; ++kk)
+          for (int j = 0; j < r; ++j) dB[long(k0 + kk) * r + j] += acc[kk * r + j];
       });
   // dA (r,IC): row j walks the positions in order, the IC columns side by side (contiguous).
   Kokkos::parallel_for(

@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <tuple>
 
 #include "rl/model/decode_kernels.h"
 #include "rl/model/gpt.h"
+#include "rl/model/lora_kernels.h"
 
 namespace mobula::rl {
 
@@ -262,6 +264,7 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
     float* vc = vcache_.data() + kv.layer(l);
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, x, P + o.ln1w + lo, P + o.ln1b + lo, R, C);
     matmul(qkv, ln, o.qkvw + lo, o.qkvb + lo, C, 3 * C);
+    lora_rows(l, 0, qkv, ln, C, 3 * C, R);
     // K and V are cached as (Lmax, hs) per (slot, head): the store of a new position is contiguous
     // (a transposed K makes every store a cache miss). The q.k dot products
     // use kernels::sum16, so they vectorize without reassociating (deterministic).
@@ -332,11 +335,14 @@ void Sampler<Exec>::step(const Buffer& params, int R, bool logits) {
         });
     if (pf && (logits || l + 2 < cfg_.layers)) plan_kv_prefetch(l, R);  // the attention it fetches for runs
     matmul(res, atty, o.attprojw + lo, o.attprojb + lo, C, C);
+    lora_rows(l, 1, res, atty, C, C, R);
     K::add_inplace<Exec>(res, x, long(R) * C);
     K::layernorm_forward<Exec>(ln, W + w.mean, W + w.rstd, res, P + o.ln2w + lo, P + o.ln2b + lo, R, C);
     matmul(fch, ln, o.fcw + lo, o.fcb + lo, C, H);
+    lora_rows(l, 2, fch, ln, C, H, R);
     K::gelu_forward<Exec>(fchg, fch, long(R) * H);
     matmul(x, fchg, o.fcprojw + lo, o.fcprojb + lo, H, C);
+    lora_rows(l, 3, x, fchg, H, C, R);
     K::add_inplace<Exec>(x, res, long(R) * C);
   }
   K::layernorm_forward<Exec>(W + w.lnf, W + w.mean, W + w.rstd, x, P + o.lnfw, P + o.lnfb, R, C);
@@ -353,28 +359,72 @@ Result<std::vector<Sample>> Sampler<Exec>::sample(const Buffer& params, const st
 }
 
 template <class Exec>
+void Sampler<Exec>::lora_rows(int l, int target, float* out, const float* inp, int IC, int OC, int R) {
+  for (int i0 = 0; i0 < R;) {
+    LoraAdapter<Exec>* a = row_lora_[size_t(i0)];
+    int i1 = i0 + 1;
+    while (i1 < R && row_lora_[size_t(i1)] == a) ++i1;
+    if (a) {
+      const float* w = a->params.data();
+      kernels::lora_forward<Exec>(out, inp, w + a->a_offset(l, LoraTarget(target)),
+                                  w + a->b_offset(l, LoraTarget(target)), a->config().scale(), i0, i1, IC, OC,
+                                  a->config().rank);
+    }
+    i0 = i1;
+  }
+}
+
+template <class Exec>
 Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
                                                          const std::vector<std::vector<int>>& prompts, int group,
                                                          const std::vector<uint64_t>& seeds, const SamplingParams& sp) {
-  const int P = static_cast<int>(prompts.size()), V = cfg_.vocab;
-  const int R = P * group;
-  if (group < 1 || R > max_rows_)
-    return Status::invalid_argument("Sampler: " + std::to_string(P) + " prompts x " + std::to_string(group) +
-                                    " rows exceed max_rows " + std::to_string(max_rows_));
-  if (static_cast<int>(seeds.size()) != R)
-    return Status::invalid_argument("Sampler: need one seed per row (" + std::to_string(R) + "), got " +
-                                    std::to_string(seeds.size()));
+  const SampleBatch<Exec> one{prompts, group, seeds, sp, nullptr};
+  auto r = sample_many(params, std::span(&one, 1));
+  if (!r) return r.status();
+  return std::move((*r)[0]);
+}
+
+template <class Exec>
+Result<std::vector<std::vector<Sample>>> Sampler<Exec>::sample_many(const Buffer& params,
+                                                                    std::span<const SampleBatch<Exec>> reqs) {
+  const int V = cfg_.vocab;
+  // Rows: request q's follow request q-1's; prompt p of request q owns `group` rows from its slot.
+  struct Prompt {
+    const std::vector<int>* tokens;
+    int slot, group;
+  };
+  std::vector<Prompt> prompts;
+  std::vector<int> row_req, first_row;
+  int R = 0;
+  for (size_t q = 0; q < reqs.size(); ++q) {
+    const SampleBatch<Exec>& b = reqs[q];
+    const int P = static_cast<int>(b.prompts.size());
+    if (b.group < 1 || R + P * b.group > max_rows_)
+      return Status::invalid_argument("Sampler: " + std::to_string(R + P * b.group) + " rows exceed max_rows " +
+                                      std::to_string(max_rows_));
+    if (static_cast<int>(b.seeds.size()) != P * b.group)
+      return Status::invalid_argument("Sampler: need one seed per row (" + std::to_string(P * b.group) + "), got " +
+                                      std::to_string(b.seeds.size()));
+    if (b.adapter && b.adapter->base().to_string() != cfg_.to_string())
+      return Status::invalid_argument("Sampler: a LoRA adapter made for another base (" +
+                                      b.adapter->base().to_string() + ")");
+    for (int p = 0; p < P; ++p) {
+      const auto& pr = b.prompts[size_t(p)];
+      if (pr.empty() || static_cast<int>(pr.size()) >= max_len_)
+        return Status::invalid_argument("Sampler: prompt " + std::to_string(p) + " has " + std::to_string(pr.size()) +
+                                        " tokens; need 1.." + std::to_string(max_len_ - 1));
+      for (int t : pr)
+        if (t < 0 || t >= V)
+          return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
+      prompts.push_back({&pr, R + p * b.group, b.group});
+    }
+    first_row.push_back(R);
+    for (int r = 0; r < P * b.group; ++r) row_req.push_back(static_cast<int>(q));
+    R += P * b.group;
+  }
   if (params.extent(0) < off_.count)
     return Status::invalid_argument("Sampler: parameter buffer smaller than the model");
-  for (int p = 0; p < P; ++p) {
-    const auto& pr = prompts[size_t(p)];
-    if (pr.empty() || static_cast<int>(pr.size()) >= max_len_)
-      return Status::invalid_argument("Sampler: prompt " + std::to_string(p) + " has " + std::to_string(pr.size()) +
-                                      " tokens; need 1.." + std::to_string(max_len_ - 1));
-    for (int t : pr)
-      if (t < 0 || t >= V)
-        return Status::invalid_argument("Sampler: prompt token " + std::to_string(t) + " outside vocabulary");
-  }
+  row_lora_.assign(size_t(max_rows_), nullptr);
   row_steps_ = 0;
   timing_ = Timing{};
   const auto t_call = std::chrono::steady_clock::now();
@@ -387,57 +437,36 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
   // it would one position per step (a row's results do not depend on the rows beside it), in fewer,
   // fuller steps: a GRPO batch of 8 prompts x 8 samples prefills 8 rows per position otherwise.
   int maxlen = 0;
-  for (const auto& pr : prompts) maxlen = std::max(maxlen, static_cast<int>(pr.size()));
+  for (const auto& pr : prompts) maxlen = std::max(maxlen, static_cast<int>(pr.tokens->size()));
   int rows = 0;
   for (int s = 0; s + 1 < maxlen; ++s)
-    for (int p = 0; p < P; ++p) {
-      if (s + 1 >= static_cast<int>(prompts[size_t(p)].size())) continue;
-      tok_h_(rows) = prompts[size_t(p)][size_t(s)];
+    for (const Prompt& pr : prompts) {
+      if (s + 1 >= static_cast<int>(pr.tokens->size())) continue;
+      tok_h_(rows) = (*pr.tokens)[size_t(s)];
       pos_h_(rows) = s;
-      slot_h_(rows) = p * group;
+      slot_h_(rows) = pr.slot;
+      row_lora_[size_t(rows)] = reqs[size_t(row_req[size_t(pr.slot)])].adapter;
       if (++rows == max_rows_) {
         step(params, rows, false);
         rows = 0;
       }
     }
   if (rows) step(params, rows, false);
-  // Copy every prompt's prefix KV into the other rows of its group.
-  if (group > 1) {
-    const int NH = cfg_.heads, hs = cfg_.head_size();
-    const KvLayout kv = kv_layout(cfg_, max_rows_, max_len_);
-    std::vector<int> plen(static_cast<size_t>(P));
-    for (int p = 0; p < P; ++p) plen[size_t(p)] = static_cast<int>(prompts[size_t(p)].size()) - 1;
-    Kokkos::View<int*, Mem> plen_d("plen", P);
-    auto plen_h = Kokkos::create_mirror_view(plen_d);
-    for (int p = 0; p < P; ++p) plen_h(p) = plen[size_t(p)];
-    Kokkos::deep_copy(plen_d, plen_h);
-    const int* pl = plen_d.data();
-    const int L = cfg_.layers;
-    float* kc = kcache_.data();
-    float* vc = vcache_.data();
-    const int G = group;
-    Kokkos::parallel_for(
-        "prefix_share", kernels::Range<Exec>(0, long(L) * P * (G - 1) * NH), KOKKOS_LAMBDA(long i) {
-          const long h = i % NH, g = (i / NH) % (G - 1) + 1, p = (i / (long(NH) * (G - 1))) % P,
-                     l = i / (long(NH) * (G - 1) * P);
-          const long src = kv.layer(l) + kv.head(p * G, h);
-          const long dst = kv.layer(l) + kv.head(p * G + g, h);
-          for (long e = 0; e < long(pl[p]) * hs; ++e) {  // positions [0, prompt length - 1)
-            kc[dst + e] = kc[src + e];
-            vc[dst + e] = vc[src + e];
-          }
-        });
-  }
+  share_prefixes(prompts.size(), [&](size_t k) {
+    return std::make_tuple(prompts[k].slot, prompts[k].group, int(prompts[k].tokens->size()) - 1);
+  });
   // Decode: every row starts from its prompt's last token.
   std::vector<Sample> out(static_cast<size_t>(R));
   std::vector<int> cur_tok(static_cast<size_t>(R)), cur_pos(static_cast<size_t>(R));
   std::vector<int> active;
-  for (int r = 0; r < R; ++r) {
-    const auto& pr = prompts[size_t(r / group)];
-    cur_tok[size_t(r)] = pr.back();
-    cur_pos[size_t(r)] = static_cast<int>(pr.size()) - 1;
-    if (sp.max_new_tokens > 0) active.push_back(r);
-  }
+  for (const Prompt& pr : prompts)
+    for (int g = 0; g < pr.group; ++g) {
+      const int r = pr.slot + g;
+      cur_tok[size_t(r)] = pr.tokens->back();
+      cur_pos[size_t(r)] = static_cast<int>(pr.tokens->size()) - 1;
+      if (reqs[size_t(row_req[size_t(r)])].params.max_new_tokens > 0) active.push_back(r);
+    }
+  std::sort(active.begin(), active.end());
   while (!active.empty()) {
     const int n = static_cast<int>(active.size());
     for (int i = 0; i < n; ++i) {
@@ -445,15 +474,19 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
       tok_h_(i) = cur_tok[size_t(r)];
       pos_h_(i) = cur_pos[size_t(r)];
       slot_h_(i) = r;
+      row_lora_[size_t(i)] = reqs[size_t(row_req[size_t(r)])].adapter;
     }
     step(params, n);
     const auto t_pick = std::chrono::steady_clock::now();
     std::vector<int> still;
     for (int i = 0; i < n; ++i) {
       const int r = active[size_t(i)];
+      const int q = row_req[size_t(r)];
+      const SamplingParams& sp = reqs[size_t(q)].params;
       const float* z = logits_h_.data() + size_t(i) * V;
       Sample& smp = out[size_t(r)];
-      const auto [t, lp] = pick_token(z, V, sp, stream_uniform(seeds[size_t(r)], smp.tokens.size()));
+      const uint64_t seed = reqs[size_t(q)].seeds[size_t(r - first_row[size_t(q)])];
+      const auto [t, lp] = pick_token(z, V, sp, stream_uniform(seed, smp.tokens.size()));
       float mx = *std::max_element(z, z + V);
       double sum = 0;
       for (int v = 0; v < V; ++v) sum += std::exp(double(z[v]) - mx);
@@ -474,7 +507,50 @@ Result<std::vector<Sample>> Sampler<Exec>::sample_groups(const Buffer& params,
     timing_.picked += n;
   }
   timing_.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_call).count();
-  return out;
+  std::vector<std::vector<Sample>> split(reqs.size());
+  for (size_t q = 0; q < reqs.size(); ++q) {
+    const int end = q + 1 < reqs.size() ? first_row[q + 1] : R;
+    split[q].assign(std::make_move_iterator(out.begin() + first_row[q]), std::make_move_iterator(out.begin() + end));
+  }
+  return split;
+}
+
+template <class Exec>
+template <class F>
+void Sampler<Exec>::share_prefixes(size_t prompts, F&& prompt) {
+  // Every (prompt, g >= 1): copy the prompt's prefix KV (positions [0, length - 1)) from its first
+  // row's slot into row g's.
+  std::vector<int> src, dst, len;
+  for (size_t k = 0; k < prompts; ++k) {
+    const auto [slot, group, plen] = prompt(k);
+    for (int g = 1; g < group; ++g) {
+      src.push_back(slot);
+      dst.push_back(slot + g);
+      len.push_back(plen);
+    }
+  }
+  if (src.empty()) return;
+  const long n = static_cast<long>(src.size());
+  Kokkos::View<int*, Mem> triples("prefix_copies", size_t(3 * n));
+  auto th = Kokkos::create_mirror_view(triples);
+  for (long i = 0; i < n; ++i)
+    th(3 * i) = src[size_t(i)], th(3 * i + 1) = dst[size_t(i)], th(3 * i + 2) = len[size_t(i)];
+  Kokkos::deep_copy(triples, th);
+  const int NH = cfg_.heads, hs = cfg_.head_size(), L = cfg_.layers;
+  const KvLayout kv = kv_layout(cfg_, max_rows_, max_len_);
+  const int* c = triples.data();
+  float* kc = kcache_.data();
+  float* vc = vcache_.data();
+  Kokkos::parallel_for(
+      "prefix_share", kernels::Range<Exec>(0, long(L) * n * NH), KOKKOS_LAMBDA(long i) {
+        const long h = i % NH, k = (i / NH) % n, l = i / (long(NH) * n);
+        const long from = kv.layer(l) + kv.head(c[3 * k], h);
+        const long to = kv.layer(l) + kv.head(c[3 * k + 1], h);
+        for (long e = 0; e < long(c[3 * k + 2]) * hs; ++e) {  // positions [0, prompt length - 1)
+          kc[to + e] = kc[from + e];
+          vc[to + e] = vc[from + e];
+        }
+      });
 }
 
 template class Sampler<Kokkos::DefaultExecutionSpace>;

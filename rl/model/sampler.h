@@ -16,6 +16,7 @@
 #include <Kokkos_Core.hpp>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "rl/model/config.h"
@@ -42,6 +43,18 @@ struct Sample {
   bool finished_by_length = false;
 };
 
+// One request of Sampler::sample_many: `group` completions of each prompt (row p * group + g),
+// seeds[i] driving row i, its own sampling params, and its LoRA adapter (rl/model/lora.h; null:
+// the base alone), which must outlive the call.
+template <class Exec = Kokkos::DefaultExecutionSpace>
+struct SampleBatch {
+  std::vector<std::vector<int>> prompts;
+  int group = 1;
+  std::vector<uint64_t> seeds;
+  SamplingParams params;
+  LoraAdapter<Exec>* adapter = nullptr;
+};
+
 template <class Exec = Kokkos::DefaultExecutionSpace>
 class Sampler {
  public:
@@ -57,6 +70,12 @@ class Sampler {
   // `group` rows per prompt (row p*group + g), the prompt's KV computed once; seeds: prompts*group.
   Result<std::vector<Sample>> sample_groups(const Buffer& params, const std::vector<std::vector<int>>& prompts,
                                             int group, const std::vector<uint64_t>& seeds, const SamplingParams& sp);
+
+  // Several requests in one batch (multi-LoRA serving): their rows decode side by side, every
+  // projection adding each row's own adapter delta to the shared base matmul. A row's tokens
+  // depend only on its prompt, seed, params and weights (base + its adapter), not on the other
+  // requests (tested). The rows of all requests together <= max_rows.
+  Result<std::vector<std::vector<Sample>>> sample_many(const Buffer& params, std::span<const SampleBatch<Exec>> reqs);
 
   // Host backends: the decode matmuls prefetch their next weights and the K and V rows that the next
   // attention reads (on by default; hints, the results are the same either way). Off: benchmarks.
@@ -81,6 +100,13 @@ class Sampler {
   // (R,V) land in logits_h_. Without `logits` (prefill), only the K and V entries are computed: the
   // last layer stops after storing them.
   void step(const Buffer& params, int R, bool logits = true);
+  // Adds the LoRA deltas of the step's rows (runs of equal row_lora_) to projection `target` of
+  // layer l.
+  void lora_rows(int l, int target, float* out, const float* inp, int IC, int OC, int R);
+  std::vector<LoraAdapter<Exec>*> row_lora_;  // (max_rows) the adapter of each row of a step
+  // Copies prompt k's prefix KV into the other rows of its group; prompt(k) = (slot, group, length - 1).
+  template <class F>
+  void share_prefixes(size_t prompts, F&& prompt);
 
   GptConfig cfg_;
   int max_rows_ = 0, max_len_ = 0;
