@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -308,6 +309,16 @@ int cmd_step(const StepOptions& o, const std::vector<std::string>& command) {
                    "mobula step: the job was preempted and has been requeued %ld time(s), the limit "
                    "(fault.max_requeues = %d); not requeueing. Resubmit it to resume from its checkpoint\n",
                    requeues, o.max_requeues);
+      return code;
+    }
+    // `scancel` stops the ranks with SIGTERM too, and they exit 3 like a preemption: a cancelled job
+    // (COMPLETING while its processes end, then CANCELLED) must stay cancelled; scontrol requeue
+    // would bring it back. A preemption signal leaves the job RUNNING.
+    const auto j = !node_lost && forwarded_signal() == SIGTERM ? slurm::show_job(job)
+                                                               : Result<slurm::JobInfo>(Status::not_found("not asked"));
+    if (j.is_ok() && (j->state == "CANCELLED" || j->state == "COMPLETING")) {
+      event("job_end", {{"exit_code", events::num(code)}, {"outcome", events::str("cancelled")}});
+      std::fprintf(stderr, "mobula step: the job was cancelled (scancel); not requeueing it\n");
       return code;
     }
     // Before the command: a requeue can end this batch script (SIGTERM/SIGKILL) before scontrol returns,

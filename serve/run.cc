@@ -10,8 +10,6 @@
 #include <thread>
 
 #include "core/health/health.h"
-#include "rl/model/tokenizer.h"
-#include "rl/tasks/task.h"
 #include "serve/engine.h"
 #include "serve/http.h"
 
@@ -23,15 +21,9 @@ Result<EngineOptions> engine_options(const JobSpec& spec) {
   EngineOptions o;
   const ServeSpec& s = spec.serve;
   if (s.base.empty()) {  // a random base of [model]'s shape over rl.task's characters
-    auto task = rl::make_task(spec.rl.task, spec.rl.digits);
-    if (!task) return Status::invalid_spec(spec.where("rl.task") + ": rl.task: " + task.status().message());
-    o.model.vocab = rl::CharTokenizer((*task)->alphabet()).vocab_size();
-    o.model.max_seq = spec.model.context;
-    o.model.layers = spec.model.layers;
-    o.model.heads = spec.model.heads;
-    o.model.d_model = spec.model.d_model;
-    o.model.mlp_ratio = spec.model.mlp_ratio;
-    if (Status v = o.model.validate(); !v) return Status::invalid_spec(spec.where("model") + ": " + v.message());
+    auto cfg = rl::task_model_config(spec);
+    if (!cfg) return cfg.status();
+    o.model = *cfg;
   } else if (!std::filesystem::exists(s.base)) {
     return Status::invalid_spec(spec.where("serve.base") + ": serve.base: " + s.base +
                                 " does not exist (a weights file, e.g. a grpo job's policy.safetensors)");

@@ -140,12 +140,16 @@ Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, std::span<co
   return out;
 }
 
-float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens) {
+float step_token_mean(const AdamW<>::Buffer& params, const AdamW<>::Buffer& grads, AdamW<>& opt, double tokens) {
   const float scale = static_cast<float>(1.0 / tokens);
-  float* g = model.grads.data();
+  float* g = grads.data();
   Kokkos::parallel_for(
-      "scale_grads", Kokkos::RangePolicy<>(0, model.grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
-  return opt.step(model.params, model.grads);
+      "scale_grads", Kokkos::RangePolicy<>(0, grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
+  return opt.step(params, grads);
+}
+
+float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens) {
+  return step_token_mean(model.params, model.grads, opt, tokens);
 }
 
 }  // namespace mobula::rl

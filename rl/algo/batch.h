@@ -66,5 +66,7 @@ Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, std::span<co
 // with its current config. Returns the gradient norm before clipping. The gradients are left
 // scaled; the caller zeroes them before the next accumulation.
 float step_token_mean(Gpt<>& model, AdamW<>& opt, double tokens);
+// The same on any flat parameter/gradient pair laid out for `opt` (a LoRA adapter's).
+float step_token_mean(const AdamW<>::Buffer& params, const AdamW<>::Buffer& grads, AdamW<>& opt, double tokens);
 
 }  // namespace mobula::rl

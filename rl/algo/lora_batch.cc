@@ -167,11 +167,7 @@ std::vector<LoraWorkResult> forward_backward_lora(Gpt<>& model, std::span<const 
 }
 
 float lora_step(LoraAdapter<>& adapter, AdamW<>& opt, double tokens) {
-  const float scale = static_cast<float>(1.0 / tokens);
-  float* g = adapter.grads.data();
-  Kokkos::parallel_for(
-      "lora_scale_grads", Kokkos::RangePolicy<>(0, adapter.grads.extent(0)), KOKKOS_LAMBDA(long i) { g[i] *= scale; });
-  const float norm = opt.step(adapter.params, adapter.grads);
+  const float norm = step_token_mean(adapter.params, adapter.grads, opt, tokens);
   adapter.zero_grad();
   return norm;
 }

@@ -730,13 +730,9 @@ Status run_grpo(const WorkloadContext& ctx) {
   auto task = make_task(rl.task, rl.digits);
   if (!task) return Status::invalid_spec(spec.where("rl.task") + ": rl.task: " + task.status().message());
   GrpoSetup s{ctx, **task, CharTokenizer((*task)->alphabet()), {}, {}, 0, 0, false, false, 0};
-  s.cfg.vocab = s.tok.vocab_size();
-  s.cfg.max_seq = spec.model.context;
-  s.cfg.layers = spec.model.layers;
-  s.cfg.heads = spec.model.heads;
-  s.cfg.d_model = spec.model.d_model;
-  s.cfg.mlp_ratio = spec.model.mlp_ratio;
-  MOBULA_RETURN_IF_ERROR(s.cfg.validate());
+  auto cfg = task_model_config(spec);  // the vocabulary of s.tok
+  if (!cfg) return cfg.status();
+  s.cfg = *cfg;
   const int prompt_len = static_cast<int>((*task)->example(0, 0).prompt.size());
   if (prompt_len + rl.max_new_tokens > s.cfg.max_seq)
     return Status::invalid_spec(spec.where("model.context") + ": model.context: " + std::to_string(s.cfg.max_seq) +

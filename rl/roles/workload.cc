@@ -11,6 +11,8 @@
 #include "core/runtime/mpi.h"
 #include "core/runtime/time_format.h"
 #include "io/synthetic_images.h"
+#include "rl/model/tokenizer.h"
+#include "rl/tasks/task.h"
 
 namespace mobula::rl {
 namespace {
@@ -135,6 +137,20 @@ Status ensure_synthetic_dataset(const WorkloadContext& ctx, int duplicate_percen
   MOBULA_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, ctx.world));
   if (!ok) return st.is_ok() ? Status::io("data: rank 0 could not create " + d.dir + " (see its log)") : st;
   return Status::ok();
+}
+
+Result<GptConfig> task_model_config(const JobSpec& spec) {
+  auto task = make_task(spec.rl.task, spec.rl.digits);
+  if (!task) return Status::invalid_spec(spec.where("rl.task") + ": rl.task: " + task.status().message());
+  GptConfig c;
+  c.vocab = CharTokenizer((*task)->alphabet()).vocab_size();
+  c.max_seq = spec.model.context;
+  c.layers = spec.model.layers;
+  c.heads = spec.model.heads;
+  c.d_model = spec.model.d_model;
+  c.mlp_ratio = spec.model.mlp_ratio;
+  if (Status v = c.validate(); !v) return Status::invalid_spec(spec.where("model") + ": " + v.message());
+  return c;
 }
 
 Status run_workload(const WorkloadContext& ctx) {

@@ -13,6 +13,7 @@
 #include "core/runtime/layout.h"
 #include "core/runtime/role_comms.h"
 #include "core/runtime/spec.h"
+#include "rl/model/config.h"
 
 namespace mobula::rl {
 
@@ -27,6 +28,10 @@ struct WorkloadContext {
 };
 
 Status run_workload(const WorkloadContext& ctx);
+
+// The policy's shape from the spec: [model]'s keys over the characters of rl.task (the vocabulary
+// of its CharTokenizer); a spec error naming the key when either is invalid.
+Result<GptConfig> task_model_config(const JobSpec& spec);
 
 // Rank 0 writes the synthetic image dataset (io/synthetic_images.h, with `duplicate_percent` near-
 // duplicates) into data.dir when it holds none; every rank learns the outcome (collective over the

@@ -1,6 +1,7 @@
 // sbatch jobs on the local 3-node Slurm cluster (gpu = n1,n2; cpu = n3): an MPI job across two
 // emulated nodes with srun --mpi=pmix, and a heterogeneous job whose het groups define the roles.
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <signal.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
@@ -690,6 +692,99 @@ TEST_F(Sbatch, ScaleStudyRunsEachPointAsAJobAfterThePrevious) {
   for (const auto& e : fs::directory_iterator(fs::path(out) / "points" / "trainers2" / "rep-1"))
     found_out = found_out || e.path().filename().string().rfind("slurm-", 0) == 0;
   EXPECT_TRUE(found_out) << "no slurm-ID.out in the run's work dir";
+}
+
+TEST_F(Sbatch, ServeJobIsRequeuedAndKeepsItsState) {
+  // `mobula submit` of a serve spec: the service runs as a batch job; the pre-timeout signal makes
+  // it exit "preempted", mobula step requeues it, and the next allocation's service answers the
+  // futures of the first one and still holds the gradient of an acknowledged forward_backward
+  // (re-run from the journal): the optim_step after the requeue trains on it.
+  using nlohmann::json;
+  const std::string work = (dir_ / "serve").string();
+  std::vector<std::string> args = {
+      kSrc + "/examples/serve.toml", "--set", "job.workdir=" + work, "--set", "serve.port=0", "--set",
+      "slurm.partition=gpu"};
+  std::vector<std::string> tok = {kExe, "serve", "token", "create"};
+  tok.insert(tok.end(), args.begin(), args.end());
+  tok.insert(tok.end(), {"--name", "alice"});
+  auto t = run_capture(tok, 60);
+  ASSERT_TRUE(t.is_ok() && t->exit_code == 0) << (t ? t->err : t.status().message());
+  const httplib::Headers auth = {{"Authorization", "Bearer " + t->out.substr(0, t->out.find('\n'))}};
+  const std::string id = submit(args);
+  ASSERT_FALSE(id.empty());
+  const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
+  // The service of an attempt: its port once serve.json names a pid other than `old` and answers.
+  auto endpoint = [&](int64_t old, int64_t* pid) {
+    for (int i = 0; i < 2400; ++i) {
+      const json j = json::parse(slurp(fs::path(work) / "serve.json"), nullptr, false);
+      if (j.is_object() && j["pid"] != old) {
+        httplib::Client c("127.0.0.1", j["port"].get<int>());
+        if (auto r = c.Get("/v1/healthz"); r && r->status == 200) {
+          *pid = j["pid"];
+          return j["port"].get<int>();
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return 0;
+  };
+  auto call = [&](int port, const std::string& path, const json& body, const std::string& rid) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    httplib::Headers h = auth;
+    if (!rid.empty()) h.emplace("Idempotency-Key", rid);
+    auto r = c.Post(path.c_str(), h, body.dump(), "application/json");
+    return r ? json::parse(r->body, nullptr, false) : json();
+  };
+  auto result = [&](int port, const json& submitted) {
+    for (int i = 0; i < 60; ++i) {
+      const json f = call(port, "/v1/retrieve_future", {{"future_id", submitted["future_id"]}, {"timeout_s", 5}}, "");
+      if (f.is_object() && f["state"] != "pending") return f;
+    }
+    return json();
+  };
+  int64_t pid = -1;
+  const int port = endpoint(-1, &pid);
+  ASSERT_GT(port, 0) << slurp(log);
+  const json created = result(port, call(port, "/v1/adapters", {{"rank", 4}}, "create"));
+  ASSERT_EQ(created["state"], "done") << created.dump();
+  const std::string base = "/v1/adapters/" + std::to_string(created["result"]["adapter_id"].get<int64_t>());
+  json datum = {{"tokens", {3, 4, 5, 6, 7}}, {"target_tokens", {4, 5, 6, 7, 8}}, {"weights", {0, 1, 1, 1, 1}}};
+  const json fb = result(port, call(port, base + "/forward_backward", {{"data", {datum}}}, "fb"));
+  ASSERT_EQ(fb["state"], "done") << fb.dump();
+  Result<ProcessResult> sig = Status::timeout("scancel not run");
+  for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(110);
+       std::chrono::steady_clock::now() < until;) {
+    sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 60);
+    if (sig.is_ok() && sig->exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  ASSERT_TRUE(sig.is_ok() && sig->exit_code == 0) << (sig ? sig->err : sig.status().message());
+  for (int i = 0; i < 1200; ++i) {
+    auto j = slurm::show_job(id);
+    if (j.is_ok() && j->restarts >= 1 && j->state == "PENDING") {
+      release_requeued(id);
+      break;
+    }
+    if (j.is_ok() && j->terminal()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  int64_t pid2 = -1;
+  const int port2 = endpoint(pid, &pid2);
+  ASSERT_GT(port2, 0) << slurp(log);
+  // The first allocation's future, retried by id: the same future and result.
+  const json again = call(port2, base + "/forward_backward", {{"data", {datum}}}, "fb");
+  EXPECT_EQ(again["future_id"], fb["future_id"]);
+  EXPECT_EQ(result(port2, again)["result"], fb["result"]);
+  const json step = result(port2, call(port2, base + "/optim_step", {{"lr", 0.01}}, "step"));
+  EXPECT_EQ(step["state"], "done") << step.dump();  // the replayed gradient was there
+  EXPECT_EQ(step["result"]["step"], 1) << step.dump();
+  ASSERT_TRUE(run_capture({"scancel", id}, 60).is_ok());
+  auto end = slurm::wait_job(id, 240);
+  ASSERT_TRUE(end.is_ok()) << end.status().message();
+  const std::string out = slurp(log);
+  EXPECT_NE(out.find("mobula step: the job was preempted; requeueing it (requeue 1 of 3)"), std::string::npos) << out;
+  EXPECT_NE(out.find("re-running"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -64,6 +64,21 @@ def forward(P, tok):
     return x @ P["wte"].T
 
 
+def write_safetensors(path, tensors, meta):
+    """tensors: name -> float32 / int32 torch tensor; meta: str -> str (the __metadata__)."""
+    header, blobs, off = {"__metadata__": meta}, [], 0
+    for name, t in tensors.items():
+        b = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "I32" if t.dtype == torch.int32 else "F32", "shape": list(t.shape),
+                        "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
 def main(path):
     P = tensors()
     for t in P.values():
@@ -89,17 +104,7 @@ def main(path):
     meta = {"format": "mobula-gpt", "format_version": "1", "vocab": str(V), "max_seq": str(TMAX),
             "layers": str(L), "heads": str(NH), "d_model": str(C), "mlp_ratio": str(MLP),
             "generator": "tests/model/golden/make_golden.py (PyTorch %s, float64 reference)" % torch.__version__}
-    header, blobs, off = {"__metadata__": meta}, [], 0
-    for name, t in out.items():
-        b = t.contiguous().numpy().tobytes()
-        header[name] = {"dtype": "I32" if t.dtype == torch.int32 else "F32", "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    write_safetensors(path, out, meta)
     print(f"wrote {path}: loss {loss.item():.6f}, {sum(t.numel() for t in P.values())} parameters")
 
 

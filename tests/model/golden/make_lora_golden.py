@@ -14,7 +14,7 @@ out.logp and grad.lora<k>.<name>.
 Regenerate (needs Debian's python3-torch; the test itself does not):
     /usr/bin/python3 tests/model/golden/make_lora_golden.py tests/model/data/lora_golden.safetensors
 """
-import json, os, struct, sys
+import json, os, sys
 import torch
 import torch.nn.functional as F
 
@@ -105,17 +105,7 @@ def main(path):
             "lora": json.dumps([{"rank": r, "alpha": a} for r, a in ADAPTERS]),
             "row_adapter": json.dumps([-1 if k is None else k for k in ROW_ADAPTER]),
             "generator": "tests/model/golden/make_lora_golden.py (PyTorch %s, float64 reference)" % torch.__version__}
-    header, blobs, off = {"__metadata__": meta}, [], 0
-    for name, t in out.items():
-        b = t.contiguous().numpy().tobytes()
-        header[name] = {"dtype": "I32" if t.dtype == torch.int32 else "F32", "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    G.write_safetensors(path, out, meta)
     print(f"wrote {path}: loss {loss.item():.6f}")
 
 
