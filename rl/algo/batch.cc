@@ -1,7 +1,5 @@
 #include "rl/algo/batch.h"
 
-#include "rl/algo/lora_batch.h"
-
 #include <algorithm>
 #include <string>
 
@@ -23,6 +21,26 @@ Datum completion_datum(std::span<const int> seq, size_t first, std::span<const f
     }
   }
   return d;
+}
+
+Status check_datum(const Datum& d, size_t index, const LossConfig& loss, const GptConfig& model, bool backward) {
+  const size_t T = d.tokens.size();
+  const std::string at = (backward ? "forward_backward: datum " : "forward: datum ") + std::to_string(index) + ": ";
+  if (T == 0 || static_cast<int>(T) > model.max_seq)
+    return Status::invalid_argument(at + std::to_string(T) + " tokens; need 1.." + std::to_string(model.max_seq));
+  if (d.target_tokens.size() != T || (backward && d.weights.size() != T))
+    return Status::invalid_argument(at + "target_tokens and weights must have one entry per token");
+  for (size_t t = 0; t < T; ++t) {
+    if (d.tokens[t] < 0 || d.tokens[t] >= model.vocab || d.target_tokens[t] >= model.vocab)
+      return Status::invalid_argument(at + "token or target at position " + std::to_string(t) +
+                                      " outside the vocabulary [0, " + std::to_string(model.vocab) + ")");
+  }
+  if (!backward) return Status::ok();
+  if (loss.fn != LossFn::kCrossEntropy && (d.logprobs_old.size() != T || d.advantages.size() != T))
+    return Status::invalid_argument(at + "importance_sampling/ppo need logprobs_old and advantages per token");
+  if (!d.logprobs_ref.empty() && d.logprobs_ref.size() != T)
+    return Status::invalid_argument(at + "logprobs_ref must be empty or have one entry per token");
+  return Status::ok();
 }
 
 Result<LossStats> token_sum_weights(const LossConfig& loss, std::span<const float> lp, std::span<const float> mask,
@@ -118,9 +136,7 @@ Result<std::vector<std::vector<float>>> forward_batch(Gpt<>& model, std::span<co
     size_t maxlen = 0;
     for (size_t k = 0; k < B; ++k) {
       const Datum& d = batch[b0 + k];
-      if (d.tokens.empty() || static_cast<int>(d.tokens.size()) > Tmax || d.target_tokens.size() != d.tokens.size())
-        return Status::invalid_argument("forward: datum " + std::to_string(b0 + k) + ": need 1.." +
-                                        std::to_string(Tmax) + " tokens and one target per token");
+      MOBULA_RETURN_IF_ERROR(check_datum(d, b0 + k, {}, model.config(), false));
       maxlen = std::max(maxlen, d.tokens.size());
     }
     const int T = bucket_length(static_cast<int>(maxlen), Tmax);

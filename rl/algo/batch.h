@@ -45,6 +45,10 @@ struct ForwardBackwardOutput {
 Datum completion_datum(std::span<const int> seq, size_t first, std::span<const float> logp_old = {},
                        float advantage = 0.0f);
 
+// Checks one datum against the model's shape (length, vocabulary) and what `loss` needs
+// (backward) or forward needs (one target per token).
+Status check_datum(const Datum& d, size_t index, const LossConfig& loss, const GptConfig& model, bool backward);
+
 // Per-token weights for Gpt::backward of the loss's TOKEN SUM over these positions (the loss
 // function's mean-normalised weights times the positions' token count), and the loss's stats.
 // ref may be empty (no KL term).

@@ -5,26 +5,6 @@
 
 namespace mobula::rl {
 
-Status check_datum(const Datum& d, size_t index, const LossConfig& loss, const GptConfig& model, bool backward) {
-  const size_t T = d.tokens.size();
-  const std::string at = (backward ? "forward_backward: datum " : "forward: datum ") + std::to_string(index) + ": ";
-  if (T == 0 || static_cast<int>(T) > model.max_seq)
-    return Status::invalid_argument(at + std::to_string(T) + " tokens; need 1.." + std::to_string(model.max_seq));
-  if (d.target_tokens.size() != T || (backward && d.weights.size() != T))
-    return Status::invalid_argument(at + "target_tokens and weights must have one entry per token");
-  for (size_t t = 0; t < T; ++t) {
-    if (d.tokens[t] < 0 || d.tokens[t] >= model.vocab || d.target_tokens[t] >= model.vocab)
-      return Status::invalid_argument(at + "token or target at position " + std::to_string(t) +
-                                      " outside the vocabulary [0, " + std::to_string(model.vocab) + ")");
-  }
-  if (!backward) return Status::ok();
-  if (loss.fn != LossFn::kCrossEntropy && (d.logprobs_old.size() != T || d.advantages.size() != T))
-    return Status::invalid_argument(at + "importance_sampling/ppo need logprobs_old and advantages per token");
-  if (!d.logprobs_ref.empty() && d.logprobs_ref.size() != T)
-    return Status::invalid_argument(at + "logprobs_ref must be empty or have one entry per token");
-  return Status::ok();
-}
-
 namespace {
 
 // A chunk: rows [first, first + rows) of work item `item`, padded to T positions (the bucket of

@@ -30,10 +30,6 @@ struct LoraWorkResult {
   double tokens = 0;  // trained tokens (the gradient token sum's count)
 };
 
-// Checks one datum against the model's shape (length, vocabulary) and what `loss` needs
-// (backward) or forward needs (one target per token).
-Status check_datum(const Datum& d, size_t index, const LossConfig& loss, const GptConfig& model, bool backward);
-
 // Runs every work item; gradients (the loss's token SUM, as forward_backward_batch) accumulate into
 // each adapter's grads. A work item whose data are malformed gets its error and runs nothing; the
 // others run. chunk_rows in 1..model.max_batch(). `model` should be frozen (set_frozen_base).
