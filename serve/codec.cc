@@ -157,6 +157,17 @@ Result<SampleRequest> parse_sample(const json& body, const rl::GptConfig& model,
   return r;
 }
 
+Result<rl::LoraConfig> parse_lora(const json& body, int default_rank, double default_alpha) {
+  auto rank = field<int>(body, "rank", default_rank);
+  auto alpha = field<double>(body, "alpha", default_alpha);
+  auto seed = field<uint64_t>(body, "seed", 0);
+  for (const Status& s : {rank.status(), alpha.status(), seed.status()})
+    if (!s) return s;
+  const rl::LoraConfig c{*rank, float(*alpha), *seed};
+  MOBULA_RETURN_IF_ERROR(c.validate());
+  return c;
+}
+
 Result<std::string> parse_name(const json& body) {
   auto name = field<std::string>(body, "name", "");
   if (!name) return name.status();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "rl/algo/batch.h"
+#include "rl/model/lora.h"
 #include "rl/model/sampler.h"
 #include "rl/optim/adamw.h"
 
@@ -31,6 +32,8 @@ struct SampleRequest {
 // body: {"prompts": [[ids]], "num_samples", "max_tokens", "temperature", "top_k", "top_p",
 // "stop": [ids], "seed"}; prompts x num_samples <= max_rows, prompt + max_tokens <= max_seq.
 Result<SampleRequest> parse_sample(const nlohmann::json& body, const rl::GptConfig& model, int max_rows);
+// create_adapter's body: {"rank", "alpha", "seed"}, the service's defaults where absent.
+Result<rl::LoraConfig> parse_lora(const nlohmann::json& body, int default_rank, double default_alpha);
 // body.name: 1..64 characters of [A-Za-z0-9_.-], not starting with '.'.
 Result<std::string> parse_name(const nlohmann::json& body);
 

@@ -31,17 +31,6 @@ const char* const kOps[] = {"create_adapter", "forward_backward", "forward",    
                             "sample",         "save_state",       "load_state", "save_weights_for_sampler",
                             "delete_adapter"};
 
-std::string random_hex(int bytes) {
-  std::random_device rd;
-  std::string s;
-  char b[3];
-  for (int i = 0; i < bytes; ++i) {
-    std::snprintf(b, sizeof b, "%02x", static_cast<unsigned>(rd() & 0xff));
-    s += b;
-  }
-  return s;
-}
-
 std::string fingerprint(const std::vector<float>& params) {
   return sha256_hex(std::string(reinterpret_cast<const char*>(params.data()), params.size() * sizeof(float)));
 }
@@ -96,13 +85,12 @@ Status Engine::load() {
   else
     MOBULA_RETURN_IF_ERROR(rl::load_weights(opts_.base_weights, base_->cfg, base_->model->params));
   base_->model->set_frozen_base(true);
-  base_->host_params = to_host(base_->model->params);
   auto sampler = rl::Sampler<>::create(base_->cfg, std::max(opts_.sample_rows, opts_.pass_rows), base_->cfg.max_seq);
   if (!sampler) return sampler.status();
   base_->sampler = std::make_unique<rl::Sampler<>>(std::move(*sampler));
 
   // The adapters only make sense on the base they were trained on.
-  const std::string fp = fingerprint(base_->host_params);
+  const std::string fp = fingerprint(to_host(base_->model->params));
   auto known = store_->meta("base_sha256");
   if (!known) return known.status();
   if (known->empty())
@@ -115,13 +103,9 @@ Status Engine::load() {
   auto rows = store_->adapters();
   if (!rows) return rows.status();
   for (const AdapterRow& r : *rows) {
-    auto a = rl::LoraAdapter<>::create(base_->cfg, rl::LoraConfig{r.rank, float(r.alpha), uint64_t(r.seed)});
-    if (!a) return a.status();
-    std::unique_ptr<Adapter> ad(new Adapter(r, std::move(*a)));
-    ad->opt = std::make_unique<rl::AdamW<>>(rl::AdamWConfig{}, ad->lora.tensors(), ad->lora.num_params());
-    if (!r.ckpt_path.empty()) MOBULA_RETURN_IF_ERROR(read_state(r.ckpt_path, ad->lora, *ad->opt));
-    ad->step = ad->opt->steps_done();
-    adapters_[r.id] = std::move(ad);
+    auto ad = make_adapter(r);
+    if (!ad) return ad.status();
+    adapters_[r.id] = std::move(*ad);
   }
   auto replay = store_->replay_requests();
   if (!replay) return replay.status();
@@ -139,6 +123,21 @@ Status Engine::load() {
         "their gradients)",
         adapters_.size(), replay->size(), again);
   return Status::ok();
+}
+
+Result<std::unique_ptr<Engine::Adapter>> Engine::make_adapter(const AdapterRow& r) {
+  auto a = rl::LoraAdapter<>::create(base_->cfg, rl::LoraConfig{r.rank, float(r.alpha), uint64_t(r.seed)});
+  if (!a) return a.status();
+  std::unique_ptr<Adapter> ad(new Adapter(r, std::move(*a)));
+  ad->opt = std::make_unique<rl::AdamW<>>(rl::AdamWConfig{}, ad->lora.tensors(), ad->lora.num_params());
+  if (!r.ckpt_path.empty()) MOBULA_RETURN_IF_ERROR(read_state(r.ckpt_path, ad->lora, *ad->opt));
+  ad->step = ad->opt->steps_done();
+  return ad;
+}
+
+Engine::Adapter* Engine::adapter_of(const RequestRow& r) {
+  std::lock_guard lk(mu_);
+  return find(r.client, r.adapter);
 }
 
 Engine::Adapter* Engine::find(int64_t client, int64_t adapter) {
@@ -167,11 +166,7 @@ Reply Engine::submit(int64_t client, const std::string& request_id, const std::s
   } else if (op == "save_state" || op == "load_state" || op == "save_weights_for_sampler") {
     valid = parse_name(body).status();
   } else if (op == "create_adapter") {
-    auto rank = body.is_object() && body.contains("rank") && body["rank"].is_number_integer() ? body["rank"].get<int>()
-                                                                                              : opts_.default_rank;
-    auto alpha = body.is_object() && body.contains("alpha") && body["alpha"].is_number() ? body["alpha"].get<double>()
-                                                                                         : opts_.default_alpha;
-    valid = rl::LoraConfig{rank, float(alpha), 0}.validate();
+    valid = parse_lora(body.is_null() ? json::object() : body, opts_.default_rank, opts_.default_alpha).status();
   }
   if (!valid) return Reply::error(400, op + ": " + valid.message());
 
@@ -194,7 +189,12 @@ Reply Engine::submit(int64_t client, const std::string& request_id, const std::s
                                    " adapters; delete one first");
   }
   bool existed = false;
-  const std::string rid = request_id.empty() ? "auto-" + random_hex(12) : request_id;
+  std::string rid = request_id;
+  if (rid.empty()) {
+    auto r = random_hex(12);
+    if (!r) return Reply::error(500, r.status().message());
+    rid = "auto-" + *r;
+  }
   auto row = store_->append(client, rid, op == "create_adapter" ? 0 : adapter, op, stored.dump(), &existed);
   if (!row) return Reply::error(500, row.status().message());
   if (existed && (row->op != op || row->adapter != (op == "create_adapter" ? 0 : adapter)))
@@ -252,11 +252,6 @@ json Engine::info() const {
           {"lora_targets", {"qkv", "attproj", "fc", "fcproj"}}};
 }
 
-EngineStats Engine::stats() {
-  std::lock_guard lk(mu_);
-  return stats_;
-}
-
 void Engine::run() {
   for (;;) {
     std::vector<Pending> round;
@@ -274,7 +269,6 @@ void Engine::run() {
         round.push_back(std::move(q.front()));
         q.pop_front();
       }
-      ++stats_.rounds;
     }
     run_round(round);
   }
@@ -285,39 +279,31 @@ void Engine::run_round(std::vector<Pending>& round) {
   std::vector<rl::LoraWork> work;
   std::vector<std::vector<rl::Datum>> data;  // owned here; work holds spans
   std::vector<size_t> index;
+  std::vector<Adapter*> owner;
   data.reserve(round.size());
   for (size_t i = 0; i < round.size(); ++i) {
     Pending& p = round[i];
     if (!is_pass_op(p.row.op)) continue;
-    Adapter* a = nullptr;
-    {
-      std::lock_guard lk(mu_);
-      a = find(p.row.client, p.row.adapter);
-    }
+    Adapter* a = adapter_of(p.row);
     auto loss = parse_loss(p.body);
     auto d = loss ? parse_data(p.body, *loss, base_->cfg, opts_.max_rows, p.row.op == "forward_backward")
                   : Result<std::vector<rl::Datum>>(loss.status());
     if (!a || !d) {
-      done.push_back({p.row.seq,
-                      false,
-                      !a ? "adapter " + std::to_string(p.row.adapter) + " was deleted" : d.status().message(),
-                      {}});
+      done.push_back({p.row.seq, false, !a ? deleted(p.row) : d.status().message(), {}});
       continue;
     }
     data.push_back(std::move(*d));
     work.push_back({&a->lora, data.back(), *loss, p.row.op == "forward_backward"});
     index.push_back(i);
+    owner.push_back(a);
   }
   if (!work.empty()) {
     auto res = rl::forward_backward_lora(*base_->model, work, opts_.chunk_rows);
     for (size_t k = 0; k < work.size(); ++k) {
-      Pending& p = round[index[k]];
+      const Pending& p = round[index[k]];
       auto& r = res[k];
-      if (r.out && work[k].backward) {
-        std::lock_guard lk(mu_);
-        find(p.row.client, p.row.adapter)->tokens += r.tokens;
-      }
-      if (p.replay) continue;  // its result is in the journal already
+      if (r.out && work[k].backward) owner[k]->tokens += r.tokens;  // worker-owned state
+      if (p.replay) continue;                                       // its result is in the journal already
       done.push_back(
           {p.row.seq, r.out.is_ok(), r.out ? to_json(*r.out, work[k].backward).dump() : r.out.status().message(), {}});
     }
@@ -331,7 +317,6 @@ void Engine::run_round(std::vector<Pending>& round) {
   complete(done);
   std::lock_guard lk(mu_);
   for (const Pending& p : round) pending_.erase(p.row.seq);
-  stats_.passes_requests += int64_t(work.size());
   done_cv_.notify_all();
 }
 
@@ -348,8 +333,6 @@ void Engine::complete(std::vector<Store::Completion>& done) {
   for (const std::string& f : obsolete_)
     if (!f.empty()) fs::remove(f, ec);  // best effort: a leftover file is only disk space
   obsolete_.clear();
-  std::lock_guard lk(mu_);
-  stats_.requests_done += int64_t(done.size());
 }
 
 }  // namespace mobula::serve

@@ -56,10 +56,6 @@ struct Reply {
   static Reply error(int http, const std::string& message) { return {http, {{"error", message}}}; }
 };
 
-struct EngineStats {
-  int64_t rounds = 0, passes_requests = 0, requests_done = 0;
-};
-
 class Engine {
  public:
   // Opens (or creates) the state in opts.state_dir, loads the base and every adapter, re-queues
@@ -87,7 +83,6 @@ class Engine {
   nlohmann::json info() const;
 
   Store& store() { return *store_; }
-  EngineStats stats();
 
  private:
   struct Adapter;
@@ -104,7 +99,11 @@ class Engine {
   // Writes the adapter's state as of journal seq `seq` and records it in `e`.
   Status checkpoint(Adapter& a, int64_t seq, Store::Effect& e);
   void complete(std::vector<Store::Completion>& done);
-  Adapter* find(int64_t client, int64_t adapter);
+  Adapter* find(int64_t client, int64_t adapter);  // under mu_
+  // The request's adapter, looked up under mu_; null when it was deleted since it was queued.
+  Adapter* adapter_of(const RequestRow& r);
+  // An adapter as its row says: initialised from its seed, or loaded from its checkpoint.
+  Result<std::unique_ptr<Adapter>> make_adapter(const AdapterRow& r);
 
   EngineOptions opts_;
   std::unique_ptr<Store> store_;
@@ -118,7 +117,6 @@ class Engine {
   std::map<int64_t, int64_t> pending_;             // seq -> client, queued or running
   bool stop_ = false;
   std::vector<std::string> obsolete_;  // checkpoint files the journal no longer points at (worker)
-  EngineStats stats_;
   std::thread worker_;
 };
 

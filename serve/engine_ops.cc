@@ -31,27 +31,21 @@ void Engine::execute_other(Pending& p, std::vector<Store::Completion>& done) {
   const RequestRow& r = p.row;
   const std::string client_dir = opts_.state_dir + "/clients/" + std::to_string(r.client);
   if (r.op == "create_adapter") {
-    rl::LoraConfig lc{p.body.value("rank", opts_.default_rank), float(p.body.value("alpha", opts_.default_alpha)),
-                      p.body.value("seed", uint64_t(0))};
-    auto a = rl::LoraAdapter<>::create(base_->cfg, lc);
-    if (!a) return done.push_back(failed(r, a.status().message()));
-    const AdapterRow row{r.seq, r.client, lc.rank, double(lc.alpha), int64_t(lc.seed), "", 0};
-    std::unique_ptr<Adapter> ad(new Adapter(row, std::move(*a)));
-    ad->opt = std::make_unique<rl::AdamW<>>(rl::AdamWConfig{}, ad->lora.tensors(), ad->lora.num_params());
+    auto lc = parse_lora(p.body, opts_.default_rank, opts_.default_alpha);
+    if (!lc) return done.push_back(failed(r, lc.status().message()));
+    const AdapterRow row{r.seq, r.client, lc->rank, double(lc->alpha), int64_t(lc->seed), "", 0};
+    auto ad = make_adapter(row);
+    if (!ad) return done.push_back(failed(r, ad.status().message()));
     {
       std::lock_guard lk(mu_);
-      adapters_[r.seq] = std::move(ad);
+      adapters_[r.seq] = std::move(*ad);
     }
     Store::Effect e;
     e.new_adapter = row;
-    return done.push_back(ok(r, {{"adapter_id", r.seq}, {"rank", lc.rank}, {"alpha", lc.alpha}}, e));
+    return done.push_back(ok(r, {{"adapter_id", r.seq}, {"rank", lc->rank}, {"alpha", lc->alpha}}, e));
   }
-  Adapter* a = nullptr;
-  {
-    std::lock_guard lk(mu_);
-    a = find(r.client, r.adapter);
-  }
-  if (!a) return done.push_back(failed(r, "adapter " + std::to_string(r.adapter) + " was deleted"));
+  Adapter* a = adapter_of(r);
+  if (!a) return done.push_back(failed(r, deleted(r)));
   if (r.op == "optim_step") return optim_step(p, *a, done);
   if (r.op == "delete_adapter") {
     {
@@ -75,7 +69,7 @@ void Engine::execute_other(Pending& p, std::vector<Store::Completion>& done) {
   }
   if (r.op == "load_state") return load_state(p, *a, *name, done);
   // save_weights_for_sampler: the merged weights as a full model file (rl/model/weights.h).
-  std::vector<float> merged = base_->host_params;
+  std::vector<float> merged = to_host(base_->model->params);
   a->lora.merge_into(merged);
   Kokkos::View<float*> v("merged", merged.size());
   (void)from_host(v, merged, "merged");
@@ -141,15 +135,10 @@ void Engine::sample_round(std::vector<Pending*>& reqs, std::vector<Store::Comple
     rows = 0;
   };
   for (Pending* p : reqs) {
-    Adapter* a = nullptr;
-    {
-      std::lock_guard lk(mu_);
-      a = find(p->row.client, p->row.adapter);
-    }
+    Adapter* a = adapter_of(p->row);
     auto req = parse_sample(p->body, base_->cfg, opts_.sample_rows);
     if (!a || !req) {
-      done.push_back(
-          failed(p->row, !a ? "adapter " + std::to_string(p->row.adapter) + " was deleted" : req.status().message()));
+      done.push_back(failed(p->row, !a ? deleted(p->row) : req.status().message()));
       continue;
     }
     const int n = int(req->prompts.size()) * req->num_samples;

@@ -16,7 +16,6 @@ namespace mobula::serve {
 struct Engine::Base {
   rl::GptConfig cfg;
   std::unique_ptr<rl::Gpt<>> model;  // frozen
-  std::vector<float> host_params;    // the base weights on the host, to merge adapters into
   std::unique_ptr<rl::Sampler<>> sampler;
 };
 
@@ -36,6 +35,10 @@ struct Engine::Pending {
 };
 
 namespace detail {
+
+inline std::string deleted(const RequestRow& r) {
+  return "adapter " + std::to_string(r.adapter) + " was deleted";
+}
 
 template <class V>
 std::vector<float> to_host(const V& v) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <vector>
 
 namespace mobula::serve {
 
@@ -79,29 +80,34 @@ constexpr const char* kRequestCols = "seq, client, request_id, adapter, op, body
 
 }  // namespace
 
+namespace {
+
+std::string hex(const unsigned char* p, size_t n) {
+  static const char* const kDigits = "0123456789abcdef";
+  std::string s(2 * n, '0');
+  for (size_t i = 0; i < n; ++i) s[2 * i] = kDigits[p[i] >> 4], s[2 * i + 1] = kDigits[p[i] & 15];
+  return s;
+}
+
+}  // namespace
+
 std::string sha256_hex(const std::string& text) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   if (EVP_Digest(text.data(), text.size(), md, &n, EVP_sha256(), nullptr) != 1) return {};
-  std::string hex;
-  char b[3];
-  for (unsigned int i = 0; i < n; ++i) {
-    std::snprintf(b, sizeof b, "%02x", md[i]);
-    hex += b;
-  }
-  return hex;
+  return hex(md, n);
+}
+
+Result<std::string> random_hex(int bytes) {
+  std::vector<unsigned char> r(static_cast<size_t>(bytes));
+  if (RAND_bytes(r.data(), bytes) != 1) return Status::external("OpenSSL RAND_bytes failed (no entropy source?)");
+  return hex(r.data(), r.size());
 }
 
 Result<std::string> new_token() {
-  unsigned char r[32];
-  if (RAND_bytes(r, sizeof r) != 1) return Status::external("token: OpenSSL RAND_bytes failed (no entropy source?)");
-  std::string t = "mbl_";
-  char b[3];
-  for (unsigned char c : r) {
-    std::snprintf(b, sizeof b, "%02x", c);
-    t += b;
-  }
-  return t;
+  auto r = random_hex(32);
+  if (!r) return Status::external("token: " + r.status().message());
+  return "mbl_" + *r;
 }
 
 Result<std::unique_ptr<Store>> Store::open(const std::string& path) {

@@ -115,7 +115,9 @@ class Store {
 
 // SHA-256 of `text`, lower-case hex (OpenSSL).
 std::string sha256_hex(const std::string& text);
-// A new bearer token: "mbl_" + 32 random bytes (OpenSSL RAND_bytes), hex.
+// `bytes` random bytes (OpenSSL RAND_bytes), lower-case hex.
+Result<std::string> random_hex(int bytes);
+// A new bearer token: "mbl_" + 32 random bytes, hex.
 Result<std::string> new_token();
 
 }  // namespace mobula::serve

@@ -168,6 +168,8 @@ TEST(Engine, ClientsAreIsolated) {
     EXPECT_TRUE(r.body.contains("error"));
   }
   EXPECT_EQ((*e)->submit(a.id, "", "save_state", ad, {{"name", "../escape"}}).http, 400);
+  EXPECT_EQ((*e)->submit(a.id, "", "create_adapter", 0, {{"rank", "big"}}).http, 400);
+  EXPECT_EQ((*e)->submit(a.id, "", "create_adapter", 0, {{"rank", 65}}).http, 400);
   EXPECT_EQ((*e)->submit(a.id, "", "fly", ad, {}).http, 404);
 }
 
