@@ -88,6 +88,7 @@ Status Engine::load() {
   auto sampler = rl::Sampler<>::create(base_->cfg, std::max(opts_.sample_rows, opts_.pass_rows), base_->cfg.max_seq);
   if (!sampler) return sampler.status();
   base_->sampler = std::make_unique<rl::Sampler<>>(std::move(*sampler));
+  base_->sampler->set_fixed_weights(true);  // the base never changes: pack it once
 
   // The adapters only make sense on the base they were trained on.
   const std::string fp = fingerprint(to_host(base_->model->params));

@@ -150,6 +150,7 @@ void bench_sampling(const GptConfig& cfg, const std::vector<int>& ks, int iters)
     m->init(1);
     auto sampler = Sampler<>::create(cfg, K * prompts * group, cfg.max_seq);
     if (!sampler) fail(sampler.status().message());
+    sampler->set_fixed_weights(true);  // as the service: the base is packed once, not per call
     std::vector<LoraAdapter<>> ads;
     std::vector<SampleBatch<>> reqs;
     for (int k = 0; k < K; ++k) {

@@ -75,7 +75,7 @@ class LoraAdapter {
   size_t b_offset(int l, LoraTarget t) const { return offsets_[size_t(l) * kLoraTargets + size_t(t)].second; }
 
   // W' = W + scale * B A for every adapted projection of `base_params` (a copy of the base
-  // model's flat buffer, on the host): the merged weights the sampler runs.
+  // model's flat buffer, on the host): one model with the adapter folded in (save_weights_for_sampler).
   void merge_into(std::span<float> base_params) const;
 
  private:

@@ -168,7 +168,8 @@ Result<Sampler<Exec>> Sampler<Exec>::create(const GptConfig& cfg, int max_rows, 
 
 template <class Exec>
 void Sampler<Exec>::pack(const Buffer& params) {
-  if (panels_.extent(0) == 0) return;
+  if (panels_.extent(0) == 0 || (fixed_weights_ && packed_from_ == params.data())) return;
+  packed_from_ = params.data();
   const int C = cfg_.d_model, H = cfg_.hidden();
   const GptOffsets& o = off_;
   for (int l = 0; l < cfg_.layers; ++l) {

@@ -80,6 +80,13 @@ class Sampler {
   // Host backends: the decode matmuls prefetch their next weights and the K and V rows that the next
   // attention reads (on by default; hints, the results are the same either way). Off: benchmarks.
   void set_prefetch(bool on) { prefetch_ = on; }
+  // Frozen weights (a LoRA service's base): the panels are packed once per parameter buffer and
+  // reused while calls pass the same buffer, instead of repacked at every call. The caller must not
+  // change that buffer's contents while this is on.
+  void set_fixed_weights(bool on) {
+    fixed_weights_ = on;
+    packed_from_ = nullptr;
+  }
 
   int max_rows() const { return max_rows_; }
   int max_len() const { return max_len_; }
@@ -128,6 +135,8 @@ class Sampler {
   // at step(): started on kv_pf_ before the matmuls that precede that attention.
   void plan_kv_prefetch(int l, int R);
   bool prefetch_ = true;
+  bool fixed_weights_ = false;
+  const float* packed_from_ = nullptr;  // with fixed_weights_: the buffer panels_ hold
   std::shared_ptr<kernels::PrefetchStream> kv_pf_;
   long row_steps_ = 0;
   Timing timing_;
