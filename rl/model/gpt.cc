@@ -439,24 +439,30 @@ typename Gpt<Exec>::RowMat Gpt<Exec>::pack_rowmat(const float* W, int OC, int IC
   m.out = transpose ? IC : OC;
   m.in = transpose ? OC : IC;
   m.panels = m.out % kernels::kPanel == 0;
-  Buffer src(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_src"), size_t(OC) * IC);
-  float* d = src.data();
   const int out = m.out, in = m.in;
-  if (transpose) {
-    Kokkos::parallel_for(
-        "rowmat_transpose", kernels::Range<Exec>(0, long(out) * in), KOKKOS_LAMBDA(long i) {
-          const long r = i / in, c = i % in;
-          d[i] = W[c * out + r];
-        });
-  } else {
-    Kokkos::deep_copy(src, Kokkos::View<const float*, Mem, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(W, src.extent(0)));
+  const size_t n = size_t(OC) * IC;
+  // W^T when transposing; W itself feeds the panels as it is.
+  Buffer src;
+  const float* rows = W;
+  if (transpose || !m.panels) {
+    src = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_src"), n);
+    float* d = src.data();
+    if (transpose)
+      Kokkos::parallel_for(
+          "rowmat_transpose", kernels::Range<Exec>(0, long(out) * in), KOKKOS_LAMBDA(long i) {
+            const long r = i / in, c = i % in;
+            d[i] = W[c * out + r];
+          });
+    else
+      Kokkos::deep_copy(src, Kokkos::View<const float*, Mem, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(W, n));
+    rows = d;
   }
   if (!m.panels) {
     m.w = src;
     return m;
   }
-  m.w = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_panels"), src.extent(0));
-  kernels::pack_panels<Exec>(m.w.data(), src.data(), in, out);
+  m.w = Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "rowmat_panels"), n);
+  kernels::pack_panels<Exec>(m.w.data(), rows, in, out);
   return m;
 }
 
@@ -473,7 +479,7 @@ void Gpt<Exec>::proj_forward(int l, int target, float* out, const float* inp, co
                              int OC, int B, int T) {
   const long N = long(B) * T;
   if (frozen_)
-    rowmat(fwd_[target == 4 ? fwd_.size() - 1 : size_t(l) * kLoraTargets + size_t(target)], out, inp, bias, N);
+    rowmat(fwd_[rowmat_index(l, target)], out, inp, bias, N);
   else
     kernels::matmul_forward<Exec>(out, inp, W, bias, N, IC, OC);
   if (target < 4) lora_forward(l, target, out, inp, IC, OC, T);
@@ -484,7 +490,7 @@ void Gpt<Exec>::proj_backward(int l, int target, float* dinp, float* dW, float* 
                               const float* W, int IC, int OC, int B, int T) {
   const long N = long(B) * T;
   if (frozen_)
-    rowmat(bwd_[target == 4 ? bwd_.size() - 1 : size_t(l) * kLoraTargets + size_t(target)], dinp, dout, nullptr, N);
+    rowmat(bwd_[rowmat_index(l, target)], dinp, dout, nullptr, N);
   else
     kernels::matmul_backward<Exec>(dinp, dW, db, dout, inp, W, N, IC, OC);
   if (target < 4) lora_backward(l, target, dinp, dout, inp, IC, OC, T);

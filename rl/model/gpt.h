@@ -133,7 +133,10 @@ class Gpt {
     int out = 0, in = 0;
     bool panels = false;
   };
-  std::vector<RowMat> fwd_, bwd_;  // per (layer, target) and the head: W and W^T
+  std::vector<RowMat> fwd_, bwd_;                 // per (layer, target) and the head: W and W^T
+  size_t rowmat_index(int l, int target) const {  // the head (target 4) is last
+    return target == 4 ? fwd_.size() - 1 : size_t(l) * 4 + size_t(target);
+  }
   RowMat pack_rowmat(const float* W, int OC, int IC, bool transpose);
   void rowmat(const RowMat& m, float* out, const float* inp, const float* bias, long N);
 
