@@ -125,6 +125,34 @@ class Sbatch : public ::testing::Test {
     }
   }
 
+  // `scancel --batch --signal=SIG ID`. A stalled slurmctld (see slurm::wait_job; CI saw one take 85 s)
+  // makes scancel time out: ask again, for up to 110 s (within the ranks' 120 s wait).
+  static Result<ProcessResult> signal_batch(const std::string& id, const std::string& sig) {
+    Result<ProcessResult> r = Status::timeout("scancel not run");
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(110);
+         std::chrono::steady_clock::now() < until;) {
+      r = run_capture({"scancel", "--batch", "--signal=" + sig, id}, 60);
+      if (r.is_ok() && r->exit_code == 0) break;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    return r;
+  }
+
+  // Slurm holds a requeued batch job back for about two minutes (its begin time): once the job is
+  // requeued (PENDING, restarts >= 1), let it start at once (release_requeued). Polls every 200 ms,
+  // `polls` times at most; stops at a terminal state.
+  static void release_when_requeued(const std::string& id, int polls) {
+    for (int i = 0; i < polls; ++i) {
+      auto j = slurm::show_job(id);  // not ok: a stalled slurmctld (see slurm::wait_job), ask again
+      if (j.is_ok() && j->restarts >= 1 && j->state == "PENDING") {
+        release_requeued(id);
+        return;
+      }
+      if (j.is_ok() && j->terminal()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
   // Submit arguments: the GRPO example spec with `sets` ("key=value" each) and job.workdir=work.
   static std::vector<std::string> grpo_args(const std::string& work, const std::vector<std::string>& sets) {
     std::vector<std::string> a = {kSrc + "/examples/grpo-addition.toml"};
@@ -315,31 +343,9 @@ TEST_F(Sbatch, PreTimeoutSignalCheckpointsRequeuesAndCompletes) {
   const fs::path log = fs::path(work) / ("slurm-" + id + ".out");
   // Signal once RL steps run (after the warm start).
   ASSERT_TRUE(wait_for_step(work, 3)) << slurp(log);
-  // A stalled slurmctld (see slurm::wait_job; CI saw one take 85 s) makes scancel time out: ask
-  // again, within the ranks' 120 s wait.
-  Result<ProcessResult> sig = Status::timeout("scancel not run");
-  for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(110);
-       std::chrono::steady_clock::now() < until;) {
-    sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 60);
-    if (sig.is_ok() && sig->exit_code == 0) break;
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-  }
+  const auto sig = signal_batch(id, "USR1");
   ASSERT_TRUE(sig.is_ok() && sig->exit_code == 0) << (sig ? sig->err : sig.status().message());
-  // Slurm holds a requeued batch job back for about two minutes (its begin time); the test lets it
-  // start at once instead of waiting.
-  for (int i = 0; i < 600; ++i) {
-    auto j = slurm::show_job(id);
-    if (!j.is_ok()) {  // a stalled slurmctld (see slurm::wait_job): ask again
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      continue;
-    }
-    if (j->restarts >= 1 && j->state == "PENDING") {
-      release_requeued(id);
-      break;
-    }
-    if (j->terminal()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  release_when_requeued(id, 600);
   auto end = slurm::wait_job(id, 300);
   ASSERT_TRUE(end.is_ok()) << end.status().message();
   auto clean_end = slurm::wait_job(clean_id, 300);
@@ -752,23 +758,9 @@ TEST_F(Sbatch, ServeJobIsRequeuedAndKeepsItsState) {
   json datum = {{"tokens", {3, 4, 5, 6, 7}}, {"target_tokens", {4, 5, 6, 7, 8}}, {"weights", {0, 1, 1, 1, 1}}};
   const json fb = result(port, call(port, base + "/forward_backward", {{"data", {datum}}}, "fb"));
   ASSERT_EQ(fb["state"], "done") << fb.dump();
-  Result<ProcessResult> sig = Status::timeout("scancel not run");
-  for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(110);
-       std::chrono::steady_clock::now() < until;) {
-    sig = run_capture({"scancel", "--batch", "--signal=USR1", id}, 60);
-    if (sig.is_ok() && sig->exit_code == 0) break;
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-  }
+  const auto sig = signal_batch(id, "USR1");
   ASSERT_TRUE(sig.is_ok() && sig->exit_code == 0) << (sig ? sig->err : sig.status().message());
-  for (int i = 0; i < 1200; ++i) {
-    auto j = slurm::show_job(id);
-    if (j.is_ok() && j->restarts >= 1 && j->state == "PENDING") {
-      release_requeued(id);
-      break;
-    }
-    if (j.is_ok() && j->terminal()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  release_when_requeued(id, 1200);
   int64_t pid2 = -1;
   const int port2 = endpoint(pid, &pid2);
   ASSERT_GT(port2, 0) << slurp(log);
