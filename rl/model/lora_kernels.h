@@ -12,6 +12,14 @@
 
 namespace mobula::rl::kernels {
 
+// t (r) = scale * A x: the delta's down-projection of one position x (IC).
+KOKKOS_INLINE_FUNCTION void lora_down(float* t, const float* x, const float* A, float scale, int IC, int r) {
+  for (int j = 0; j < r; ++j) {
+    const float* a = A + long(j) * IC;
+    t[j] = scale * sum16(IC, [&](int c) { return x[c] * a[c]; });
+  }
+}
+
 // out (N,OC) += scale * (inp A^T) B^T on positions [p0, p1).
 template <class Exec>
 void lora_forward(float* out,        // (N,OC) +=
@@ -21,12 +29,8 @@ void lora_forward(float* out,        // (N,OC) +=
                   float scale, long p0, long p1, int IC, int OC, int r) {
   Kokkos::parallel_for(
       "lora_forward", Range<Exec>(p0, p1), KOKKOS_LAMBDA(long p) {
-        const float* x = inp + p * IC;
         float t[kMaxLoraRank];
-        for (int j = 0; j < r; ++j) {
-          const float* a = A + long(j) * IC;
-          t[j] = scale * sum16(IC, [&](int c) { return x[c] * a[c]; });
-        }
+        lora_down(t, inp + p * IC, A, scale, IC, r);
         float* o = out + p * OC;
         for (int k = 0; k < OC; ++k) {
           const float* b = B + long(k) * r;
@@ -56,10 +60,7 @@ void lora_backward(float* dinp,        // (N,IC) +=
         const float* g = dout + p * OC;
         float* t = tmp + (p - p0) * r;
         float* dt = dtmp + (p - p0) * r;
-        for (int j = 0; j < r; ++j) {
-          const float* a = A + long(j) * IC;
-          t[j] = scale * sum16(IC, [&](int c) { return x[c] * a[c]; });
-        }
+        lora_down(t, x, A, scale, IC, r);
         // dt = scale * g B: four partial sums over k (k mod 4), added in order at the end: four
         // independent FMA chains instead of one (a fixed order all the same).
         float part[4][kMaxLoraRank];
