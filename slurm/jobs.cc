@@ -113,10 +113,13 @@ Result<JobInfo> wait_job(const std::string& id, double timeout_s, double poll_s)
   while (true) {
     auto j = show_job(id);
     // A busy or briefly stalled slurmctld (seen for a minute on the 2-core test machine) is not
-    // the job's end: keep polling until the deadline. Other errors (unknown job) end the wait.
+    // the job's end: keep polling until the deadline. Neither is an scontrol killed by SIGPIPE
+    // (exit 141: slurmctld dropped its connection; seen once in CI while a node restarted). Other
+    // errors (unknown job) end the wait.
     const bool transient = !j && (j.status().code() == Status::Code::kTimeout ||
                                   j.status().message().find("timed out") != std::string::npos ||
-                                  j.status().message().find("Unable to contact") != std::string::npos);
+                                  j.status().message().find("Unable to contact") != std::string::npos ||
+                                  j.status().message().find("' exited 141") != std::string::npos);
     if (transient && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::duration<double>(poll_s));
       continue;
